@@ -1,0 +1,36 @@
+# Each target bootstraps .venv on first use, so a fresh clone needs only Python 3.10+.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: train test tb sweep bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch/torchvision pinned to what this machine's pip serves from local disk; any
+	# torch>=2.3 works (pyproject.toml declares the ranges).
+	$(BIN)/pip install --quiet "torch>=2.3" "torchvision>=0.18"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/expkit train $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/ruff check expkit tests bench
+	$(BIN)/python -m pytest -q $(ARGS)
+
+tb: $(STAMP)
+	$(BIN)/tensorboard --logdir runs --host 127.0.0.1
+
+sweep: $(STAMP)
+	$(BIN)/expkit train -m optim=adam,adamw optim.lr=1e-3,3e-4 $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check expkit tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,26 @@
+"""expkit: a config-driven experiment CLI for PyTorch.
+
+Nothing heavy is imported here, so `expkit --help` stays instant. In a notebook:
+
+    import expkit
+    run_dir, metrics = expkit.train(["model=mlp", "trainer.epochs=3"])
+"""
+
+__version__ = "0.1.0"
+
+
+def train(overrides=None, config_dir=None, runs_root="runs"):
+    """Compose conf/ with `overrides`, train, and return (run_dir, final metrics)."""
+    from expkit.app import train_api
+
+    return train_api(list(overrides or []), config_dir=config_dir, runs_root=runs_root)
+
+
+def register_model(name, schema=None):
+    """Decorator: make `builder(cfg, reg, input_shape, num_classes) -> nn.Module` a model choice."""
+    from expkit.registry import MODELS
+    from expkit.schema import register_schema
+
+    if schema is not None:
+        register_schema("model", name, schema)
+    return MODELS.register(name)

@@ -1,0 +1,128 @@
+"""The `expkit` command. Subcommands map to functions; nothing heavy is imported at the
+top, so `expkit --help` and `expkit --version` answer at once.
+
+    expkit train [OVERRIDES]          Hydra app: -m, --cfg job, --info, --config-dir work
+    expkit resume RUN_DIR [OVERRIDES] continue a run in its own folder
+    expkit sched [OVERRIDES]          draw the LR schedule of a config, without training
+    expkit list                       config groups and their choices
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+USAGE = """usage: expkit COMMAND [ARGS]
+
+commands:
+  train [OVERRIDES]            compose conf/ with Hydra and train; one run folder under runs/
+                               (-m for a sweep; --cfg job, --info, --config-dir DIR work;
+                               `expkit train --help` lists every config key)
+  resume RUN_DIR [OVERRIDES]   continue a run in the same folder from its newest valid
+                               checkpoint (--force: allow overrides that change the run;
+                               --strict: refuse when the git commit differs)
+  sched [OVERRIDES] [--out F]  draw the learning rate over the whole run into a PNG
+  list                         config groups and their choices
+  --version                    print the version
+
+examples:
+  expkit train model=mlp optim=sgd optim.lr=0.05 trainer.epochs=3
+  expkit train -m optim=adam,adamw optim.lr=1e-3,3e-4
+  expkit resume runs/2026-11-28/12-00-00 trainer.epochs=20
+
+Set EXPKIT_TRACEBACK=1 to see Python tracebacks on errors.
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return
+    if argv[0] in ("--version", "-V", "version"):
+        from expkit import __version__
+
+        print(f"expkit {__version__}")
+        return
+    command, rest = argv[0], argv[1:]
+    commands = {"train": cmd_train, "resume": cmd_resume, "sched": cmd_sched, "list": cmd_list}
+    if command not in commands:
+        print(f"expkit: unknown command {command!r}; choose one of {', '.join(commands)}.\n", file=sys.stderr)
+        print(USAGE, end="", file=sys.stderr)
+        sys.exit(2)
+    try:
+        commands[command](rest)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:
+        from expkit.schema import ConfigError
+
+        if os.environ.get("EXPKIT_TRACEBACK") or not isinstance(e, ConfigError):
+            raise
+        print(f"expkit: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def cmd_train(args: list[str]) -> None:
+    if "--help" in args or "-h" in args:
+        print_train_help()
+        return
+    if "--hydra-help" in args:
+        args = [a for a in args if a != "--hydra-help"] + ["--help"]
+    import hydra
+
+    from expkit.app import hydra_task
+
+    # Hydra reads sys.argv; show it exactly what follows `expkit train`.
+    sys.argv = [sys.argv[0], *args]
+    hydra.main(config_path="pkg://expkit.conf", config_name="config", version_base="1.3")(hydra_task)()
+
+
+def print_train_help() -> None:
+    from expkit.schema import key_reference
+
+    print("usage: expkit train [group=choice ...] [key=value ...] [-m] [--cfg job] [--config-dir DIR]\n")
+    print("config groups (pick with group=choice):")
+    for group, choices in list_choices().items():
+        print(f"  {group:<8} {', '.join(choices)}")
+    print("\nkeys (set with key=value):")
+    for k, typ, default, help_ in key_reference():
+        print(f"  {k:<26} {typ:<12} {default:<14} {help_}")
+    print("\nHydra's own help: expkit train --hydra-help")
+
+
+def list_choices() -> dict[str, list[str]]:
+    from importlib.resources import files
+
+    conf = files("expkit.conf")
+    groups = {}
+    for group in ("data", "model", "optim", "sched", "init", "reg", "trainer", "experiment", "debug",
+                  "hparams_search"):
+        folder = conf / group
+        if folder.is_dir():
+            groups[group] = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return groups
+
+
+def cmd_list(args: list[str]) -> None:
+    for group, choices in list_choices().items():
+        print(f"{group:<15} {', '.join(choices)}")
+
+
+def cmd_resume(args: list[str]) -> None:
+    from expkit.resume import resume
+
+    flags = {a for a in args if a.startswith("--")}
+    unknown = flags - {"--force", "--strict"}
+    positional = [a for a in args if not a.startswith("--")]
+    if unknown or not positional:
+        print("usage: expkit resume RUN_DIR [key=value ...] [--force] [--strict]", file=sys.stderr)
+        sys.exit(2)
+    code = resume(positional[0], positional[1:], force="--force" in flags, strict="--strict" in flags)
+    sys.exit(code)
+
+
+def cmd_sched(args: list[str]) -> None:
+    from expkit.schedplot import main as sched_main
+
+    sched_main(args)

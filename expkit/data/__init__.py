@@ -1,0 +1,194 @@
+"""Data: sources -> fixed train/val split -> sample or full mode -> normalization ->
+checks -> loaders (the in-memory fast path or a DataLoader).
+
+The split and the sample come from `data.split_seed`, not the run's seed, so they are the
+same in every run and on every rank; the shuffling order comes from the run's seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from expkit.data.loaders import (
+    DataLoaderAdapter,
+    EpochSampler,
+    TensorDataset,
+    TensorLoader,
+    random_crop_flip,
+)
+from expkit.data.sources import Source
+from expkit.registry import DATASETS
+from expkit.schema import ConfigError
+
+log = logging.getLogger("expkit")
+IMBALANCE_WARN_RATIO = 10.0  # warn when the largest class is this many times the smallest
+
+
+@dataclass
+class Data:
+    train: Any
+    val: Any
+    test: Any | None
+    input_shape: tuple[int, ...]
+    num_classes: int
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def split_indices(n: int, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    n_val = round(n * val_fraction)
+    if val_fraction > 0:
+        n_val = max(1, n_val)
+    return order[n_val:], order[:n_val]
+
+
+def sample_sizes(n_train: int, n_val: int, sample: int | None) -> tuple[int, int]:
+    """Sample mode keeps `sample` training examples and a validation set of the same
+    proportion (at least one example)."""
+    if sample is None or sample >= n_train:
+        return n_train, n_val
+    return sample, min(n_val, max(1, round(sample * n_val / n_train))) if n_val else 0
+
+
+def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    dims = [0] + list(range(2, x.ndim))
+    mean, std = x.mean(dim=dims), x.std(dim=dims)
+    return mean.tolist(), std.clamp_min(1e-6).tolist()
+
+
+def _normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return (x - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+
+
+def class_counts(y: torch.Tensor, num_classes: int) -> list[int]:
+    return torch.bincount(y, minlength=num_classes).tolist()
+
+
+def check_labels(name: str, split: str, counts: list[int], classes: list[str]) -> None:
+    missing = [classes[i] for i, c in enumerate(counts) if c == 0]
+    if missing:
+        log.warning("data %s: the %s split has no example of class %s", name, split, ", ".join(missing))
+    present = [c for c in counts if c > 0]
+    if present and max(present) > IMBALANCE_WARN_RATIO * min(present):
+        log.warning("data %s: the %s split is badly unbalanced (largest class %d, smallest %d)",
+                    name, split, max(present), min(present))
+
+
+def check_finite(name: str, split: str, x: torch.Tensor) -> None:
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        rows = bad.flatten(1).any(1).nonzero().flatten()
+        raise ConfigError(
+            f"data.name: data set {name!r} has NaN or Inf values in its {split} split "
+            f"({int(bad.sum())} values in {len(rows)} examples, first at index {int(rows[0])}); "
+            "refusing to train on it."
+        )
+
+
+def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
+               device: torch.device | None = None) -> Data:
+    source: Source = DATASETS.get(cfg.name)(cfg)
+    if source.folder is not None:
+        return _build_folder(cfg, source, seed, rank, world_size)
+    device = device or torch.device("cpu")
+    check_finite(cfg.name, "train", source.train_x)
+    if source.test_x is not None:
+        check_finite(cfg.name, "test", source.test_x)
+    train_idx, val_idx = split_indices(len(source.train_y), cfg.val_fraction, cfg.split_seed)
+    n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
+    train_idx, val_idx = train_idx[:n_train], val_idx[:n_val]
+    # Statistics of the training split only: the validation set must not leak into them.
+    mean, std = channel_stats(source.train_x[train_idx])
+    splits = {"train": (source.train_x[train_idx], source.train_y[train_idx]),
+              "val": (source.train_x[val_idx], source.train_y[val_idx])}
+    if source.test_x is not None:
+        n_test = len(source.test_y) if cfg.sample is None else min(len(source.test_y), n_val)
+        splits["test"] = (source.test_x[:n_test], source.test_y[:n_test])
+    num_classes = len(source.classes)
+    use_tensor_path = cfg.loader in ("auto", "tensor")
+    on_device = device if (cfg.on_device and use_tensor_path) else torch.device("cpu")
+    augment = None
+    if cfg.augment and source.image:
+        def augment(x):
+            return random_crop_flip(x, flip=source.flip)
+    loaders: dict[str, Any] = {}
+    for split, (x, y) in splits.items():
+        x = _normalize(x, mean, std).to(on_device)
+        y = y.to(on_device)
+        train = split == "train"
+        sampler = EpochSampler(len(y), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
+        if use_tensor_path:
+            loaders[split] = TensorLoader(x, y, cfg.batch_size, sampler, augment if train else None)
+        else:
+            loaders[split] = DataLoaderAdapter(
+                TensorDataset(x, y), cfg.batch_size, sampler, cfg.num_workers,
+                pin_memory=device.type == "cuda", augment=augment if train else None)
+    info = {
+        "name": cfg.name, "location": source.location, "mode": "full" if cfg.sample is None else f"sample {cfg.sample}",
+        "loader": "tensor" if use_tensor_path else "dataloader",
+        "sizes": {s: len(y) for s, (_, y) in splits.items()},
+        "class_counts": {s: class_counts(y, num_classes) for s, (_, y) in splits.items()},
+        "input_shape": list(source.train_x.shape[1:]), "mean": mean, "std": std,
+    }
+    for split, counts in info["class_counts"].items():
+        check_labels(cfg.name, split, counts, source.classes)
+    return Data(loaders["train"], loaders["val"], loaders.get("test"), tuple(source.train_x.shape[1:]),
+                num_classes, source.classes, mean, std, info)
+
+
+def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int) -> Data:
+    from torchvision import datasets, transforms
+
+    train_folder, test_folder = source.folder
+    size = cfg.image_size
+    base = [transforms.Resize((size, size))]
+    if cfg.channels == 1:
+        base.append(transforms.Grayscale(1))
+    plain = transforms.Compose([*base, transforms.ToTensor()])
+    probe = datasets.ImageFolder(train_folder.root, transform=plain)
+    train_idx, val_idx = split_indices(len(probe), cfg.val_fraction, cfg.split_seed)
+    n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
+    train_idx, val_idx = train_idx[:n_train], val_idx[:n_val]
+    # Channel statistics from up to 256 training images: cheap and close enough.
+    stats_x = torch.stack([probe[int(i)][0] for i in train_idx[:256]])
+    check_finite(cfg.name, "train", stats_x)
+    mean, std = channel_stats(stats_x)
+    norm = transforms.Normalize(mean, std)
+    aug = [transforms.RandomCrop(size, padding=max(1, size // 8)), transforms.RandomHorizontalFlip()]
+    train_tf = transforms.Compose([*base, *(aug if cfg.augment else []), transforms.ToTensor(), norm])
+    eval_tf = transforms.Compose([*base, transforms.ToTensor(), norm])
+    targets = torch.tensor(probe.targets)
+    subsets = {
+        "train": (torch.utils.data.Subset(datasets.ImageFolder(train_folder.root, transform=train_tf),
+                                          train_idx.tolist()), targets[train_idx]),
+        "val": (torch.utils.data.Subset(datasets.ImageFolder(train_folder.root, transform=eval_tf),
+                                        val_idx.tolist()), targets[val_idx]),
+    }
+    if test_folder is not None:
+        subsets["test"] = (datasets.ImageFolder(test_folder.root, transform=eval_tf), torch.tensor(test_folder.targets))
+    num_classes = len(source.classes)
+    loaders = {}
+    for split, (ds, _) in subsets.items():
+        train = split == "train"
+        sampler = EpochSampler(len(ds), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
+        loaders[split] = DataLoaderAdapter(ds, cfg.batch_size, sampler, cfg.num_workers,
+                                           pin_memory=torch.cuda.is_available())
+    info = {
+        "name": cfg.name, "location": source.location,
+        "mode": "full" if cfg.sample is None else f"sample {cfg.sample}", "loader": "dataloader",
+        "sizes": {s: len(ds) for s, (ds, _) in subsets.items()},
+        "class_counts": {s: class_counts(y, num_classes) for s, (_, y) in subsets.items()},
+        "input_shape": [cfg.channels, size, size], "mean": mean, "std": std,
+    }
+    for split, counts in info["class_counts"].items():
+        check_labels(cfg.name, split, counts, source.classes)
+    return Data(loaders["train"], loaders["val"], loaders.get("test"), (cfg.channels, size, size),
+                num_classes, source.classes, mean, std, info)

@@ -1,0 +1,118 @@
+"""Batching. Two paths give the same batches in the same order for the same seed:
+
+- TensorLoader, the fast path for data that fits in memory: the whole split is one
+  tensor (on the accelerator when data.on_device), and a batch is one indexing op.
+- torch's DataLoader, for folder data and per-sample transforms.
+
+Both take their order from EpochSampler: a permutation seeded by (seed, epoch), padded and
+strided over ranks like DistributedSampler, so every rank sees a disjoint shard and a new
+order every epoch, and a resumed run can skip straight to batch k of epoch e.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
+                 pad: bool = True):
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> torch.Tensor:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        if self.pad and self.world_size > 1:
+            # Pad by repeating the start so every rank gets the same number of batches
+            # (a rank with fewer steps would hang in the gradient all-reduce).
+            total = math.ceil(self.n / self.world_size) * self.world_size
+            order = torch.cat([order, order[: total - self.n]])
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+    def __len__(self) -> int:
+        if self.pad:
+            return math.ceil(self.n / self.world_size)
+        return len(range(self.rank, self.n, self.world_size))
+
+
+def random_crop_flip(x: torch.Tensor, flip: bool) -> torch.Tensor:
+    """Per-example random crop (zero padding of size/8) and optional horizontal flip of a
+    batch, in a few tensor ops. Uses the global torch RNG, so it is saved with checkpoints."""
+    b, c, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,)).to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (b,)).to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    out = padded[torch.arange(b, device=x.device)[:, None, None, None],
+                 torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+    if flip:
+        mask = (torch.rand(b) < 0.5).to(x.device)
+        out = torch.where(mask[:, None, None, None], out.flip(3), out)
+    return out
+
+
+class TensorLoader:
+    """Batches of (x, y) from in-memory tensors, by indexing."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, sampler: EpochSampler,
+                 augment=None):
+        self.x, self.y, self.batch_size, self.sampler, self.augment = x, y, batch_size, sampler, augment
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def iterate(self, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.sampler.indices().to(self.x.device)
+        for i in range(start_batch * self.batch_size, len(order), self.batch_size):
+            idx = order[i : i + self.batch_size]
+            x = self.x.index_select(0, idx)
+            yield (self.augment(x) if self.augment else x), self.y.index_select(0, idx)
+
+
+class DataLoaderAdapter:
+    """A torch DataLoader with the same interface; augmentation of tensor data happens on
+    the collated batch, as on the fast path, so both paths match exactly."""
+
+    def __init__(self, dataset, batch_size: int, sampler: EpochSampler, num_workers: int,
+                 pin_memory: bool, augment=None):
+        self.sampler, self.batch_size, self.augment = sampler, batch_size, augment
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+            pin_memory=pin_memory, persistent_workers=num_workers > 0,
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def iterate(self, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i, (x, y) in enumerate(self.loader):
+            # Skipped batches are still drawn so workers' random transforms stay in step.
+            if i >= start_batch:
+                yield (self.augment(x) if self.augment else x), y
+
+
+class TensorDataset(torch.utils.data.Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]

@@ -1,0 +1,22 @@
+"""A multilayer perceptron: Flatten, then `depth` x [Linear -> (BatchNorm) -> act -> (Dropout)]."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from expkit.models.layers import dropout, linear_bn_act
+from expkit.registry import MODELS
+
+
+@MODELS.register("mlp")
+def build_mlp(cfg, reg, input_shape, num_classes):
+    layers: list[nn.Module] = [nn.Flatten()]
+    features = math.prod(input_shape)
+    for _ in range(cfg.depth):
+        layers += linear_bn_act(features, cfg.width, cfg.activation, reg.batchnorm)
+        layers += dropout(reg.dropout)  # dropout goes in front of the next linear layer
+        features = cfg.width
+    layers.append(nn.Linear(features, num_classes))
+    return nn.Sequential(*layers)

@@ -1,0 +1,125 @@
+"""TensorBoard on rank 0; a no-op writer elsewhere, so the loop never asks whether
+logging is on. Events go straight into the run folder, so `tensorboard --logdir runs`
+shows each run once, HPARAMS included (written into the same event file, not a
+timestamped subfolder as SummaryWriter.add_hparams would)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class NullWriter:
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+class Writer:
+    def __init__(self, log_dir: Path, purge_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: on resume, TensorBoard hides events at or after this step that the
+        # interrupted run wrote after its checkpoint, so curves have no duplicated steps.
+        self.w = SummaryWriter(str(log_dir), purge_step=purge_step, flush_secs=30)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.w.add_scalar(tag, value, step)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.w.add_scalar(tag, value, step)
+
+    def histogram(self, tag: str, values, step: int) -> None:
+        self.w.add_histogram(tag, values, step)
+
+    def images(self, tag: str, grid, step: int) -> None:
+        self.w.add_image(tag, grid, step)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        # Markdown: indent by four spaces so YAML and tables keep their layout.
+        self.w.add_text(tag, "    " + text.replace("\n", "\n    "), step)
+
+    def graph(self, model, example) -> None:
+        self.w.add_graph(model, example)
+
+    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+        exp, ssi, sei = hparams_summary(clean, metrics)
+        writer = self.w._get_file_writer()
+        for summary in (exp, ssi, sei):
+            writer.add_summary(summary)
+        for tag, value in metrics.items():
+            self.w.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        self.w.flush()
+
+    def close(self) -> None:
+        self.w.close()
+
+
+def make_writer(run_dir: Path, main: bool, purge_step: int | None = None):
+    return Writer(run_dir, purge_step) if main else NullWriter()
+
+
+# ------------------------------------------------------------ what the loop writes once
+def _denormalize(x, mean, std):
+    import torch
+
+    shape = (1, -1, 1, 1)
+    return (x * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)).clamp(0, 1)
+
+
+def preview(loader, n: int = 64):
+    """The first n examples of a split, without augmentation and without touching the
+    RNG (so a run with and without TensorBoard images trains identically)."""
+    import torch
+
+    if hasattr(loader, "x"):
+        return loader.x[:n].float().cpu(), loader.y[:n].cpu()
+    dataset = loader.loader.dataset
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+
+
+def write_data_grids(writer, data) -> None:
+    """Image grids of a training and a validation batch: see that the data is what you think."""
+    if len(data.input_shape) != 3:
+        return
+    from torchvision.utils import make_grid
+
+    for split, loader in (("train", data.train), ("val", data.val)):
+        x, _ = preview(loader)
+        writer.images(f"data/{split}", make_grid(_denormalize(x, data.mean, data.std), nrow=8), 0)
+
+
+def write_graph(writer, model, data, device) -> None:
+    import logging
+    import warnings
+
+    x, _ = preview(data.train, 2)
+    was_training = model.training
+    model.eval()  # tracing in train mode would update batchnorm statistics
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            writer.graph(model, x.to(device))
+    except Exception as e:  # some models do not trace; the graph is a nicety
+        logging.getLogger("expkit").warning("model graph not written to TensorBoard: %s", e)
+    finally:
+        model.train(was_training)
+
+
+def write_misclassified(writer, errors, data, step: int) -> None:
+    if not errors:
+        return
+    import torch
+    from torchvision.utils import make_grid
+
+    x = torch.stack([e[0] for e in errors])
+    writer.images("val/misclassified", make_grid(_denormalize(x, data.mean, data.std), nrow=8), step)
+    labels = "\n".join(f"{i}: true {data.classes[t]}, predicted {data.classes[p]}"
+                       for i, (_, t, p) in enumerate(errors))
+    writer.text("val/misclassified", labels, step)

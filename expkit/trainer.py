@@ -1,0 +1,352 @@
+"""The training loop, top to bottom.
+
+    fit()
+      before_fit()                    graph, data grids, text: once, rank 0 only
+      for each epoch (from a checkpoint's epoch and batch when resuming):
+        train_epoch()
+          for each batch: train_step()  forward (autocast) -> loss -> backward -> clip
+                                        -> optimizer -> schedule.step_batch()
+          every trainer.log_every steps: log_train()   the loop's only host-device sync
+          a stop signal: checkpoint mid-epoch, raise Interrupted
+        schedule.step_epoch()
+        every trainer.eval_every epochs and after the last: evaluate() -> schedule.step_eval()
+                                                             -> metrics.json
+        save_checkpoint()             last.pt every epoch, best.pt when val/acc improved
+      after_fit()                     test split, misclassified grid, HPARAMS
+
+Every piece that is checkpointed has state_dict()/load_state_dict(), so resume is exact:
+model, optimizer, schedule, grad scaler, position (epoch, batch, step), best metric and
+the RNG states (Python, NumPy, torch, CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from expkit import checkpoint, dist
+from expkit.logs import Progress
+from expkit.rundir import write_atomic
+
+log = logging.getLogger("expkit")
+VANISHING_RATIO = 1e-3  # warn when the first layer's gradient is this far below the last's
+
+
+class Interrupted(Exception):
+    """A stop signal arrived; a checkpoint was written at `step`."""
+
+    def __init__(self, signal_name: str, step: int):
+        super().__init__(f"stopped by {signal_name} at step {step}; checkpoint written")
+        self.signal_name, self.step = signal_name, step
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"the training loss became {loss} at step {step}; stopping "
+                         "(try a lower optim.lr, reg.grad_clip, or another init)")
+        self.step = step
+
+
+def rng_state() -> dict[str, Any]:
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(mt), gauss], "torch": torch.get_rng_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, *, cfg: dict[str, Any], model: nn.Module, optimizer, schedule, data,
+                 device: torch.device, run_dir: Path, writer, config_plain: dict[str, Any]):
+        self.cfg, self.t, self.reg = cfg, cfg["trainer"], cfg["reg"]
+        self.model, self.optimizer, self.schedule, self.data = model, optimizer, schedule, data
+        self.device, self.run_dir, self.writer = device, Path(run_dir), writer
+        self.config_plain = config_plain
+        self.main = dist.is_main()
+        self.raw_model = model.module if hasattr(model, "module") else model
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.reg.label_smoothing)
+        precision = self.t.precision
+        self.autocast_dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "16" else None
+        self.channels_last = self.t.channels_last and len(data.input_shape) == 3
+        # Position and results; all restored by load_state_dict.
+        self.epoch, self.batch, self.step = 0, 0, 0
+        self.best_acc = -math.inf
+        self.last_metrics: dict[str, float] = {}
+        self.stop_signal: str | None = None  # set by the signal handler in app.py
+        self.weight_names = [n for n, p in self.raw_model.named_parameters() if p.ndim >= 2]
+        self.warned_vanishing = False
+        self.errors: list = []  # misclassified validation examples of the last evaluation
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, float]:
+        if self.step == 0:
+            self.before_fit()
+        for epoch in range(self.epoch, self.t.epochs):
+            self.epoch = epoch
+            self.train_epoch(epoch, start_batch=self.batch)
+            self.epoch, self.batch = epoch + 1, 0
+            self.schedule.step_epoch()
+            last = epoch + 1 == self.t.epochs or self.reached_max_steps()
+            improved = False
+            if (epoch + 1) % self.t.eval_every == 0 or last:
+                improved = self.evaluate_and_record(epoch + 1, collect_errors=64 if last else 0)
+            if self.t.checkpoint:
+                self.save_checkpoint(best=improved)
+            if last:
+                break
+        return self.after_fit()
+
+    def reached_max_steps(self) -> bool:
+        return self.t.max_steps is not None and self.step >= self.t.max_steps
+
+    def train_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.model.train()  # dropout on, batchnorm uses batch statistics
+        loader = self.data.train
+        loader.sampler.set_epoch(epoch)
+        progress = Progress(self.t.progress, self.main)
+        progress.start(f"epoch {epoch + 1}/{self.t.epochs}", len(loader), start_batch)
+        # Running sums stay on the device; they are read only at log steps.
+        zero = torch.zeros((), device=self.device)
+        sums = {"loss": zero.clone(), "correct": zero.clone(), "count": zero.clone()}
+        bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
+        started, samples = time.perf_counter(), 0
+        for batch, (x, y) in enumerate(loader.iterate(start_batch), start=start_batch):
+            x, y = self.to_device(x, y)
+            loss, logits = self.train_step(x, y)
+            with torch.no_grad():
+                sums["loss"] += loss.detach() * len(y)
+                sums["correct"] += (logits.argmax(1) == y).sum()
+                sums["count"] += len(y)
+                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), self.step, bad_step)
+            samples += len(y)
+            self.batch = batch + 1
+            if self.step % self.t.log_every == 0 or self.batch == len(loader):
+                stats = self.log_train(sums, bad_step)
+                progress.update(0, stats)
+                sums = {k: v.zero_() for k, v in sums.items()}
+            progress.update()
+            if self.stop_signal is not None:
+                progress.stop()
+                self.interrupt()
+            if self.reached_max_steps():
+                break
+        progress.stop()
+        elapsed = time.perf_counter() - started
+        self.writer.scalars({"time/epoch_s": elapsed, "time/samples_per_s": samples / max(elapsed, 1e-9)},
+                            self.step)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.writer.scalar("opt/lr", self.optimizer.param_groups[0]["lr"], self.step + 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            logits = self.model(x)
+            loss = self.loss_fn(logits, y)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
+        else:
+            loss.backward()
+        self.clip_gradients()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.schedule.step_batch()
+        self.step += 1
+        return loss, logits
+
+    def clip_gradients(self) -> None:
+        if self.reg.grad_clip is None:
+            return
+        params = self.raw_model.parameters()
+        if self.reg.grad_clip_mode == "norm":
+            nn.utils.clip_grad_norm_(params, self.reg.grad_clip)
+        else:
+            nn.utils.clip_grad_value_(params, self.reg.grad_clip)
+
+    @torch.no_grad()
+    def evaluate(self, loader, collect_errors: int = 0) -> tuple[dict[str, float], list]:
+        """Loss and accuracy over the whole split, summed across ranks, so they equal a
+        single-process evaluation."""
+        self.model.eval()  # dropout off, batchnorm uses its running averages
+        totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, count
+        errors: list = []
+        for x, y in loader.iterate():
+            x, y = self.to_device(x, y)
+            with self.autocast():
+                logits = self.model(x)
+            totals[0] += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+            pred = logits.argmax(1)
+            totals[1] += (pred == y).sum()
+            totals[2] += len(y)
+            if collect_errors and len(errors) < collect_errors:
+                wrong = (pred != y).nonzero().flatten()[: collect_errors - len(errors)]
+                errors += [(x[i].float().cpu(), int(y[i]), int(pred[i])) for i in wrong]
+        dist.all_reduce_sum(totals)
+        loss_sum, correct, count = totals.tolist()
+        self.model.train()
+        return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1)}, errors
+
+    def evaluate_and_record(self, epoch: int, collect_errors: int = 0) -> bool:
+        metrics, self.errors = self.evaluate(self.data.val, collect_errors)
+        val = {"val/loss": metrics["loss"], "val/acc": metrics["acc"]}
+        self.schedule.step_eval(val)
+        improved = val["val/acc"] > self.best_acc
+        self.best_acc = max(self.best_acc, val["val/acc"])
+        self.last_metrics.update(val)
+        self.last_metrics["best/val/acc"] = self.best_acc
+        self.writer.scalars(val, self.step)
+        self.writer.flush()  # a crash later still leaves these curves on disk
+        log.info("epoch %d/%d step %d  val/loss %.4f  val/acc %.4f  best %.4f  lr %.3g",
+                 epoch, self.t.epochs, self.step, val["val/loss"], val["val/acc"], self.best_acc,
+                 self.optimizer.param_groups[0]["lr"])
+        self.write_metrics()
+        return improved
+
+    # --------------------------------------------------------------- logging
+    def log_train(self, sums: dict[str, torch.Tensor], bad_step: torch.Tensor) -> str:
+        loss_sum, correct, count, bad = torch.stack(
+            [sums["loss"], sums["correct"], sums["count"], bad_step.float()]).tolist()
+        if bad >= 0:
+            raise NonFiniteLoss(int(bad) + 1, float("nan"))
+        if count == 0:
+            return ""
+        loss, acc = loss_sum / count, correct / count
+        self.last_metrics.update({"train/loss": loss, "train/acc": acc})
+        self.writer.scalars({"train/loss": loss, "train/acc": acc}, self.step)
+        if self.main:
+            self.log_gradients()
+        lr = self.optimizer.param_groups[0]["lr"]
+        stats = f"loss {loss:.4f} acc {acc:.3f} lr {lr:.3g}"
+        if self.step % (self.t.log_every * 10) == 0 or self.batch == len(self.data.train):
+            log.debug("step %d %s", self.step, stats)
+        return stats
+
+    def log_gradients(self) -> None:
+        """Global and per-layer gradient norms and weight norms: vanishing and exploding
+        gradients show up as curves, and as a warning when they vanish."""
+        params = dict(self.raw_model.named_parameters())
+        grads = [params[n].grad for n in self.weight_names if params[n].grad is not None]
+        if not grads:
+            return
+        grad_norms = torch.stack(torch._foreach_norm(grads)).float()
+        weight_norms = torch.stack(torch._foreach_norm([params[n].detach() for n in self.weight_names])).float()
+        total = grad_norms.norm().item()
+        self.writer.scalar("grad/norm", total, self.step)
+        for name, g, w in zip(self.weight_names, grad_norms.tolist(), weight_norms.tolist(), strict=False):
+            self.writer.scalar(f"grad/norm/{name}", g, self.step)
+            self.writer.scalar(f"weight/norm/{name}", w, self.step)
+        first, last = grad_norms[0].item(), grad_norms[-1].item()
+        if not self.warned_vanishing and last > 0 and first < VANISHING_RATIO * last:
+            self.warned_vanishing = True
+            log.warning("vanishing gradients at step %d: first layer %s has gradient norm %.2e, "
+                        "last layer %s %.2e (ratio %.1e); consider kaiming init, batchnorm, skip "
+                        "connections or another activation", self.step, self.weight_names[0], first,
+                        self.weight_names[-1], last, first / last)
+
+    def before_fit(self) -> None:
+        if not self.main:
+            return
+        from expkit.tb import write_data_grids, write_graph
+
+        write_data_grids(self.writer, self.data)
+        if self.t.graph:
+            write_graph(self.writer, self.raw_model, self.data, self.device)
+        self.writer.flush()
+
+    def after_fit(self) -> dict[str, float]:
+        from expkit.tb import write_misclassified
+
+        self.last_metrics.update({"epoch": self.epoch, "step": self.step})
+        if self.data.test is not None:
+            test, _ = self.evaluate(self.data.test)
+            self.last_metrics.update({"test/loss": test["loss"], "test/acc": test["acc"]})
+            self.writer.scalars({"test/loss": test["loss"], "test/acc": test["acc"]}, self.step)
+            log.info("test/loss %.4f  test/acc %.4f", test["loss"], test["acc"])
+        if self.main and len(self.data.input_shape) == 3:
+            write_misclassified(self.writer, self.errors, self.data, self.step)
+        self.write_metrics()
+        self.writer.flush()
+        return dict(self.last_metrics)
+
+    def write_metrics(self) -> None:
+        if self.main:
+            out = dict(self.last_metrics, epoch=self.epoch, step=self.step)
+            write_atomic(self.run_dir / "metrics.json", json.dumps(out, indent=2) + "\n")
+
+    # ---------------------------------------------------------------- helpers
+    def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def interrupt(self) -> None:
+        # A stop always leaves a checkpoint to resume from, even with trainer.checkpoint=false.
+        self.save_checkpoint(best=False)
+        raise Interrupted(self.stop_signal, self.step)
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch, "batch": self.batch, "step": self.step,
+            "best_acc": self.best_acc, "metrics": dict(self.last_metrics),
+            "rng": rng_state(), "world_size": dist.world_size(),
+            "config": self.config_plain,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.best_acc, self.last_metrics = state["best_acc"], dict(state["metrics"])
+        set_rng_state(state["rng"])
+
+    def save_checkpoint(self, best: bool) -> None:
+        if not self.main:
+            return
+        started = time.perf_counter()
+        checkpoint.save(self.run_dir / "checkpoints", self.state_dict(), self.step, best, self.t.keep_last)
+        log.debug("checkpoint at step %d written in %.3f s", self.step, time.perf_counter() - started)
