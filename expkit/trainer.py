@@ -115,6 +115,8 @@ class Trainer:
             self.train_epoch(epoch, start_batch=self.batch)
             self.epoch, self.batch = epoch + 1, 0
             self.schedule.step_epoch()
+            if self.main and self.t.histogram_every and (epoch + 1) % self.t.histogram_every == 0:
+                self.log_histograms()
             last = epoch + 1 == self.t.epochs or self.reached_max_steps()
             improved = False
             if (epoch + 1) % self.t.eval_every == 0 or last:
@@ -273,6 +275,13 @@ class Trainer:
                         "last layer %s %.2e (ratio %.1e); consider kaiming init, batchnorm, skip "
                         "connections or another activation", self.step, self.weight_names[0], first,
                         self.weight_names[-1], last, first / last)
+
+    def log_histograms(self) -> None:
+        """DISTRIBUTIONS / HISTOGRAMS: weights and the last step's gradients per layer."""
+        for name, p in self.raw_model.named_parameters():
+            self.writer.histogram(f"weights/{name}", p.detach().float().cpu(), self.step)
+            if p.grad is not None:
+                self.writer.histogram(f"grads/{name}", p.grad.detach().float().cpu(), self.step)
 
     def before_fit(self) -> None:
         if not self.main:
