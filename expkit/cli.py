@@ -69,6 +69,10 @@ def cmd_train(args: list[str]) -> None:
         return
     if "--hydra-help" in args:
         args = [a for a in args if a != "--hydra-help"] + ["--help"]
+    problem = precheck_overrides(args)
+    if problem:
+        print(f"expkit: {problem}", file=sys.stderr)
+        sys.exit(2)
     import hydra
 
     from expkit.app import hydra_task
@@ -76,6 +80,40 @@ def cmd_train(args: list[str]) -> None:
     # Hydra reads sys.argv; show it exactly what follows `expkit train`.
     sys.argv = [sys.argv[0], *args]
     hydra.main(config_path="pkg://expkit.conf", config_name="config", version_base="1.3")(hydra_task)()
+
+
+def precheck_overrides(args: list[str]) -> str | None:
+    """Catch the two commonest typos, an unknown choice (`model=cnnn`) and an unknown key
+    (`trainer.foo=1`), with a message that names what is allowed. Hydra still composes
+    and schema.validate still checks everything else; fancy sweep syntax is left to them."""
+    import dataclasses
+
+    from expkit.schema import BASES, SCHEMAS, SINGLE
+
+    choices = list_choices(extra_dirs=[a.split("=", 1)[1] if "=" in a else "" for a in args
+                                       if a.startswith("--config-dir")] + _following(args, "--config-dir", "-cd"))
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg or arg.startswith(("+", "~", "hydra")):
+            continue
+        key, value = arg.split("=", 1)
+        if key in choices and "." not in key:
+            if "(" in value or "[" in value:
+                continue
+            unknown = [v for v in value.split(",") if v not in choices[key]]
+            if unknown:
+                return (f"{key}: value {unknown[0]!r} is not a known {key} choice; "
+                        f"choose one of {', '.join(choices[key])}.")
+        group, _, name = key.partition(".")
+        if name and "." not in name and (group in SCHEMAS or group in SINGLE):
+            schemas = list(SCHEMAS.get(group, {}).values()) + [BASES.get(group) or SINGLE[group]]
+            fields = sorted({f.name for sc in schemas if sc for f in dataclasses.fields(sc)})
+            if name not in fields:
+                return f"{key}: unknown key (value {value!r}). Keys of {group}: {', '.join(fields)}."
+    return None
+
+
+def _following(args: list[str], *flags: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args[:-1]) if a in flags]
 
 
 def print_train_help() -> None:
@@ -91,17 +129,23 @@ def print_train_help() -> None:
     print("\nHydra's own help: expkit train --hydra-help")
 
 
-def list_choices() -> dict[str, list[str]]:
-    from importlib.resources import files
+GROUPS = ("data", "model", "optim", "sched", "init", "reg", "trainer", "experiment", "debug", "hparams_search")
 
-    conf = files("expkit.conf")
-    groups = {}
-    for group in ("data", "model", "optim", "sched", "init", "reg", "trainer", "experiment", "debug",
-                  "hparams_search"):
-        folder = conf / group
-        if folder.is_dir():
-            groups[group] = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
-    return groups
+
+def list_choices(extra_dirs: list[str] = ()) -> dict[str, list[str]]:
+    """Config groups and their choices: expkit's conf/ plus a user's --config-dir."""
+    from importlib.resources import files
+    from pathlib import Path
+
+    roots = [files("expkit.conf"), *(Path(d) for d in extra_dirs if d)]
+    groups: dict[str, set[str]] = {}
+    for group in GROUPS:
+        for root in roots:
+            folder = root / group
+            if folder.is_dir():
+                names = {p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")}
+                groups.setdefault(group, set()).update(names)
+    return {g: sorted(names) for g, names in groups.items()}
 
 
 def cmd_list(args: list[str]) -> None:

@@ -1,0 +1,76 @@
+"""Shared helpers: the real CLI in a subprocess, run folders, TensorBoard events."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPKIT = str(Path(sys.executable).parent / "expkit")
+# Small and fast: a sample of the bundled digits, one or two epochs, no progress bar.
+FAST = ["data.sample=128", "trainer.epochs=1", "trainer.progress=off", "trainer.graph=false"]
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300,
+            check: bool = False) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, **(env or {}))
+    full_env.pop("EXPKIT_TRACEBACK", None)
+    proc = subprocess.run([EXPKIT, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"expkit {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Run folders (those with a meta.json) under root/runs, oldest first."""
+    runs = root / "runs"
+    if not runs.exists():
+        return []
+    return sorted((p.parent for p in runs.rglob("meta.json")), key=lambda p: p.stat().st_mtime)
+
+
+def only_run(root: Path) -> Path:
+    found = run_dirs(root)
+    assert len(found) == 1, f"expected one run folder, found {found}"
+    return found[0]
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag in a run folder's event files, read with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0, "images": 0,
+                                                        "tensors": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture
+def git_repo(tmp_path: Path) -> Path:
+    """A real git repository with one commit, made in a tmp dir."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "notes.txt").write_text("first\n")
+    (repo / ".gitignore").write_text("runs/\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "first")
+    return repo
+
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def git(repo: Path, *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True,
+                          env=dict(os.environ, **GIT_ENV))
+    return proc.stdout.strip()

@@ -1,0 +1,149 @@
+"""The real `expkit` command in a subprocess: the run folder, provenance, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest import FAST, only_run, read_json, run_cli, run_dirs, scalars
+
+
+def test_help_and_version_do_not_import_torch():
+    code = ("import sys; from expkit.cli import main; main(['--help']); main(['--version']); "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert 'hydra' not in sys.modules, 'hydra imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: expkit" in proc.stdout and "expkit 0.1.0" in proc.stdout
+
+
+def test_train_writes_a_complete_run_folder(git_repo):
+    proc = run_cli(["train", "model=mlp", "optim=sgd", "optim.lr=0.05", "trainer.epochs=2",
+                    "data.sample=256", "trainer.progress=off"], cwd=git_repo, check=True)
+    run = only_run(git_repo)
+    assert str(run) in proc.stdout and f"tensorboard --logdir {run}" in proc.stdout
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["arch"] == "mlp" and config["optim"]["name"] == "sgd"
+    assert config["optim"]["lr"] == 0.05 and config["trainer"]["epochs"] == 2
+    assert "hydra" not in config
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        assert (run / ".hydra" / name).stat().st_size > 0
+    assert "optim.lr=0.05" in (run / ".hydra" / "overrides.yaml").read_text()
+
+    meta = read_json(run / "meta.json")
+    assert meta["status"] == "completed" and meta["ended"] and meta["started"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=git_repo, capture_output=True, text=True).stdout.strip()
+    assert meta["git"]["commit"] == head and meta["git"]["branch"] == "main"
+    assert meta["git"]["dirty"] is False and "remote" in meta["git"]
+    assert meta["overrides"] == ["model=mlp", "optim=sgd", "optim.lr=0.05", "trainer.epochs=2",
+                                 "data.sample=256", "trainer.progress=off"]
+    assert meta["command"][1:3] == ["model=mlp", "optim=sgd"]
+    assert meta["host"] and meta["world_size"] == 1
+    assert set(meta["versions"]) >= {"python", "torch", "expkit"}
+    assert not (run / "git.diff").exists()
+
+    log = (run / "train.log").read_text()
+    for needle in ("config:", "arch: mlp", "Linear", "parameters", "data digits", "train 256",
+                   "git:", head, "environment:", "epoch 1/2", "epoch 2/2", "val/acc"):
+        assert needle in log, needle
+    assert "\x1b[" not in log  # no ANSI escapes in the log file
+
+    tags = scalars(run)
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "opt/lr", "grad/norm"):
+        assert tag in tags, tag
+    assert len(tags["val/acc"]) == 2
+    steps_per_epoch = 4  # 256 examples / batch 64
+    assert [s for s, _ in tags["opt/lr"]] == list(range(1, 2 * steps_per_epoch + 1))
+
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run / "checkpoints" / name, weights_only=True)
+        assert state["step"] == 2 * steps_per_epoch and "model" in state
+
+    metrics = read_json(run / "metrics.json")
+    assert set(metrics) >= {"val/acc", "val/loss", "best/val/acc", "epoch", "step"}
+    assert metrics["epoch"] == 2 and metrics["step"] == 8
+    assert metrics["val/acc"] == tags["val/acc"][-1][1] == pytest.approx(meta["metrics"]["val/acc"])
+    assert metrics["best/val/acc"] == max(v for _, v in tags["val/acc"])
+
+
+def test_dirty_tree_writes_git_diff(git_repo):
+    (git_repo / "notes.txt").write_text("first\nchanged\n")
+    (git_repo / "new_file.py").write_text("x = 1\n")
+    run_cli(["train", *FAST], cwd=git_repo, check=True)
+    run = only_run(git_repo)
+    meta = read_json(run / "meta.json")
+    assert meta["git"]["dirty"] is True
+    diff = (run / "git.diff").read_text()
+    assert "+changed" in diff and "notes.txt" in diff
+    assert "new_file.py" in diff.split("Untracked files")[1]
+    # The patch applies to the recorded commit: the exact code can be rebuilt.
+    subprocess.run(["git", "stash", "-u", "-q"], cwd=git_repo, check=True)
+    check = subprocess.run(["git", "apply", "--check", str(run / "git.diff")], cwd=git_repo,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_outside_git_meta_says_so_and_training_goes_on(tmp_path):
+    run_cli(["train", *FAST], cwd=tmp_path, check=True)
+    meta = read_json(only_run(tmp_path) / "meta.json")
+    assert meta["status"] == "completed"
+    assert meta["git"]["repo"] is None and "not inside a git repository" in meta["git"]["note"]
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("model=cnnn", "model", "cnn"),
+    ("optim.lr=-1", "optim.lr", "> 0"),
+    ("reg.dropout=1.5", "reg.dropout", "[0, 1)"),
+    ("trainer.epochs=0", "trainer.epochs", ">= 1"),
+    ("trainer.epochs=abc", "trainer.epochs", "int"),
+    ("trainer.foo=1", "trainer.foo", "trainer"),
+    ("+bar=1", "bar", "Allowed"),
+    ("sched=multistep sched.milestones=[5,3]", "sched.milestones", "increasing"),
+])
+def test_bad_input_is_refused_before_training(tmp_path, override, key, allowed):
+    proc = run_cli(["train", *override.split(), "trainer.progress=off"], cwd=tmp_path)
+    assert proc.returncode != 0
+    message = proc.stderr
+    assert key in message and allowed in message, message
+    value = override.split("=", 1)[1].split()[0] if "milestones" not in override else "[5, 3]"
+    assert value in message, message
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert run_dirs(tmp_path) == []
+    leftovers = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()] if (tmp_path / "runs").exists() else []
+    assert leftovers == []
+
+
+def test_two_runs_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
+    from expkit.rundir import unique_dir
+
+    monkeypatch.chdir(tmp_path)
+    first, second = unique_dir("runs/day/12-00-00"), unique_dir("runs/day/12-00-00")
+    assert first != second and second.endswith("-1")
+    # And with real processes racing for one name.
+    code = "from expkit.rundir import unique_dir; print(unique_dir('runs/day/13-00-00'))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    names = {p.communicate()[0].strip() for p in procs}
+    assert len(names) == 4
+
+
+def test_default_run_reaches_95_percent_on_digits(tmp_path):
+    run_cli(["train", "trainer.progress=off"], cwd=tmp_path, check=True)
+    metrics = read_json(only_run(tmp_path) / "metrics.json")
+    assert metrics["val/acc"] >= 0.95, metrics
+
+
+def test_hydra_flags_keep_working(tmp_path):
+    proc = run_cli(["train", "--cfg", "job", "model=mlp"], cwd=tmp_path, check=True)
+    assert "arch: mlp" in proc.stdout and run_dirs(tmp_path) == []
+    proc = run_cli(["train", "--info"], cwd=tmp_path, check=True)
+    assert "Config search path" in proc.stdout
+    proc = run_cli(["train", "--help"], cwd=tmp_path, check=True)
+    assert "optim.lr" in proc.stdout and "reg.dropout" in proc.stdout and "kaiming_normal" in proc.stdout
+    custom = tmp_path / "elsewhere"
+    proc = run_cli(["train", *FAST, f"hydra.run.dir={custom}"], cwd=tmp_path, check=True)
+    assert (custom / "meta.json").exists()
