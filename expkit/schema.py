@@ -272,6 +272,11 @@ def register_schema(group: str, name: str, schema: type) -> None:
 
 
 def schema_for(group: str, choice: str) -> type | None:
+    if choice not in SCHEMAS[group] and group == "model":
+        # A user's model registers itself (and its schema) when its plugin module loads.
+        from expkit.registry import MODELS
+
+        MODELS.names()
     if choice in SCHEMAS[group]:
         return SCHEMAS[group][choice]
     if group == "optim":
@@ -284,6 +289,10 @@ def _fmt(value: Any) -> str:
     if isinstance(value, (DictConfig, ListConfig)):
         value = OmegaConf.to_container(value)
     return repr(value)
+
+
+def type_name(typ: Any) -> str:
+    return typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
 
 
 def _merge_group(prefix: str, schema: type, values: DictConfig) -> Any:
@@ -302,7 +311,7 @@ def _merge_group(prefix: str, schema: type, values: DictConfig) -> Any:
         except oc_errors.ValidationError:
             typ = next(f.type for f in dataclasses.fields(schema) if f.name == k)
             raise ConfigError(
-                f"{prefix}.{k}: value {_fmt(values[k])} is not of type {typ}."
+                f"{prefix}.{k}: value {_fmt(values[k])} is not of type {type_name(typ)}."
             ) from None
     return OmegaConf.to_object(OmegaConf.merge(base, values))
 
@@ -444,8 +453,7 @@ def key_reference() -> list[tuple[str, str, str, str]]:
                 continue
             seen.add(full)
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-            rows.append((full, typ, repr(default), f.metadata.get("help", "") + note))
+            rows.append((full, type_name(f.type), repr(default), f.metadata.get("help", "") + note))
 
     for group in CHOICE_KEY:
         for choice, schema in SCHEMAS[group].items():
