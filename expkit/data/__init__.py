@@ -20,7 +20,7 @@ from expkit.data.loaders import (
     TensorLoader,
     random_crop_flip,
 )
-from expkit.data.sources import Source
+from expkit.data.sources import Source, val_count
 from expkit.registry import DATASETS
 from expkit.schema import ConfigError
 
@@ -42,10 +42,10 @@ class Data:
 
 
 def split_indices(n: int, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices: a permutation from split_seed alone, so every run and every rank
+    gets the same split."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
-    n_val = round(n * val_fraction)
-    if val_fraction > 0:
-        n_val = max(1, n_val)
+    n_val = val_count(n, val_fraction)
     return order[n_val:], order[:n_val]
 
 
@@ -59,7 +59,8 @@ def sample_sizes(n_train: int, n_val: int, sample: int | None) -> tuple[int, int
 
 def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
     dims = [0] + list(range(2, x.ndim))
-    mean, std = x.mean(dim=dims), x.std(dim=dims)
+    # Population std (correction 0): defined for a single example too (it would be NaN).
+    mean, std = x.mean(dim=dims), x.std(dim=dims, correction=0)
     return mean.tolist(), std.clamp_min(1e-6).tolist()
 
 
@@ -82,6 +83,15 @@ def check_labels(name: str, split: str, counts: list[int], classes: list[str]) -
                     name, split, max(present), min(present))
 
 
+def check_label_range(name: str, split: str, y: torch.Tensor, classes: list[str]) -> None:
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
+        raise ConfigError(
+            f"data.name: data set {name!r} has labels in [{int(y.min())}, {int(y.max())}] in its {split} split, "
+            f"but {len(classes)} classes ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}); "
+            "labels must be 0 .. classes - 1."
+        )
+
+
 def check_finite(name: str, split: str, x: torch.Tensor) -> None:
     bad = ~torch.isfinite(x)
     if bad.any():
@@ -100,8 +110,10 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
         return _build_folder(cfg, source, seed, rank, world_size)
     device = device or torch.device("cpu")
     check_finite(cfg.name, "train", source.train_x)
+    check_label_range(cfg.name, "train", source.train_y, source.classes)
     if source.test_x is not None:
         check_finite(cfg.name, "test", source.test_x)
+        check_label_range(cfg.name, "test", source.test_y, source.classes)
     train_idx, val_idx = split_indices(len(source.train_y), cfg.val_fraction, cfg.split_seed)
     n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
     train_idx, val_idx = train_idx[:n_train], val_idx[:n_val]
@@ -130,7 +142,7 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
         else:
             loaders[split] = DataLoaderAdapter(
                 TensorDataset(x, y), cfg.batch_size, sampler, cfg.num_workers,
-                pin_memory=device.type == "cuda", augment=augment if train else None)
+                pin_memory=device.type == "cuda", augment=augment if train else None, seed=seed + rank)
     info = {
         "name": cfg.name, "location": source.location, "mode": "full" if cfg.sample is None else f"sample {cfg.sample}",
         "loader": "tensor" if use_tensor_path else "dataloader",
@@ -173,14 +185,22 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int) ->
                                         val_idx.tolist()), targets[val_idx]),
     }
     if test_folder is not None:
-        subsets["test"] = (datasets.ImageFolder(test_folder.root, transform=eval_tf), torch.tensor(test_folder.targets))
+        test_targets = torch.tensor(test_folder.targets)
+        check_label_range(cfg.name, "test", test_targets, source.classes)
+        if test_folder.classes != source.classes:
+            raise ConfigError(f"data.root: the test folder's classes {test_folder.classes} differ from the "
+                              f"training folder's {source.classes}; use the same class subfolders in both.")
+        # Sample mode: the first examples of the test split, as many as the validation split.
+        n_test = len(test_targets) if cfg.sample is None else min(len(test_targets), n_val)
+        test_ds = datasets.ImageFolder(test_folder.root, transform=eval_tf)
+        subsets["test"] = (torch.utils.data.Subset(test_ds, range(n_test)), test_targets[:n_test])
     num_classes = len(source.classes)
     loaders = {}
     for split, (ds, _) in subsets.items():
         train = split == "train"
         sampler = EpochSampler(len(ds), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
         loaders[split] = DataLoaderAdapter(ds, cfg.batch_size, sampler, cfg.num_workers,
-                                           pin_memory=torch.cuda.is_available())
+                                           pin_memory=torch.cuda.is_available(), seed=seed + rank)
     info = {
         "name": cfg.name, "location": source.location,
         "mode": "full" if cfg.sample is None else f"sample {cfg.sample}", "loader": "dataloader",

@@ -37,7 +37,8 @@ class EpochSampler(torch.utils.data.Sampler):
             # Pad by repeating the start so every rank gets the same number of batches
             # (a rank with fewer steps would hang in the gradient all-reduce).
             total = math.ceil(self.n / self.world_size) * self.world_size
-            order = torch.cat([order, order[: total - self.n]])
+            if self.n:  # (repeated as often as needed: a split smaller than world_size)
+                order = order.repeat(math.ceil(total / self.n))[:total]
         return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
@@ -90,11 +91,15 @@ class DataLoaderAdapter:
     the collated batch, as on the fast path, so both paths match exactly."""
 
     def __init__(self, dataset, batch_size: int, sampler: EpochSampler, num_workers: int,
-                 pin_memory: bool, augment=None):
+                 pin_memory: bool, augment=None, seed: int = 0):
         self.sampler, self.batch_size, self.augment = sampler, batch_size, augment
+        # A generator of its own: without one, every new DataLoader iterator draws its workers'
+        # base seed from the global RNG, which shifts the augmentation (and everything else
+        # drawn from the global RNG) away from the fast path's.
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
             pin_memory=pin_memory, persistent_workers=num_workers > 0,
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def __len__(self) -> int:

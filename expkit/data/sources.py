@@ -43,6 +43,14 @@ def default_root() -> Path:
     return Path(cache) / "expkit" / "data"
 
 
+def val_count(n: int, val_fraction: float) -> int:
+    """Examples held out for validation from n: a val_fraction share, at least one when the
+    share is above zero (and never all of them)."""
+    if val_fraction <= 0 or n <= 1:
+        return 0
+    return min(n - 1, max(1, round(n * val_fraction)))
+
+
 def data_root(cfg) -> Path:
     return Path(cfg.root).expanduser() if cfg.root else default_root()
 
@@ -50,13 +58,24 @@ def data_root(cfg) -> Path:
 @DATASETS.register("digits")
 def load_digits(cfg) -> Source:
     # Read scikit-learn's bundled CSV directly: importing sklearn.datasets costs ~1 s.
+    # find_spec locates the package without importing it.
     spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("data.name: value 'digits' needs scikit-learn, which ships the bundled digits; "
+                          "install it (pip install scikit-learn) or choose another data set.")
     path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
-    with gzip.open(path, "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    x = torch.from_numpy(table[:, :-1] / 16.0).reshape(-1, 1, 8, 8)
-    y = torch.from_numpy(table[:, -1].astype(np.int64))
-    return Source(x, y, classes=[str(i) for i in range(10)], location=str(path))
+    if path.exists():
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+        pixels, labels, location = table[:, :-1], table[:, -1], str(path)
+    else:  # a scikit-learn whose layout moved the file: pay for the import instead
+        from sklearn.datasets import load_digits as sk_load_digits
+
+        bunch = sk_load_digits()
+        pixels, labels, location = bunch.data.astype(np.float32), bunch.target, "sklearn.datasets.load_digits"
+    x = torch.from_numpy(np.ascontiguousarray(pixels / 16.0, dtype=np.float32)).reshape(-1, 1, 8, 8)
+    y = torch.from_numpy(np.asarray(labels).astype(np.int64))
+    return Source(x, y, classes=[str(i) for i in range(10)], location=location)
 
 
 # ------------------------------------------------------------------ MNIST family (IDX)
@@ -65,20 +84,40 @@ MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 MNIST_FAMILY = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
 
+IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
 def read_idx(path: Path) -> torch.Tensor:
-    """Read an IDX file (the MNIST format): magic, dims, then big-endian data."""
+    """Read an IDX file (the MNIST format): magic 0x0000TTDD (TT the type, DD the number of
+    dimensions), DD big-endian int32 sizes, then the big-endian data. Labels (1-D) come back
+    as int64, unsigned bytes as uint8, every other type as float32."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # a truncated or corrupt .gz
+        raise ConfigError(f"data.root: {path} could not be read ({e}); download or place it again.") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_TYPES:
         raise ConfigError(f"data.root: {path} is not an IDX file (bad magic number)")
-    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}[data[2]]
     ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ConfigError(f"data.root: {path} is truncated inside its header")
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    array = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim)
-    if array.size != int(np.prod(dims)):
-        raise ConfigError(f"data.root: {path} is truncated: header says {dims}, found {array.size} values")
-    return torch.from_numpy(array.astype(np.int64 if ndim == 1 else np.uint8).reshape(dims))
+    dtype = np.dtype(IDX_TYPES[data[2]])
+    count = (len(data) - header) // dtype.itemsize
+    if count != int(np.prod(dims)):
+        raise ConfigError(f"data.root: {path} does not match its header: header says {dims}, "
+                          f"found {count} values")
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    if ndim == 1:
+        return torch.from_numpy(array.astype(np.int64))
+    return torch.from_numpy(array.astype(np.uint8 if dtype == np.uint8 else np.float32))
+
+
+def _idx_images(t: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) IDX images -> float (N, 1, H, W) in [0, 1] (bytes are scaled; floats kept)."""
+    return (t.float() / 255 if t.dtype == torch.uint8 else t.float()).unsqueeze(1)
 
 
 def _find(folder: Path, name: str) -> Path | None:
@@ -108,10 +147,14 @@ def _load_mnist_family(cfg, name: str) -> Source:
             getattr(torchvision.datasets, MNIST_FAMILY[name])(str(root), train=True, download=True)
         except Exception as e:  # no network, a proxy, a mirror down: say what to do instead
             raise _missing_files_error(name, raw, MNIST_FILES, f"{type(e).__name__}: {e}") from None
-    tx, ty, vx, vy = (read_idx(_find(raw, f)) for f in MNIST_FILES)
+    paths = [_find(raw, f) for f in MNIST_FILES]
+    tx, ty, vx, vy = (read_idx(p) for p in paths)
+    for (x, y), (px, py) in (((tx, ty), paths[:2]), ((vx, vy), paths[2:])):
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise ConfigError(f"data.root: {px.name} (shape {list(x.shape)}) and {py.name} (shape {list(y.shape)}) "
+                              f"in {raw} do not fit together: expected N images of H x W and N labels.")
     classes = getattr(torchvision.datasets, MNIST_FAMILY[name]).classes
-    return Source(tx.unsqueeze(1).float() / 255, ty, vx.unsqueeze(1).float() / 255, vy,
-                  classes=list(classes), location=str(raw))
+    return Source(_idx_images(tx), ty, _idx_images(vx), vy, classes=list(classes), location=str(raw))
 
 
 @DATASETS.register("mnist")
@@ -131,10 +174,16 @@ CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
 def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="latin1")
-    x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    y = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(batch["labels"] if "labels" in batch else batch["fine_labels"], dtype=np.int64)
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"data.root: {path} is not a CIFAR-10 python batch ({type(e).__name__}: {e}); "
+                          "download or place it again.") from None
+    if len(x) != len(y):
+        raise ConfigError(f"data.root: {path} has {len(x)} images but {len(y)} labels")
     return torch.from_numpy(x.copy()), torch.from_numpy(y)
 
 
@@ -150,7 +199,10 @@ def load_cifar10(cfg) -> Source:
 
             download_url(CIFAR_URL, str(root))
             with tarfile.open(root / "cifar-10-python.tar.gz") as tar:
-                tar.extractall(root, filter="data")
+                # The "data" filter refuses absolute paths and links out of root; Pythons
+                # before 3.10.12 / 3.11.4 lack it.
+                extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                tar.extractall(root, **extra)
         except Exception as e:
             raise _missing_files_error("cifar10", folder, CIFAR_FILES, f"{type(e).__name__}: {e}") from None
     parts = [_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
@@ -187,7 +239,19 @@ def load_folder(cfg) -> Source:
 def load_synthetic(cfg) -> Source:
     """Each class has its own mean pattern plus noise, so a model can learn something."""
     g = torch.Generator().manual_seed(cfg.split_seed + 1234)
-    total = cfg.size + round(cfg.size * cfg.val_fraction / max(1e-9, 1 - cfg.val_fraction))
+    # A total whose training split is exactly `size` once the split holds out val_count
+    # (train = total - val_count grows by 0 or 1 per example; take the largest such total,
+    # so a tiny data set still gets a validation example).
+    def n_train(total: int) -> int:
+        return total - val_count(total, cfg.val_fraction)
+
+    total = max(1, cfg.size + round(cfg.size * cfg.val_fraction / max(1e-9, 1 - cfg.val_fraction)))
+    while n_train(total) < cfg.size:
+        total += 1
+    while n_train(total) > cfg.size:
+        total -= 1
+    while n_train(total + 1) == cfg.size:
+        total += 1
     shape = tuple(cfg.shape)
     means = torch.rand((cfg.num_classes, *shape), generator=g)
     y = torch.randint(0, cfg.num_classes, (total,), generator=g)
