@@ -124,6 +124,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
     rank = dist.rank()
     setup_logging(run_dir, rank)
     started_training = False
+    trainer = None
     try:
         try:
             typed = validate(task_config(cfg))
@@ -135,6 +136,8 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
                                     world_size=dist.world_size())
         trainer = build(typed, cfg, run_dir, resume)
         started_training = True
+        if resume is not None and rank == 0 and resume.get("on_start"):
+            resume["on_start"]()  # the run's record changes only once its checkpoint fits
         with stop_signals(trainer):
             metrics = trainer.fit()
         if rank == 0:
@@ -143,12 +146,13 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
             log.info("done: val/acc %.4f (best %.4f) in %s", metrics.get("val/acc", float("nan")),
                      metrics.get("best/val/acc", float("nan")), run_dir)
             log.info("TensorBoard: tensorboard --logdir %s", run_dir)
-        trainer.writer.close()
         return metrics
     except RunFailed as e:
         if e.exit_code == EXIT_BAD_INPUT and discard_on_bad_input and not started_training and rank == 0:
             close_logging()
             shutil.rmtree(run_dir, ignore_errors=True)  # bad input leaves no run folder behind
+        elif resume is not None and not started_training:
+            pass  # a refused resume leaves the run's record (status, config) as it was
         elif rank == 0:
             log.error("%s", e)
             rundir.finish("failed", error=str(e))
@@ -158,6 +162,8 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
         if discard_on_bad_input and not started_training and rank == 0 and resume is None:
             close_logging()
             shutil.rmtree(run_dir, ignore_errors=True)
+        elif resume is not None and not started_training:
+            pass  # a refused resume leaves the run's record (status, config) as it was
         elif rank == 0:
             log.error("%s", e)
             rundir.finish("failed", error=str(e))
@@ -181,6 +187,8 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
             rundir.finish("failed", error=message)
         raise RunFailed(message, EXIT_FAILED) from e
     finally:
+        if trainer is not None:
+            trainer.writer.close()  # flush: a failed or interrupted run still shows its curves
         close_logging()
 
 
@@ -214,7 +222,7 @@ def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: dict[st
     from expkit.models import build_model
     from expkit.optim import build_optim
     from expkit.sched import Schedule
-    from expkit.tb import make_writer
+    from expkit.tb import NullWriter, make_writer
     from expkit.trainer import Trainer, seed_everything
 
     t = typed["trainer"]
@@ -254,16 +262,18 @@ def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: dict[st
         model = torch.compile(model)
 
     state = resume["state"] if resume else None
-    purge = state["step"] + 1 if state else None
-    writer = make_writer(run_dir, dist.is_main(), purge_step=purge)
+    # On resume the TensorBoard writer opens only once the checkpoint fits (a refused resume
+    # leaves no event file), purging what the run logged after the checkpoint's step.
+    writer = NullWriter() if state else make_writer(run_dir, dist.is_main() and t.tensorboard)
     trainer = Trainer(cfg=typed, model=model, optimizer=optimizer, schedule=schedule, data=data,
                       device=device, run_dir=run_dir, writer=writer, config_plain=plain(cfg))
     if state:
         try:
             trainer.load_state_dict(state)
-        except (RuntimeError, KeyError, ValueError) as e:
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
             raise ConfigError(f"checkpoint {resume['path']} does not fit this model/config: "
-                              f"{str(e).splitlines()[0]}") from None
+                              f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+        trainer.writer = make_writer(run_dir, dist.is_main() and t.tensorboard, purge_step=state["step"] + 1)
         log.info("resumed from %s: epoch %d, batch %d, step %d", resume["path"], trainer.epoch,
                  trainer.batch, trainer.step)
     elif dist.is_main():

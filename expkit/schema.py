@@ -226,6 +226,7 @@ class TrainerConfig:
     keep_last: int = key(2, "numbered checkpoints kept (>= 1)")
     progress: str = key("auto", "progress bar: auto (only in a terminal), on, off", ("auto", "on", "off"))
     histogram_every: int = key(0, "weight/gradient histograms every N epochs; 0 = off")
+    tensorboard: bool = key(True, "write TensorBoard events (false: train.log and metrics.json only)")
     graph: bool = key(True, "write the model graph to TensorBoard once")
     compile: bool = key(False, "torch.compile the model")
     channels_last: bool = key(False, "channels-last memory format for image models")

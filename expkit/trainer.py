@@ -39,6 +39,7 @@ from expkit.logs import Progress
 from expkit.rundir import write_atomic
 
 log = logging.getLogger("expkit")
+PLAIN_LINE_EVERY_S = 30.0  # without a terminal, a progress line at most this often (and per epoch)
 VANISHING_RATIO = 1e-3  # warn when the first layer's gradient is this far below the last's
 
 
@@ -51,8 +52,8 @@ class Interrupted(Exception):
 
 
 class NonFiniteLoss(Exception):
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"the training loss became {loss} at step {step}; stopping "
+    def __init__(self, step: int):
+        super().__init__(f"the training loss became NaN or Inf at step {step}; stopping "
                          "(try a lower optim.lr, reg.grad_clip, or another init)")
         self.step = step
 
@@ -141,6 +142,7 @@ class Trainer:
         sums = {"loss": zero.clone(), "correct": zero.clone(), "count": zero.clone()}
         bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
         started, samples = time.perf_counter(), 0
+        last_line = started
         for batch, (x, y) in enumerate(loader.iterate(start_batch), start=start_batch):
             x, y = self.to_device(x, y)
             loss, logits = self.train_step(x, y)
@@ -148,13 +150,21 @@ class Trainer:
                 sums["loss"] += loss.detach() * len(y)
                 sums["correct"] += (logits.argmax(1) == y).sum()
                 sums["count"] += len(y)
+                # self.step already counts this step, so it is the 1-based number of the step that failed.
                 bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), self.step, bad_step)
             samples += len(y)
             self.batch = batch + 1
             if self.step % self.t.log_every == 0 or self.batch == len(loader):
-                stats = self.log_train(sums, bad_step)
+                speed = samples / max(time.perf_counter() - started, 1e-9)
+                stats = f"{self.log_train(sums, bad_step)} {speed:,.0f}/s"
                 progress.update(0, stats)
                 sums = {k: v.zero_() for k, v in sums.items()}
+                # Without a progress bar (CI, SLURM, a file): a plain line now and then.
+                if not progress.active and (time.perf_counter() - last_line >= PLAIN_LINE_EVERY_S
+                                            or self.batch == len(loader)):
+                    last_line = time.perf_counter()
+                    log.info("epoch %d/%d batch %d/%d step %d  %s", epoch + 1, self.t.epochs, self.batch,
+                             len(loader), self.step, stats)
             progress.update()
             if self.stop_signal is not None:
                 progress.stop()
@@ -240,7 +250,7 @@ class Trainer:
         loss_sum, correct, count, bad = torch.stack(
             [sums["loss"], sums["correct"], sums["count"], bad_step.float()]).tolist()
         if bad >= 0:
-            raise NonFiniteLoss(int(bad) + 1, float("nan"))
+            raise NonFiniteLoss(int(bad))
         if count == 0:
             return ""
         loss, acc = loss_sum / count, correct / count
@@ -249,10 +259,7 @@ class Trainer:
         if self.main:
             self.log_gradients()
         lr = self.optimizer.param_groups[0]["lr"]
-        stats = f"loss {loss:.4f} acc {acc:.3f} lr {lr:.3g}"
-        if self.step % (self.t.log_every * 10) == 0 or self.batch == len(self.data.train):
-            log.debug("step %d %s", self.step, stats)
-        return stats
+        return f"train/loss {loss:.4f} train/acc {acc:.3f} lr {lr:.3g}"
 
     def log_gradients(self) -> None:
         """Global and per-layer gradient norms and weight norms: vanishing and exploding
@@ -339,23 +346,61 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
             "best_acc": self.best_acc, "metrics": dict(self.last_metrics),
+            "warned_vanishing": self.warned_vanishing,
             "rng": rng_state(), "world_size": dist.world_size(),
             "config": self.config_plain,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.raw_model.load_state_dict(state["model"])
+        try:
+            self.raw_model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise ValueError(model_mismatch(state.get("config"), self.config_plain, e)) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.best_acc, self.last_metrics = state["best_acc"], dict(state["metrics"])
-        set_rng_state(state["rng"])
+        self.warned_vanishing = state.get("warned_vanishing", False)
+        # Every rank continues its own streams (dropout masks, augmentation differ per rank).
+        ranks, rank = state.get("rng_ranks"), dist.rank()
+        set_rng_state(ranks[rank] if ranks and rank < len(ranks) else state["rng"])
 
     def save_checkpoint(self, best: bool) -> None:
+        rng_ranks = None
+        if dist.initialized() and dist.world_size() > 1:  # collective: every rank takes part
+            rng_ranks = [None] * dist.world_size()
+            torch.distributed.all_gather_object(rng_ranks, rng_state())
         if not self.main:
             return
         started = time.perf_counter()
-        checkpoint.save(self.run_dir / "checkpoints", self.state_dict(), self.step, best, self.t.keep_last)
+        state = self.state_dict()
+        if rng_ranks is not None:
+            state["rng_ranks"] = rng_ranks
+        checkpoint.save(self.run_dir / "checkpoints", state, self.step, best, self.t.keep_last)
         log.debug("checkpoint at step %d written in %.3f s", self.step, time.perf_counter() - started)
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def model_mismatch(saved_cfg: dict[str, Any] | None, cfg: dict[str, Any], error: Exception) -> str:
+    """One line: which config keys differ from the checkpoint's, and torch's first complaint."""
+    details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+    first = details[0] if details else str(error).splitlines()[0]
+    first = first.replace("copying a param with shape ", "checkpoint ").replace(
+        " from checkpoint, the shape in current model is ", ", model ").replace("torch.Size(", "(")
+    if not saved_cfg:
+        return f"the model's weights do not fit: {first}"
+    old, new = _flat(saved_cfg), _flat(cfg)
+    keys = [k for k in sorted(set(old) | set(new)) if k.split(".")[0] in ("model", "data", "reg", "init")
+            and old.get(k) != new.get(k)]
+    differ = "; ".join(f"{k} was {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in keys[:4])
+    return f"the model differs from the checkpoint's ({differ or 'same model keys'}): {first}"
