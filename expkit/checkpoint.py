@@ -1,22 +1,36 @@
 """Checkpoints that survive faults.
 
-Every save writes `checkpoints/step-<N>.pt` to a temporary file in the same folder,
-fsyncs it, renames it into place and fsyncs the folder; then its SHA-256 goes into a
-sidecar `.sha256` file, and `last.pt` (and `best.pt` when the metric improved) become
-hard links to it, each swapped in by an atomic rename. Old numbered files are deleted
-only after the new one is complete. A file without a matching sidecar is incomplete or
-damaged and is skipped on load, with a warning naming it.
+A save writes, in this order, each to a temporary file in the same folder that is fsynced
+and then renamed into place (with the folder fsynced after the rename):
+
+    checkpoints/step-<N>.pt.sha256    the SHA-256 of the checkpoint's bytes
+    checkpoints/step-<N>.pt           the checkpoint
+    checkpoints/last.pt (+ .sha256)   hard links to the two above, swapped in by a rename
+    checkpoints/best.pt (+ .sha256)   the same, when the validation metric improved
+
+and only then deletes the numbered checkpoints beyond the newest `keep_last` (best.pt, a
+hard link, keeps its data). A kill at any point leaves at most a temporary file, an
+orphan checksum or a link that does not match its checksum: all are ignored on load (and
+cleaned up by the next save), and the newest complete checkpoint is used. A file that
+does not match its checksum (truncated, bit-flipped) is skipped with a warning naming
+it, in favour of the next older one; if none is usable, loading fails loudly, it never
+starts from scratch.
 
 Everything inside is plain data (tensors, numbers, strings, lists, dicts), so loading
-uses `torch.load(weights_only=True)` and a file that smuggles in a pickled object is
-refused rather than run.
+uses `torch.load(weights_only=True)`, and a file that smuggles in a pickled object that
+would run code is refused (UnsafeCheckpoint) rather than run, and is not skipped over.
+
+Test hook: EXPKIT_TEST_SLOW_WRITE=<seconds> sleeps after every 64 KiB written and
+between the steps above, to widen the windows a test kills the writer in.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
+import pickle
 import re
 import time
 from pathlib import Path
@@ -26,10 +40,28 @@ import torch
 
 log = logging.getLogger("expkit")
 NUMBERED = re.compile(r"^step-(\d+)\.pt$")
+SIDECAR = re.compile(r"^step-(\d+)\.pt\.sha256$")
+CHUNK = 1 << 16
+# What a checkpoint needs to resume from; a file without these is not an expkit checkpoint.
+REQUIRED_KEYS = ("model", "optimizer", "epoch", "batch", "step", "rng")
 
 
 class CheckpointError(RuntimeError):
     pass
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """The file would run code when unpickled; never fall back past it silently."""
+
+
+def _slow() -> float:
+    return float(os.environ.get("EXPKIT_TEST_SLOW_WRITE", "0") or 0)  # test hook
+
+
+def _pause() -> None:
+    slow = _slow()
+    if slow:
+        time.sleep(slow)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -49,17 +81,19 @@ def _sha256(path: Path) -> str:
 
 
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Temporary file in the same folder -> fsync -> rename over `path` -> fsync the folder."""
     tmp = path.with_name(f".{path.name}.tmp")
-    slow = float(os.environ.get("EXPKIT_TEST_SLOW_WRITE", "0"))  # test hook: widen the window
+    slow = _slow()
     with open(tmp, "wb") as f:
-        for i in range(0, len(data), 1 << 16):
-            f.write(data[i : i + (1 << 16)])
+        for i in range(0, len(data), CHUNK):
+            f.write(data[i : i + CHUNK])
             if slow:
                 f.flush()
                 time.sleep(slow)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def _link_atomic(target: Path, link: Path) -> None:
@@ -69,74 +103,120 @@ def _link_atomic(target: Path, link: Path) -> None:
     os.replace(tmp, link)
 
 
-def save(folder: Path, state: dict[str, Any], step: int, best: bool, keep_last: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    import io
+def _clean_leftovers(folder: Path) -> None:
+    """Temporary files and orphan checksums that a killed save left behind."""
+    for p in folder.iterdir():
+        m = SIDECAR.match(p.name)
+        if (p.name.startswith(".") and p.name.endswith(".tmp")) or (
+                m and not (folder / p.name[: -len(".sha256")]).exists()):
+            p.unlink(missing_ok=True)
 
+
+def to_bytes(state: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    data = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def save(folder: Path, state: dict[str, Any], step: int, best: bool, keep_last: int) -> Path:
+    """Write `state` as checkpoints/step-<step>.pt; last.pt (and best.pt) point at it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(folder)
+    data = to_bytes(state)
     path = folder / f"step-{step:09d}.pt"
+    sidecar = folder / f"{path.name}.sha256"
+    # The checksum goes in first, so a numbered checkpoint never exists without it.
+    _write_bytes_atomic(sidecar, hashlib.sha256(data).hexdigest().encode())
+    _pause()
     _write_bytes_atomic(path, data)
-    digest = hashlib.sha256(data).hexdigest()
-    _write_bytes_atomic(folder / f"{path.name}.sha256", digest.encode())
     for name in ("last.pt", "best.pt") if best else ("last.pt",):
+        _pause()
         _link_atomic(path, folder / name)
-        _link_atomic(folder / f"{path.name}.sha256", folder / f"{name}.sha256")
+        _pause()
+        _link_atomic(sidecar, folder / f"{name}.sha256")
     _fsync_dir(folder)
-    for old in numbered(folder)[keep_last:]:
-        if os.path.samefile(old, folder / "last.pt") or (
-                (folder / "best.pt").exists() and os.path.samefile(old, folder / "best.pt")):
-            continue
+    _pause()
+    # Only now that the new one is complete: the numbered ones beyond the newest keep_last.
+    # Numbers above this step are left alone: they are from before a resume that fell back
+    # past them (so damaged), and get overwritten when training reaches them again.
+    older = [p for p in numbered(folder) if _number(p) <= step]
+    for old in older[max(1, keep_last):]:
         old.unlink(missing_ok=True)
         Path(f"{old}.sha256").unlink(missing_ok=True)
     return path
 
 
+def _number(path: Path) -> int:
+    return int(NUMBERED.match(path.name).group(1))
+
+
 def numbered(folder: Path) -> list[Path]:
-    """Numbered checkpoints, newest first."""
+    """Numbered checkpoints, newest first (temporary files never match)."""
     if not folder.is_dir():
         return []
     files = [p for p in folder.iterdir() if NUMBERED.match(p.name)]
-    return sorted(files, key=lambda p: int(NUMBERED.match(p.name).group(1)), reverse=True)
+    return sorted(files, key=_number, reverse=True)
 
 
 def load_file(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Verify the checksum, then load with weights_only=True."""
     sidecar = Path(f"{path}.sha256")
     if not sidecar.exists():
-        raise CheckpointError(f"{path} has no checksum file (the write did not finish)")
+        raise CheckpointError(f"{path.name} has no checksum file {sidecar.name} (its write did not finish)")
     if sidecar.read_text().strip() != _sha256(path):
-        raise CheckpointError(f"{path} does not match its checksum (truncated or damaged)")
+        raise CheckpointError(f"{path.name} does not match its checksum (truncated or damaged)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "weights only" in text.lower() or "GLOBAL" in text:
+            found = re.search(r"GLOBAL (\S+)", text)
+            what = f" ({found.group(1)})" if found else ""
+            raise UnsafeCheckpoint(
+                f"{path} holds a pickled Python object{what} that would run code when loaded; refusing to "
+                "load it. expkit checkpoints hold only tensors and plain data, so this file was not written "
+                "by expkit: delete it or move it away to resume from an older checkpoint.") from None
+        raise CheckpointError(f"{path.name} could not be unpickled: {text.splitlines()[0]}") from None
     except Exception as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(f"{path} holds a pickled object that could run code; refusing to load it "
-                                  "(expkit checkpoints hold only tensors and plain data)") from None
-        raise CheckpointError(f"{path} could not be loaded: {type(e).__name__}: {e}") from None
+        first = (str(e).splitlines() or [""])[0]
+        raise CheckpointError(f"{path.name} could not be loaded: {type(e).__name__}: {first}") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path.name} is not an expkit checkpoint (it lacks {', '.join(missing)})")
+    return state
 
 
-def load_latest(folder: Path, map_location: Any = "cpu") -> tuple[dict[str, Any], Path]:
-    """The newest valid checkpoint; a damaged newer one is skipped with a warning."""
-    candidates: list[Path] = []
-    last = folder / "last.pt"
-    if last.exists():
-        candidates.append(last)
-    candidates += numbered(folder)
+def load_latest(folder: Path, map_location: Any = "cpu",
+                problems: list[str] | None = None) -> tuple[dict[str, Any], Path]:
+    """The newest valid checkpoint. A damaged newer one is skipped with a warning naming
+    it (and appended to `problems`); a file that would run code stops everything."""
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} does not exist: this run wrote no checkpoint to resume from")
+    # The newest numbered file first: last.pt and best.pt are hard links to numbered files,
+    # and their .sha256 links are swapped in a moment after the data links.
+    # last.pt right after the newest numbered file: in a copy that did not keep the hard
+    # links (cp -r, rsync without -H) it is a good second choice.
+    newest = numbered(folder)
+    candidates = newest[:1] + [folder / "last.pt"] + newest[1:] + [folder / "best.pt"]
+    candidates = [p for p in candidates if p.exists()]
     if not candidates:
         raise CheckpointError(f"{folder} holds no checkpoint to resume from")
-    problems = []
+    problems = [] if problems is None else problems
+    tried: set[tuple[int, int]] = set()
     for path in candidates:
+        st = path.stat()
+        if (st.st_dev, st.st_ino) in tried:
+            continue  # a link to a file already tried
+        tried.add((st.st_dev, st.st_ino))
         try:
             state = load_file(path, map_location)
+        except UnsafeCheckpoint:
+            raise
         except CheckpointError as e:
-            if "could run code" in str(e):
-                raise
-            log.warning("checkpoint %s is unusable, trying an older one: %s", path.name, e)
+            log.warning("checkpoint %s is unusable, trying an older one: %s", path, e)
             problems.append(str(e))
             continue
         if problems:
-            log.warning("resuming from %s (step %s) instead", path.name, state.get("step"))
+            log.warning("resuming from %s (step %s) instead", path, state.get("step"))
         return state, path
-    raise CheckpointError("no valid checkpoint in " + str(folder) + ": " + "; ".join(problems))
+    raise CheckpointError(f"no usable checkpoint in {folder}: " + "; ".join(problems))
