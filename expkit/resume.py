@@ -3,14 +3,21 @@ valid checkpoint, with the config saved there.
 
 Overrides that would change what was trained so far (model, data, optimizer, ...) are
 refused unless --force; the safe ones (how long, how often to evaluate and log, devices)
-are allowed. A different or dirty git tree is a warning recorded in meta.json, refused
-with --strict.
+are allowed. The code's git commit is compared with the run's: a different commit, or
+uncommitted changes to tracked files other than the ones recorded in git.diff, is a
+warning recorded in meta.json (under `resumes`), refused with --strict. (Untracked files
+are not compared: the run folders themselves usually are untracked.)
+
+Nothing in the run folder changes until the checkpoint has loaded into the model: a
+refused resume leaves status, config.yaml and the event files as they were.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -19,8 +26,9 @@ from expkit.rundir import RunDir, git_info, now, write_atomic
 SAFE_KEYS = {
     "trainer.epochs", "trainer.eval_every", "trainer.log_every", "trainer.devices",
     "trainer.progress", "trainer.keep_last", "trainer.checkpoint", "trainer.histogram_every",
-    "trainer.max_steps", "trainer.num_threads", "trainer.graph", "data.num_workers",
+    "trainer.max_steps", "trainer.num_threads", "trainer.graph", "trainer.tensorboard", "data.num_workers",
 }
+UNTRACKED_HEADER = "# Untracked files"
 
 
 def fail(message: str) -> int:
@@ -28,65 +36,124 @@ def fail(message: str) -> int:
     return 2
 
 
+def _tracked_diff(text: str | None) -> str:
+    """The `git diff HEAD` part of a git.diff text (without the untracked files' names)."""
+    if not text:
+        return ""
+    return text.split(UNTRACKED_HEADER, 1)[0].strip()
+
+
+def git_difference(path: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """(the git facts now, a warning when the code differs from the run's, else None)."""
+    git_now, diff_now = git_info(meta.get("cwd"))
+    recorded = meta.get("git", {})
+    problems = []
+    if git_now.get("commit") != recorded.get("commit"):
+        problems.append(f"the run was trained at commit {recorded.get('commit')}, the code is now at "
+                        f"{git_now.get('commit') or 'no commit (' + str(git_now.get('note')) + ')'}")
+    recorded_diff = (path / "git.diff").read_text() if (path / "git.diff").exists() else ""
+    if _tracked_diff(diff_now) != _tracked_diff(recorded_diff):
+        problems.append("the uncommitted changes differ from the run's git.diff" if _tracked_diff(recorded_diff)
+                        else "the working tree has uncommitted changes")
+    return git_now, ("; ".join(problems) if problems else None)
+
+
+def check_overrides(cfg, overrides: list[str], force: bool) -> str | None:
+    """None when the overrides may be applied, else the reason they may not."""
+    unsafe = []
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            return f"override {item!r} is not of the form key=value."
+        plus, key = key.startswith("+"), key.lstrip("+")
+        current = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if not plus and "." not in key and OmegaConf.is_dict(current):
+            return (f"{item!r} picks a config group; resume continues the config saved in the run folder, so "
+                    "only key=value overrides of it are possible (e.g. trainer.epochs=20).")
+        if not plus and current is None and not _has_key(cfg, key):
+            return f"{key!r} is not a key of this run's config (add it with +{key}=... and --force)."
+        if key not in SAFE_KEYS:
+            unsafe.append(key)
+    if unsafe and not force:
+        return (f"override(s) {', '.join(unsafe)} would change what this run trained so far; pass --force to "
+                f"accept that. Allowed without --force: {', '.join(sorted(SAFE_KEYS))}.")
+    return None
+
+
+def _has_key(cfg, key: str) -> bool:
+    node = cfg
+    for part in key.split("."):
+        if not OmegaConf.is_dict(node) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def resume(run_dir: str, overrides: list[str], force: bool = False, strict: bool = False) -> int:
     from expkit.app import RunFailed, execute
 
     path = Path(run_dir)
+    if not path.exists():
+        return fail(f"RUN_DIR {run_dir!r} does not exist.")
     if not path.is_dir():
-        return fail(f"RUN_DIR {run_dir!r} does not exist or is not a folder.")
+        return fail(f"RUN_DIR {run_dir!r} is not a folder.")
     if not (path / "meta.json").exists() or not (path / "config.yaml").exists():
         return fail(f"{run_dir!r} is not an expkit run folder (it has no meta.json and config.yaml).")
-    pairs = []
-    for item in overrides:
-        key, sep, _ = item.partition("=")
-        if not sep or not key:
-            return fail(f"override {item!r} is not of the form key=value.")
-        pairs.append(key.lstrip("+"))
-    unsafe = [k for k in pairs if k not in SAFE_KEYS]
-    if unsafe and not force:
-        return fail(f"override(s) {', '.join(unsafe)} would change what this run trained so far; "
-                    f"allowed without --force: {', '.join(sorted(SAFE_KEYS))}.")
-    cfg = OmegaConf.load(path / "config.yaml")
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
+    try:
+        cfg = OmegaConf.load(path / "config.yaml")
+        rundir = RunDir(path)
+        meta = rundir.read_meta()
+    except Exception as e:
+        return fail(f"{run_dir!r}: cannot read its config.yaml or meta.json: {str(e).splitlines()[0]}")
+    problem = check_overrides(cfg, overrides, force)
+    if problem:
+        return fail(problem)
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
+    except Exception as e:
+        return fail(f"overrides {' '.join(overrides)}: {str(e).splitlines()[0]}")
 
     from expkit.checkpoint import CheckpointError, load_latest
     from expkit.logs import setup_logging
 
     setup_logging(None)  # checkpoint warnings reach the console before the run's log opens
+    skipped: list[str] = []
     try:
-        state, ckpt_path = load_latest(path / "checkpoints")
+        state, ckpt_path = load_latest(path / "checkpoints", problems=skipped)
     except CheckpointError as e:
         return fail(str(e))
-    rundir = RunDir(path)
-    meta = rundir.read_meta()
     saved_world, world = state.get("world_size", 1), cfg.trainer.get("devices", 1)
     if saved_world != world and not force:
         return fail(f"trainer.devices: the run trained with {saved_world} process(es) and would resume with "
                     f"{world}; the data order and RNG streams would differ. Pass --force to accept that.")
-    git_now, _ = git_info(meta.get("cwd"))
-    recorded = meta.get("git", {})
-    git_warning = None
-    if git_now.get("commit") != recorded.get("commit") or git_now.get("dirty"):
-        git_warning = (f"code differs from the run's: recorded commit {recorded.get('commit')}, now "
-                       f"{git_now.get('commit')}{' with uncommitted changes' if git_now.get('dirty') else ''}")
-        if strict:
-            return fail(git_warning + " (--strict)")
-        print(f"expkit resume: warning: {git_warning}", file=sys.stderr)
     epochs = cfg.trainer.get("epochs")
     if meta.get("status") == "completed" and state["epoch"] >= epochs:
-        return fail(f"the run already completed its {epochs} epochs; extend it with trainer.epochs=N (N > {epochs}).")
+        return fail(f"the run already completed its {epochs} epochs; extend it with trainer.epochs=N "
+                    f"(N > {epochs}).")
+    git_now, git_warning = git_difference(path, meta)
+    if git_warning:
+        if strict:
+            return fail(f"the code differs from the run's: {git_warning} (refused with --strict).")
+        print(f"expkit resume: warning: the code differs from the run's: {git_warning}", file=sys.stderr)
 
-    resumes = list(meta.get("resumes", []))
-    resumes.append({"at": now(), "checkpoint": ckpt_path.name, "step": state["step"], "overrides": overrides,
-                    "git": {k: git_now.get(k) for k in ("commit", "dirty")}, "git_warning": git_warning,
-                    "forced": force})
-    rundir.update_meta(status="running", ended=None, resumes=resumes)
-    if overrides:
-        write_atomic(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    def on_start() -> None:
+        """Called by execute once the checkpoint has loaded into the model."""
+        entry = {"at": now(), "checkpoint": str(ckpt_path.relative_to(path)), "epoch": state["epoch"],
+                 "batch": state["batch"], "step": state["step"], "overrides": overrides, "command": sys.argv,
+                 "skipped": skipped, "git": {k: git_now.get(k) for k in ("commit", "dirty")},
+                 "git_warning": git_warning, "forced": force}
+        current = rundir.read_meta()
+        for stale in ("interrupted_at_step", "signal", "error"):  # from how the run last ended
+            current.pop(stale, None)
+        current.update(status="running", ended=None, resumes=[*current.get("resumes", []), entry])
+        write_atomic(rundir.meta_path, json.dumps(current, indent=2, default=str) + "\n")
+        if overrides:
+            write_atomic(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
     try:
         execute(cfg, path, overrides, discard_on_bad_input=False,
-                resume={"state": state, "path": ckpt_path})
+                resume={"state": state, "path": ckpt_path, "on_start": on_start})
     except RunFailed as e:
-        print(f"expkit: {e}", file=sys.stderr)
+        print(f"expkit resume: {e}", file=sys.stderr)
         return e.exit_code
     return 0
