@@ -167,15 +167,31 @@ def test_missing_files_without_download_say_what_to_place_where(tmp_path, name, 
     assert repr(name) in message and str(tmp_path / where) in message
     for f in files:
         assert f in message
-    assert "data.root" in message
+    assert "data.download=false" in message and f"data.root=DIR: they are then looked for in DIR/{where}" in message
+    assert "\n" not in message
 
 
-def test_missing_files_through_the_cli_print_one_message_and_no_traceback(tmp_path):
-    proc = run_cli(["train", "data=mnist", f"data.root={tmp_path / 'nowhere'}", "data.download=false",
-                    "trainer.progress=off"], cwd=tmp_path, timeout=120)
+def test_only_the_missing_files_are_named(tmp_path):
+    write_mnist(tmp_path, "MNIST", gz=True)
+    (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(ConfigError) as e:
+        build_data(DataConfig(name="mnist", root=str(tmp_path), download=False), seed=0)
+    assert "files in" in str(e.value) and "t10k-labels-idx1-ubyte" in str(e.value)
+    assert "train-images-idx3-ubyte" not in str(e.value)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["data=mnist", "data.root={tmp}/nowhere", "data.download=false"],
+     ["train-images-idx3-ubyte", "{tmp}/nowhere/MNIST/raw"]),
+    (["data=folder"], ["data.root: value None is not allowed for data=folder"]),
+], ids=["mnist", "folder"])
+def test_data_errors_through_the_cli_are_one_message_without_traceback(tmp_path, args, expected):
+    proc = run_cli(["train", *(a.format(tmp=tmp_path) for a in args), "trainer.progress=off"], cwd=tmp_path,
+                   timeout=120)
     assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr + proc.stdout
-    assert "train-images-idx3-ubyte" in proc.stderr and str(tmp_path / "nowhere" / "MNIST" / "raw") in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout and "training failed" not in proc.stderr
+    for e in expected:
+        assert e.format(tmp=tmp_path) in proc.stderr, proc.stderr
 
 
 def test_a_truncated_idx_file_is_a_config_error(tmp_path):
@@ -222,8 +238,13 @@ def test_folder_tree_through_the_dataloader(tmp_path, channels):
 
 
 def test_folder_root_that_is_not_a_folder_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="data.root"):
+    with pytest.raises(ConfigError, match="data.root: value .* is not a folder"):
         build_data(FolderDataConfig(name="folder", root=str(tmp_path / "missing")), seed=0)
+    with pytest.raises(ConfigError, match="data.root: value None is not allowed"):
+        build_data(FolderDataConfig(name="folder"), seed=0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no class folders"):
+        build_data(FolderDataConfig(name="folder", root=str(tmp_path / "empty")), seed=0)
 
 
 @pytest.mark.parametrize("shape", [[3, 8, 8], [5], [1, 4, 6]])

@@ -127,11 +127,17 @@ def _find(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _missing_files_error(dataset: str, folder: Path, names: list[str], cause: str) -> ConfigError:
+DOWNLOAD_OFF = "downloading is off (data.download=false)"
+
+
+def _missing_files_error(dataset: str, root: Path, folder: Path, missing: list[str], cause: str | Exception,
+                         how: str) -> ConfigError:
+    """One paragraph: which files are missing where, why they were not downloaded, what to do."""
+    if isinstance(cause, Exception):
+        cause = f"the download failed: {type(cause).__name__}: {' '.join(str(cause).split())}"
     return ConfigError(
-        f"data.name: {dataset!r} is not in {folder} and could not be downloaded ({cause}). "
-        f"Place these files there (as downloaded, .gz is fine): {', '.join(names)}; "
-        f"or set data.root=DIR to where they are."
+        f"data.name: data set {dataset!r} is missing files in {folder}: {', '.join(missing)}; "
+        f"{cause}. {how} Or set data.root=DIR: they are then looked for in DIR/{folder.relative_to(root)}."
     )
 
 
@@ -140,20 +146,24 @@ def _load_mnist_family(cfg, name: str) -> Source:
 
     root = data_root(cfg)
     raw = root / MNIST_FAMILY[name] / "raw"
-    if not all(_find(raw, f) for f in MNIST_FILES):
+    dataset_class = getattr(torchvision.datasets, MNIST_FAMILY[name])
+    missing = [f for f in MNIST_FILES if not _find(raw, f)]
+    if missing:
+        how = (f"Place these files there, as downloaded from {dataset_class.mirrors[0]} "
+               "(the .gz files are fine, or unpacked).")
         if not cfg.download:
-            raise _missing_files_error(name, raw, MNIST_FILES, "data.download=false")
+            raise _missing_files_error(name, root, raw, missing, DOWNLOAD_OFF, how)
         try:
-            getattr(torchvision.datasets, MNIST_FAMILY[name])(str(root), train=True, download=True)
+            dataset_class(str(root), train=True, download=True)
         except Exception as e:  # no network, a proxy, a mirror down: say what to do instead
-            raise _missing_files_error(name, raw, MNIST_FILES, f"{type(e).__name__}: {e}") from None
+            raise _missing_files_error(name, root, raw, missing, e, how) from None
     paths = [_find(raw, f) for f in MNIST_FILES]
     tx, ty, vx, vy = (read_idx(p) for p in paths)
     for (x, y), (px, py) in (((tx, ty), paths[:2]), ((vx, vy), paths[2:])):
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise ConfigError(f"data.root: {px.name} (shape {list(x.shape)}) and {py.name} (shape {list(y.shape)}) "
                               f"in {raw} do not fit together: expected N images of H x W and N labels.")
-    classes = getattr(torchvision.datasets, MNIST_FAMILY[name]).classes
+    classes = dataset_class.classes
     return Source(_idx_images(tx), ty, _idx_images(vx), vy, classes=list(classes), location=str(raw))
 
 
@@ -191,9 +201,12 @@ def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 def load_cifar10(cfg) -> Source:
     root = data_root(cfg)
     folder = root / CIFAR_DIR
-    if not all((folder / f).exists() for f in CIFAR_FILES):
+    missing = [f for f in CIFAR_FILES if not (folder / f).exists()]
+    if missing:
+        how = (f"Download {CIFAR_URL} and unpack it in {root} (tar xzf cifar-10-python.tar.gz), "
+               f"which makes {CIFAR_DIR}/ with these files.")
         if not cfg.download:
-            raise _missing_files_error("cifar10", folder, CIFAR_FILES, "data.download=false")
+            raise _missing_files_error("cifar10", root, folder, missing, DOWNLOAD_OFF, how)
         try:
             from torchvision.datasets.utils import download_url
 
@@ -204,7 +217,7 @@ def load_cifar10(cfg) -> Source:
                 extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                 tar.extractall(root, **extra)
         except Exception as e:
-            raise _missing_files_error("cifar10", folder, CIFAR_FILES, f"{type(e).__name__}: {e}") from None
+            raise _missing_files_error("cifar10", root, folder, missing, e, how) from None
     parts = [_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
     tx, ty = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     vx, vy = _read_cifar_batch(folder / "test_batch")
@@ -219,6 +232,10 @@ def load_cifar10(cfg) -> Source:
 def load_folder(cfg) -> Source:
     from torchvision import datasets
 
+    if not cfg.root:
+        raise ConfigError("data.root: value None is not allowed for data=folder; set data.root=DIR, a folder "
+                          "of class subfolders with images (DIR/<class>/*.png, or DIR/train/<class>/... "
+                          "and optionally DIR/test/<class>/...).")
     root = Path(cfg.root).expanduser()
     train_dir = root / "train" if (root / "train").is_dir() else root
     if not train_dir.is_dir():
