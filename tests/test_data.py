@@ -488,3 +488,44 @@ def test_normalization_uses_training_statistics():
     fx, _ = collect(flat.train)
     torch.testing.assert_close(fx.mean(0), torch.zeros(4), atol=1e-5, rtol=0)
     torch.testing.assert_close(fx.std(0, correction=0), torch.ones(4), atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------ from the real conf/ files
+
+
+def composed(overrides: list[str]):
+    from hydra import compose, initialize_config_module
+
+    from expkit.schema import validate
+
+    with initialize_config_module("expkit.conf", version_base="1.3"):
+        return validate(compose("config", overrides=overrides))
+
+
+def test_every_data_choice_in_conf_composes_validates_and_builds(tmp_path):
+    write_mnist(tmp_path, "MNIST", gz=True)
+    write_mnist(tmp_path, "FashionMNIST")
+    write_cifar(tmp_path)
+    write_folder(tmp_path / "images")
+    offline = [f"data.root={tmp_path}", "data.download=false"]
+    cases = {
+        "digits": ([], (1, 8, 8)),
+        "mnist": (offline, (1, 28, 28)),
+        "fashion_mnist": (offline, (1, 28, 28)),
+        "cifar10": (offline, (3, 32, 32)),
+        "folder": ([f"data.root={tmp_path / 'images'}", "data.num_workers=0"], (3, 32, 32)),
+        "synthetic": ([], (1, 28, 28)),
+    }
+    for name, (overrides, shape) in cases.items():
+        typed = composed([f"data={name}", *overrides])
+        data = build_data(typed["data"], typed["seed"])
+        assert data.input_shape == shape, name
+        x, y = next(data.train.iterate())
+        assert x.shape[1:] == shape and len(x) == len(y) > 0, name
+
+
+def test_debug_preset_is_sample_mode():
+    typed = composed(["+debug=fast"])
+    data = build_data(typed["data"], typed["seed"])
+    assert data.info["mode"] == "sample 256" and data.info["sizes"]["train"] == 256
+    assert typed["trainer"].epochs == 1 and not typed["trainer"].checkpoint
