@@ -311,7 +311,7 @@ def test_digits_does_not_import_sklearn_datasets():
             "assert tuple(src.train_x.shape) == (1797, 1, 8, 8), src.train_x.shape; "
             "assert sorted(set(src.train_y.tolist())) == list(range(10)); "
             "assert float(src.train_x.max()) == 1.0 and float(src.train_x.min()) == 0.0; "
-            "assert 'sklearn.datasets' not in sys.modules, 'sklearn.datasets imported'")
+            "assert 'sklearn.datasets' not in sys.modules and 'sklearn' not in sys.modules, 'sklearn imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
