@@ -105,10 +105,13 @@ def register_source():
 def expkit_log(caplog):
     """The "expkit" logger may not propagate (the CLI sets it up so): listen on it directly."""
     logger = logging.getLogger("expkit")
-    logger.addHandler(caplog.handler)
-    caplog.handler.setLevel(logging.DEBUG)
-    yield caplog
-    logger.removeHandler(caplog.handler)
+    direct = not logger.propagate  # (when it propagates, caplog's handler on the root sees it already)
+    if direct:
+        logger.addHandler(caplog.handler)
+    with caplog.at_level(logging.INFO, logger="expkit"):
+        yield caplog
+    if direct:
+        logger.removeHandler(caplog.handler)
 
 
 # ------------------------------------------------------------------ real formats
@@ -258,13 +261,13 @@ def test_synthetic_any_shape_and_class_count(shape):
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 10, 99, 2048])
-@pytest.mark.parametrize("val_fraction", [0.0, 0.1, 0.5, 0.9])
+@pytest.mark.parametrize("val_fraction", [0.01, 0.1, 0.5, 0.9])
 def test_synthetic_size_is_the_exact_training_size(size, val_fraction):
     cfg = SyntheticDataConfig(name="synthetic", shape=[2], size=size, val_fraction=val_fraction)
     data = build_data(cfg, seed=0)
     assert data.info["sizes"]["train"] == size
     n_val = data.info["sizes"]["val"]
-    assert (n_val > 0) == (val_fraction > 0)
+    assert n_val >= 1
     if size >= 99:
         assert abs(n_val / (size + n_val) - val_fraction) < 0.01
 
@@ -339,6 +342,14 @@ def test_nan_in_a_float_idx_file_is_refused(tmp_path):
         build_data(DataConfig(name="mnist", root=str(tmp_path), download=False), seed=0)
 
 
+def test_no_validation_split_is_refused_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="data.val_fraction: value 0.0 leaves data set 'digits' without"):
+        build_data(DataConfig(name="digits", val_fraction=0.0), seed=0)
+    write_folder(tmp_path)
+    with pytest.raises(ConfigError, match="data.val_fraction: value 0.0 leaves data set 'folder' without"):
+        build_data(FolderDataConfig(name="folder", root=str(tmp_path), val_fraction=0.0), seed=0)
+
+
 def test_labels_outside_the_classes_are_refused(register_source):
     register_source("label_test", lambda: Source(torch.rand(10, 3), torch.arange(10), classes=["a", "b"]))
     with pytest.raises(ConfigError, match="'label_test' has labels in \\[0, 9\\]"):
@@ -348,11 +359,13 @@ def test_labels_outside_the_classes_are_refused(register_source):
 def test_missing_or_unbalanced_classes_warn(register_source, expkit_log):
     y = torch.tensor([0] * 200 + [1] * 10)  # class "c" missing, "a" 20x "b"
     register_source("unbalanced_test", lambda: Source(torch.rand(210, 4), y, classes=["a", "b", "c"]))
-    data = build_data(DataConfig(name="unbalanced_test", val_fraction=0.0), seed=0)
-    assert data.info["class_counts"]["train"] == [200, 10, 0]
+    data = build_data(DataConfig(name="unbalanced_test", val_fraction=0.1), seed=0)
+    counts = data.info["class_counts"]
+    assert [a + b for a, b in zip(counts["train"], counts["val"], strict=True)] == [200, 10, 0]
     warnings = [r.getMessage() for r in expkit_log.records if r.levelno == logging.WARNING]
     assert any("unbalanced_test" in w and "no example of class c" in w for w in warnings), warnings
-    assert any("unbalanced_test" in w and "badly unbalanced" in w and "200" in w for w in warnings), warnings
+    assert any("unbalanced_test" in w and "train split is badly unbalanced" in w for w in warnings), warnings
+    assert len(warnings) == len(set(warnings))
 
     expkit_log.clear()
     build_data(DataConfig(name="digits"), seed=0)

@@ -92,6 +92,17 @@ def check_label_range(name: str, split: str, y: torch.Tensor, classes: list[str]
         )
 
 
+def check_split_sizes(cfg, n_train: int, n_val: int) -> None:
+    """Training needs examples, and evaluation (val/acc, the best checkpoint) a validation split."""
+    if n_train == 0:
+        raise ConfigError(f"data.name: data set {cfg.name!r} has no training examples.")
+    if n_val == 0:
+        raise ConfigError(
+            f"data.val_fraction: value {cfg.val_fraction!r} leaves data set {cfg.name!r} without a validation "
+            f"split ({n_train} training examples); every evaluation runs on it. Use a number in (0, 1), e.g. 0.1."
+        )
+
+
 def check_finite(name: str, split: str, x: torch.Tensor) -> None:
     bad = ~torch.isfinite(x)
     if bad.any():
@@ -117,6 +128,7 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
     train_idx, val_idx = split_indices(len(source.train_y), cfg.val_fraction, cfg.split_seed)
     n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
     train_idx, val_idx = train_idx[:n_train], val_idx[:n_val]
+    check_split_sizes(cfg, len(train_idx), len(val_idx))
     # Statistics of the training split only: the validation set must not leak into them.
     mean, std = channel_stats(source.train_x[train_idx])
     splits = {"train": (source.train_x[train_idx], source.train_y[train_idx]),
@@ -169,6 +181,7 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int) ->
     train_idx, val_idx = split_indices(len(probe), cfg.val_fraction, cfg.split_seed)
     n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
     train_idx, val_idx = train_idx[:n_train], val_idx[:n_val]
+    check_split_sizes(cfg, len(train_idx), len(val_idx))
     # Channel statistics from up to 256 training images: cheap and close enough.
     stats_x = torch.stack([probe[int(i)][0] for i in train_idx[:256]])
     check_finite(cfg.name, "train", stats_x)
