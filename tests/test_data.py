@@ -238,6 +238,12 @@ def test_folder_tree_through_the_dataloader(tmp_path, channels):
     assert test_y.tolist() == [0, 0, 1, 1, 2, 2]
     counts = data.info["class_counts"]
     assert [a + b for a, b in zip(counts["train"], counts["val"], strict=True)] == [7, 5, 6]
+    # The training split without augmentation, for image grids: same every time, no RNG drawn.
+    plain = data.train.preview_dataset
+    state = torch.get_rng_state()
+    first = torch.stack([plain[i][0] for i in range(len(plain))])
+    assert torch.equal(torch.get_rng_state(), state) and len(plain) == 14
+    assert torch.equal(first, torch.stack([plain[i][0] for i in range(len(plain))]))
 
 
 def test_folder_root_that_is_not_a_folder_is_a_config_error(tmp_path):

@@ -148,7 +148,8 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
         x = _normalize(x, mean, std).to(on_device)
         y = y.to(on_device)
         train = split == "train"
-        sampler = EpochSampler(len(y), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
+        sampler = EpochSampler(len(y), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train,
+                               batch_size=cfg.batch_size if train else None)
         if use_tensor_path:
             loaders[split] = TensorLoader(x, y, cfg.batch_size, sampler, augment if train else None)
         else:
@@ -208,12 +209,16 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int) ->
         test_ds = datasets.ImageFolder(test_folder.root, transform=eval_tf)
         subsets["test"] = (torch.utils.data.Subset(test_ds, range(n_test)), test_targets[:n_test])
     num_classes = len(source.classes)
+    plain_train = torch.utils.data.Subset(datasets.ImageFolder(train_folder.root, transform=eval_tf),
+                                          train_idx.tolist())
     loaders = {}
     for split, (ds, _) in subsets.items():
         train = split == "train"
-        sampler = EpochSampler(len(ds), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
+        sampler = EpochSampler(len(ds), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train,
+                               batch_size=cfg.batch_size if train else None)
         loaders[split] = DataLoaderAdapter(ds, cfg.batch_size, sampler, cfg.num_workers,
-                                           pin_memory=torch.cuda.is_available(), seed=seed + rank)
+                                           pin_memory=torch.cuda.is_available(), seed=seed + rank,
+                                           preview_dataset=plain_train if train else None)
     info = {
         "name": cfg.name, "location": source.location,
         "mode": "full" if cfg.sample is None else f"sample {cfg.sample}", "loader": "dataloader",

@@ -19,9 +19,10 @@ import torch
 
 class EpochSampler(torch.utils.data.Sampler):
     def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
-                 pad: bool = True):
+                 pad: bool = True, batch_size: int | None = None):
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.batch_size = batch_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -39,6 +40,14 @@ class EpochSampler(torch.utils.data.Sampler):
             total = math.ceil(self.n / self.world_size) * self.world_size
             if self.n:  # (repeated as often as needed: a split smaller than world_size)
                 order = order.repeat(math.ceil(total / self.n))[:total]
+            if self.batch_size:
+                # Rank r takes the r-th slice of every global batch of world_size x batch_size,
+                # so together the ranks' step-k batches are exactly the batch one process
+                # with world_size x batch_size would take at step k.
+                chunk = self.batch_size * self.world_size
+                full = len(order) // chunk * chunk
+                head = order[:full].view(-1, self.world_size, self.batch_size)[:, self.rank].flatten()
+                return torch.cat([head, order[full:].view(self.world_size, -1)[self.rank]])
         return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
@@ -91,8 +100,11 @@ class DataLoaderAdapter:
     the collated batch, as on the fast path, so both paths match exactly."""
 
     def __init__(self, dataset, batch_size: int, sampler: EpochSampler, num_workers: int,
-                 pin_memory: bool, augment=None, seed: int = 0):
+                 pin_memory: bool, augment=None, seed: int = 0, preview_dataset=None):
         self.sampler, self.batch_size, self.augment = sampler, batch_size, augment
+        # The same examples without random transforms, for looking at the data (image grids)
+        # without augmentation and without drawing from the RNG.
+        self.preview_dataset = dataset if preview_dataset is None else preview_dataset
         # A generator of its own: without one, every new DataLoader iterator draws its workers'
         # base seed from the global RNG, which shifts the augmentation (and everything else
         # drawn from the global RNG) away from the fast path's.
