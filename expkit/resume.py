@@ -80,6 +80,23 @@ def check_overrides(cfg, overrides: list[str], force: bool) -> str | None:
     return None
 
 
+def check_epochs(cfg, state: dict[str, Any], force: bool) -> str | None:
+    """trainer.epochs may grow, unless the LR schedule is spread over the whole run."""
+    epochs, trained = cfg.trainer.get("epochs"), state["epoch"]
+    saved = (state.get("config") or {}).get("trainer", {}).get("epochs", epochs)
+    if epochs < trained:
+        return f"trainer.epochs={epochs} is less than the {trained} epochs this run has trained already."
+    sched = cfg.get("sched", {}).get("name")
+    if epochs != saved and sched == "onecycle":
+        return (f"trainer.epochs: sched=onecycle spreads its schedule over the {saved} epochs the run started "
+                "with and cannot step past its end; start a new run to train longer.")
+    if epochs != saved and sched == "cosine" and not force:
+        return (f"trainer.epochs: sched=cosine anneals over the {saved} epochs the run started with; changing it "
+                "would not give the schedule of a longer run (the learning rate would rise again after epoch "
+                f"{saved}). Pass --force to accept that, or start a new run.")
+    return None
+
+
 def _has_key(cfg, key: str) -> bool:
     node = cfg
     for part in key.split("."):
@@ -127,6 +144,9 @@ def resume(run_dir: str, overrides: list[str], force: bool = False, strict: bool
         return fail(f"trainer.devices: the run trained with {saved_world} process(es) and would resume with "
                     f"{world}; the data order and RNG streams would differ. Pass --force to accept that.")
     epochs = cfg.trainer.get("epochs")
+    problem = check_epochs(cfg, state, force)
+    if problem:
+        return fail(problem)
     if meta.get("status") == "completed" and state["epoch"] >= epochs:
         return fail(f"the run already completed its {epochs} epochs; extend it with trainer.epochs=N "
                     f"(N > {epochs}).")

@@ -354,3 +354,31 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, straight):
     assert "does not fit" in line and "model.hidden" in line and "128" in line and "64" in line
     assert meta(other) == before and (other / "config.yaml").read_text() == config
     assert sorted(other.glob("events.*")) == events
+
+
+def test_which_overrides_and_epoch_changes_a_resume_accepts():
+    from omegaconf import OmegaConf
+
+    from expkit.resume import check_epochs, check_overrides
+
+    cfg = OmegaConf.create({"trainer": {"epochs": 3, "max_steps": None}, "model": {"width": 32},
+                            "sched": {"name": "none"}})
+    assert check_overrides(cfg, ["trainer.epochs=5", "trainer.max_steps=null"], force=False) is None
+    assert "model.width" in check_overrides(cfg, ["model.width=64"], force=False)
+    assert check_overrides(cfg, ["model.width=64"], force=True) is None
+    assert "config group" in check_overrides(cfg, ["model=mlp"], force=True)
+    assert "not a key" in check_overrides(cfg, ["trainer.epoch=5"], force=True)
+    assert "key=value" in check_overrides(cfg, ["trainer.epochs"], force=False)
+
+    def state(epoch, epochs=3):
+        return {"epoch": epoch, "config": {"trainer": {"epochs": epochs}}}
+
+    def with_(sched, epochs):
+        return OmegaConf.merge(cfg, {"sched": {"name": sched}, "trainer": {"epochs": epochs}})
+
+    assert check_epochs(with_("none", 5), state(3), force=False) is None
+    assert "less than" in check_epochs(with_("none", 2), state(3), force=True)
+    assert "--force" in check_epochs(with_("cosine", 5), state(3), force=False)
+    assert check_epochs(with_("cosine", 5), state(3), force=True) is None
+    assert check_epochs(with_("cosine", 3), state(2), force=False) is None  # same length: fine
+    assert "onecycle" in check_epochs(with_("onecycle", 5), state(3), force=True)
