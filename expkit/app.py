@@ -41,8 +41,17 @@ def _slug(text: str) -> str:
     return text if len(text) <= 120 else text[:120] + "..."
 
 
+def claim_run_dir(path: str) -> str:
+    """hydra.run.dir's resolver: a fresh folder, the same one for every rank under torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "MASTER_ADDR" in os.environ:
+        from expkit.dist import agree_on_run_dir
+
+        return agree_on_run_dir(path, unique_dir)
+    return unique_dir(path)
+
+
 def register_resolvers() -> None:
-    for name, fn, cache in (("expkit_unique", unique_dir, True), ("expkit_suffix", _suffix, False),
+    for name, fn, cache in (("expkit_unique", claim_run_dir, True), ("expkit_suffix", _suffix, False),
                             ("expkit_slug", _slug, False)):
         if not OmegaConf.has_resolver(name):
             # Cached: Hydra may resolve hydra.run.dir more than once; it must claim one folder.
@@ -53,9 +62,11 @@ register_resolvers()
 
 
 class RunFailed(Exception):
-    def __init__(self, message: str, exit_code: int):
+    """What the user sees and the exit status; `recorded`: meta.json already says why."""
+
+    def __init__(self, message: str, exit_code: int, recorded: bool = False):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code, self.recorded = exit_code, recorded
 
 
 def task_config(cfg: DictConfig) -> DictConfig:
@@ -114,7 +125,7 @@ def train_api(overrides: list[str], config_dir: str | None = None,
 
 # ------------------------------------------------------------------- the run
 def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_bad_input: bool,
-            resume: dict[str, Any] | None = None) -> dict[str, float]:
+            resume: dict[str, Any] | None = None, provenance: bool = True) -> dict[str, float]:
     """Validate, train and record one run in `run_dir`. Raises RunFailed with the
     message for the user; the run folder records the outcome either way."""
     from expkit import dist
@@ -130,10 +141,14 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
             typed = validate(task_config(cfg))
         except ConfigError as e:
             raise RunFailed(str(e), EXIT_BAD_INPUT) from None
-        if resume is None and rank == 0:
+        if resume is None and rank == 0 and provenance:
             rundir.write_provenance(OmegaConf.to_yaml(task_config(cfg), resolve=True),
                                     command=sys.argv, overrides=overrides,
-                                    world_size=dist.world_size())
+                                    world_size=max(dist.world_size(), typed["trainer"].devices))
+        from expkit.launch import inside_worker_group
+
+        if typed["trainer"].devices > 1 and not inside_worker_group():
+            return launch_and_wait(typed, run_dir, resume)
         trainer = build(typed, cfg, run_dir, resume)
         started_training = True
         if resume is not None and rank == 0 and resume.get("on_start"):
@@ -153,7 +168,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
             shutil.rmtree(run_dir, ignore_errors=True)  # bad input leaves no run folder behind
         elif resume is not None and not started_training:
             pass  # a refused resume leaves the run's record (status, config) as it was
-        elif rank == 0:
+        elif rank == 0 and not e.recorded:
             log.error("%s", e)
             rundir.finish("failed", error=str(e))
         raise
@@ -182,14 +197,76 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
         else:
             message = f"training failed: {type(e).__name__}: {e} (traceback in {run_dir / 'train.log'})"
             _log_traceback_to_file()
+        log.error("%s", message)  # every rank: a crash on rank 1 shows in train.log too
         if rank == 0:
-            log.error("%s", message)
             rundir.finish("failed", error=message)
         raise RunFailed(message, EXIT_FAILED) from e
     finally:
         if trainer is not None:
             trainer.writer.close()  # flush: a failed or interrupted run still shows its curves
         close_logging()
+
+
+def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: dict[str, Any] | None) -> dict[str, float]:
+    """`trainer.devices=N`: this process made the run folder; N workers train in it."""
+    import json
+
+    import torch
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from expkit.launch import describe_failure, launch_workers
+
+    t = typed["trainer"]
+    gpus = torch.cuda.device_count() if t.accelerator != "cpu" else 0
+    if t.accelerator == "cuda" and t.devices > gpus:
+        raise ConfigError(f"trainer.devices: value {t.devices} is more than the {gpus} GPU(s) here; "
+                          "use trainer.accelerator=cpu for CPU processes.")
+    if t.accelerator == "auto" and 0 < gpus < t.devices:
+        raise ConfigError(f"trainer.devices: value {t.devices} is more than the {gpus} GPU(s) here; "
+                          "lower it, or set trainer.accelerator=cpu to train with CPU processes.")
+    if resume is not None and resume.get("on_start"):
+        resume["on_start"]()
+    rundir = RunDir(run_dir)
+    try:
+        launch_workers(run_dir, t.devices, resume is not None)
+    except ChildFailedError as e:
+        message = describe_failure(e)
+        rundir.finish("failed", error=message)  # the root cause, not a peer's "connection closed"
+        if "train.log" not in message:
+            message += f" (details in {run_dir / 'train.log'})"
+        raise RunFailed(message, EXIT_FAILED, recorded=True) from None
+    except SignalException as e:
+        if rundir.read_meta().get("status") == "running":
+            rundir.finish("interrupted", signal=e.sigval.name)
+        raise RunFailed(f"stopped by {e.sigval.name}. Continue with: expkit resume {run_dir}",
+                        128 + int(e.sigval), recorded=True) from None
+    meta = rundir.read_meta()
+    if meta.get("status") != "completed":
+        raise RunFailed(f"the workers ended with status {meta.get('status')}: {meta.get('error', '')}", EXIT_FAILED)
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def run_worker(run_dir: str, resume: bool) -> int:
+    """Body of one worker of expkit's own DDP launch: train with the run folder's config."""
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+    path = Path(run_dir)
+    cfg = OmegaConf.load(path / "config.yaml")
+    state = None
+    if resume:
+        from expkit.checkpoint import load_latest
+
+        loaded, ckpt = load_latest(path / "checkpoints")
+        state = {"state": loaded, "path": ckpt}
+    overrides = RunDir(path).read_meta().get("overrides", [])
+    try:
+        execute(cfg, path, overrides, discard_on_bad_input=False, resume=state, provenance=False)
+    except RunFailed as e:
+        # Tell the launching agent why, in its own error-file format; it reports the first failure.
+        ErrorHandler().record_exception(e)
+        return e.exit_code
+    return 0
 
 
 def _log_traceback_to_file() -> None:

@@ -45,9 +45,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"expkit {__version__}")
         return
     command, rest = argv[0], argv[1:]
-    commands = {"train": cmd_train, "resume": cmd_resume, "sched": cmd_sched, "list": cmd_list}
-    if command not in commands:
-        print(f"expkit: unknown command {command!r}; choose one of {', '.join(commands)}.\n", file=sys.stderr)
+    commands = {"train": cmd_train, "resume": cmd_resume, "sched": cmd_sched, "list": cmd_list,
+                "_worker": cmd_worker}
+    if command not in commands or (command == "_worker" and "TORCHELASTIC_RUN_ID" not in os.environ):
+        public = [c for c in commands if not c.startswith("_")]
+        print(f"expkit: unknown command {command!r}; choose one of {', '.join(public)}.\n", file=sys.stderr)
         print(USAGE, end="", file=sys.stderr)
         sys.exit(2)
     try:
@@ -170,3 +172,10 @@ def cmd_sched(args: list[str]) -> None:
     from expkit.schedplot import main as sched_main
 
     sched_main(args)
+
+
+def cmd_worker(args: list[str]) -> None:
+    """One DDP worker started by expkit's own launch (expkit/launch.py); not for users."""
+    from expkit.app import run_worker
+
+    sys.exit(run_worker(args[0], resume="--resume" in args))

@@ -28,11 +28,57 @@ def initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+_store = None  # the TCPStore rank 0 made to agree on the run folder, reused for the group
+
+
 def setup(device: torch.device) -> None:
     if world_size() > 1 and not initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
+        if _store is not None:
+            kwargs.update(store=_store, rank=rank(), world_size=world_size())
         torch.distributed.init_process_group(backend, **kwargs)
+
+
+def agree_on_run_dir(path: str, claim) -> str:
+    """Under torchrun every rank composes the config and resolves hydra.run.dir; rank 0
+    claims the folder and the others read its name from the group's key-value store,
+    so a run has exactly one folder whatever the launch path."""
+    from datetime import timedelta
+
+    global _store
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    # torchrun's agent hosts a store at MASTER_PORT; a bare launch needs rank 0 to host it.
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = torch.distributed.TCPStore(host, port, world_size(), is_master=rank() == 0 and not agent_store,
+                                       timeout=timedelta(seconds=300), wait_for_workers=False)
+    if not agent_store:
+        _store = store
+    key = "expkit/run_dir/{}/{}/{}".format(os.environ.get("TORCHELASTIC_RUN_ID", ""),
+                                           os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"), path)
+    if rank() == 0:
+        chosen = claim(path)
+        store.set(key, chosen)
+        return chosen
+    store.wait([key])
+    return store.get(key).decode()
+
+
+def all_reduce_max_flag(flag: bool, device: torch.device) -> bool:
+    """True on every rank if any rank says True."""
+    if not initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def all_gather_object(obj) -> list:
+    if not initialized():
+        return [obj]
+    out = [None] * world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 def teardown() -> None:

@@ -24,6 +24,11 @@ def setup_logging(run_dir: Path | None, rank: int = 0, level: int = logging.INFO
         handler.setFormatter(logging.Formatter(f"[rank {rank}] %(levelname)s %(message)s"))
         handler.setLevel(logging.WARNING)
         log.addHandler(handler)
+        if run_dir is not None:  # their errors (and tracebacks) land in train.log too
+            file_handler = logging.FileHandler(Path(run_dir) / "train.log")
+            file_handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s"))
+            file_handler.setLevel(logging.ERROR)
+            log.addHandler(file_handler)
         return log
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter("%(message)s" if sys.stdout.isatty() else "[%(asctime)s] %(message)s",

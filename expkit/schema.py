@@ -309,6 +309,8 @@ def _merge_group(prefix: str, schema: type, values: DictConfig) -> Any:
     for k in values:
         try:
             OmegaConf.merge(base, {k: values[k]})
+        except oc_errors.MissingMandatoryValue:
+            raise ConfigError(f"{prefix}.{k}: a value is required here (it is ??? in the config).") from None
         except oc_errors.ValidationError:
             typ = next(f.type for f in dataclasses.fields(schema) if f.name == k)
             raise ConfigError(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from contextlib import nullcontext
@@ -39,6 +40,10 @@ from expkit.logs import Progress
 from expkit.rundir import write_atomic
 
 log = logging.getLogger("expkit")
+# Test hook: EXPKIT_TEST_CRASH="RANK:STEP" makes that rank raise after that step, to test
+# that one crashing rank brings the whole group down quickly.
+CRASH_AT = tuple(int(v) for v in os.environ["EXPKIT_TEST_CRASH"].split(":")) if os.environ.get(
+    "EXPKIT_TEST_CRASH") else None
 PLAIN_LINE_EVERY_S = 30.0  # without a terminal, a progress line at most this often (and per epoch)
 VANISHING_RATIO = 1e-3  # warn when the first layer's gradient is this far below the last's
 
@@ -166,7 +171,7 @@ class Trainer:
                     log.info("epoch %d/%d batch %d/%d step %d  %s", epoch + 1, self.t.epochs, self.batch,
                              len(loader), self.step, stats)
             progress.update()
-            if self.stop_signal is not None:
+            if self.should_stop():
                 progress.stop()
                 self.interrupt()
             if self.reached_max_steps():
@@ -195,6 +200,8 @@ class Trainer:
             self.optimizer.step()
         self.schedule.step_batch()
         self.step += 1
+        if CRASH_AT and (dist.rank(), self.step) == CRASH_AT:
+            raise RuntimeError(f"injected crash on rank {dist.rank()} at step {self.step} (EXPKIT_TEST_CRASH)")
         return loss, logits
 
     def clip_gradients(self) -> None:
@@ -331,6 +338,17 @@ class Trainer:
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def should_stop(self) -> bool:
+        """Alone, after any step; under DDP every rank must stop at the same step, so they
+        agree (one tiny all-reduce) only at log steps."""
+        if not dist.initialized():
+            return self.stop_signal is not None
+        if self.step % self.t.log_every != 0:
+            return False
+        stop = dist.all_reduce_max_flag(self.stop_signal is not None, self.device)
+        self.stop_signal = self.stop_signal or ("SIGTERM" if stop else None)
+        return stop
 
     def interrupt(self) -> None:
         # A stop always leaves a checkpoint to resume from, even with trainer.checkpoint=false.

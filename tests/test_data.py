@@ -434,8 +434,6 @@ def image_cfg(request, tmp_path):
 @pytest.mark.parametrize("augment", [False, True])
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_both_paths_give_the_same_batches(image_cfg, augment, num_workers):
-    if num_workers and not augment and image_cfg["name"] == "cifar10":
-        pytest.skip("covered by the other cases")
     fast = build_data(DataConfig(**image_cfg, augment=augment, loader="tensor"), seed=3)
     slow = build_data(DataConfig(**image_cfg, augment=augment, loader="dataloader", num_workers=num_workers),
                       seed=3)

@@ -1,0 +1,56 @@
+"""`trainer.devices=N` from one command: torch's own elastic launcher starts N worker
+processes (`python -m expkit _worker RUN_DIR`) on this machine with a fresh rendezvous
+port, so every job of a multirun gets its own group. The run folder already exists
+(this process made it); the workers train in it and rank 0 records the outcome.
+
+If one worker dies, the agent stops the others at once and we exit non-zero with the
+failing rank's error; a SIGTERM/SIGINT to this process is passed on to the workers,
+which checkpoint and stop together.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from pathlib import Path
+
+log = logging.getLogger("expkit")
+
+
+def inside_worker_group() -> bool:
+    """True under torchrun (or our own launch): the process group is given to us."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def launch_workers(run_dir: Path, nproc: int, resume: bool) -> None:
+    """Run the workers to completion. Raises ChildFailedError or SignalException."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"expkit-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+        monitor_interval=0.1,  # notice a dead worker within a fraction of a second
+        logs_specs=DefaultLogsSpecs(redirects=Std.NONE, tee=Std.NONE),
+    )
+    args = ["-m", "expkit", "_worker", str(run_dir)] + (["--resume"] if resume else [])
+    log.info("launching %d worker processes (torch elastic, %s)", nproc, config.run_id)
+    elastic_launch(config, sys.executable)(*args)
+
+
+def describe_failure(error: Exception) -> str:
+    """One paragraph from torch elastic's ChildFailedError: which rank, how, and why."""
+    failures = getattr(error, "failures", None)
+    if not failures:
+        return f"{type(error).__name__}: {error}"
+    # The earliest failure is the cause; later ones are peers losing their connection to it.
+    rank, failure = error.get_first_failure()
+    message = failure.message
+    if isinstance(message, dict):
+        message = message.get("message", message)
+    text = str(message).strip().splitlines()
+    reason = text[-1] if text else f"exit code {failure.exitcode}"
+    reason = reason.removeprefix("RunFailed: ")
+    return f"worker rank {rank} failed (exit code {failure.exitcode}): {reason}"

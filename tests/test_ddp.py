@@ -1,0 +1,138 @@
+"""DDP with real processes: torch elastic's launcher and torchrun, gloo on CPU."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import EXPKIT, only_run, read_json, run_cli, run_dirs, scalars
+
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+# No dropout and no batchnorm: then two processes with half the batch each compute
+# exactly the gradient of one process with the whole batch (up to float summation order).
+EXACT = ["model=mlp", "model.width=64", "reg=none", "data.sample=256", "trainer.epochs=2",
+         "trainer.accelerator=cpu", "trainer.progress=off", "trainer.graph=false"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def model_state(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    run_cli(["train", *EXACT, "data.batch_size=64"], cwd=one, check=True)
+    proc = run_cli(["train", *EXACT, "data.batch_size=32", "trainer.devices=2"], cwd=two, check=True)
+    single, ddp = only_run(one), only_run(two)  # exactly one run folder for the two processes
+    assert "launching 2 worker processes" in proc.stdout
+    meta = read_json(ddp / "meta.json")
+    assert meta["status"] == "completed" and meta["world_size"] == 2
+    a, b = model_state(single), model_state(ddp)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+    # Validation is reduced across ranks: it equals the single-process evaluation.
+    m1, m2 = read_json(single / "metrics.json"), read_json(ddp / "metrics.json")
+    assert m1["val/acc"] == m2["val/acc"] and m1["val/loss"] == pytest.approx(m2["val/loss"], rel=1e-4)
+    assert m1["step"] == m2["step"] == 8
+    assert [s for s, _ in scalars(ddp)["opt/lr"]] == list(range(1, 9))  # rank 0 alone writes events
+
+
+def test_torchrun_makes_one_run_folder(tmp_path):
+    proc = subprocess.run([TORCHRUN, "--nproc_per_node=2", "-m", "expkit", "train", *EXACT, "trainer.epochs=1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = only_run(tmp_path)
+    meta = read_json(run / "meta.json")
+    assert meta["status"] == "completed" and meta["world_size"] == 2
+    assert len(list((tmp_path / "runs").rglob(".hydra"))) == 1
+
+
+def test_two_node_torchrun_launch_on_localhost(tmp_path):
+    port = free_port()
+    common = [TORCHRUN, "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
+              f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=twonode", "-m", "expkit", "train", *EXACT,
+              "trainer.epochs=1"]
+    nodes = [subprocess.Popen(common, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    run = only_run(tmp_path)
+    assert read_json(run / "meta.json")["world_size"] == 2
+    assert read_json(run / "metrics.json")["step"] == 2  # 256 examples / (2 ranks x 64 per rank), one epoch
+
+
+def test_a_crashing_rank_brings_the_group_down(tmp_path):
+    proc = run_cli(["train", *EXACT, "trainer.devices=2", "trainer.epochs=50"], cwd=tmp_path,
+                   env={"EXPKIT_TEST_CRASH": "1:3"}, timeout=120)  # a hang would hit the timeout
+    assert proc.returncode == 1
+    assert "worker rank 1 failed" in proc.stderr and "injected crash on rank 1 at step 3" in proc.stderr
+    run = only_run(tmp_path)
+    meta = read_json(run / "meta.json")
+    assert meta["status"] == "failed" and "rank 1" in meta["error"]
+    log = (run / "train.log").read_text()
+    assert "Traceback" in log and "[rank 1] ERROR" in log  # its traceback is in the log
+    assert read_json(run / "metrics.json")["step"] < 10  # it did not run on
+
+
+def test_resume_with_the_same_world_size_and_refuse_another(tmp_path):
+    run_cli(["train", *EXACT, "data.batch_size=32", "trainer.devices=2", "trainer.epochs=1"], cwd=tmp_path,
+            check=True)
+    run = only_run(tmp_path)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
+    proc = run_cli(["resume", str(run), "trainer.epochs=2", "trainer.devices=1"], cwd=tmp_path)
+    assert proc.returncode == 2 and "trainer.devices" in proc.stderr and "2 process" in proc.stderr
+    run_cli(["resume", str(run), "trainer.epochs=2"], cwd=tmp_path, check=True)
+    assert read_json(run / "metrics.json")["step"] == 8 and read_json(run / "meta.json")["status"] == "completed"
+    steps = [s for s, _ in scalars(run)["opt/lr"]]
+    assert steps == list(range(1, 9))
+
+
+def test_sigterm_stops_all_workers_with_a_checkpoint(tmp_path):
+    args = ["train", *EXACT, "data.batch_size=8", "trainer.devices=2", "trainer.epochs=200", "trainer.log_every=1"]
+    proc = subprocess.Popen([EXPKIT, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "runs").rglob("step-*.pt")):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    run = only_run(tmp_path)
+    meta = read_json(run / "meta.json")
+    assert meta["status"] == "interrupted"
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert 0 < state["step"] < 200 * 16 and len(state["rng_ranks"]) == 2
+
+
+def test_multirun_with_two_devices_per_job(tmp_path):
+    proc = run_cli(["train", "-m", *EXACT, "trainer.epochs=1", "trainer.devices=2", "optim.lr=0.001,0.002"],
+                   cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = run_dirs(tmp_path)
+    assert len(runs) == 2 and all("multirun" in str(r) for r in runs)
+    assert {read_json(r / "meta.json")["status"] for r in runs} == {"completed"}
+    overrides = [read_json(r / "meta.json")["overrides"] for r in runs]
+    lrs = sorted(float(o.split("=")[1]) for job in overrides for o in job if o.startswith("optim.lr"))
+    assert lrs == [0.001, 0.002]
+
+
+def test_threads_per_process_do_not_oversubscribe(tmp_path):
+    run_cli(["train", *EXACT, "trainer.devices=2", "trainer.epochs=1"], cwd=tmp_path, check=True)
+    log = (only_run(tmp_path) / "train.log").read_text()
+    expected = max(1, (os.cpu_count() or 1) // 2)
+    assert f"threads {expected}" in log
