@@ -83,6 +83,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile's and DDP's wrappers: what checkpoints hold."""
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -97,7 +103,7 @@ class Trainer:
         self.device, self.run_dir, self.writer = device, Path(run_dir), writer
         self.config_plain = config_plain
         self.main = dist.is_main()
-        self.raw_model = model.module if hasattr(model, "module") else model
+        self.raw_model = unwrap(model)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.reg.label_smoothing)
         precision = self.t.precision
         self.autocast_dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
