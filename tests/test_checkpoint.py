@@ -188,7 +188,7 @@ for i in range(points):
     if pid == 0:
         checkpoint.save(folder, state(step), step, step % 4 == 0, 2)
         os._exit(0)
-    time.sleep(duration * 1.1 * (i + 0.5) / points)
+    time.sleep(duration * 1.6 * (i + 0.5) / points)  # some kills land after the write is done
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     names = sorted(p.name for p in folder.iterdir())
