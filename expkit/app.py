@@ -183,6 +183,14 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
             log.error("%s", e)
             rundir.finish("failed", error=str(e))
         raise failure from None
+    except KeyboardInterrupt:
+        # A second Ctrl-C/SIGTERM while stopping: leave at once, but say so in the record.
+        step = trainer.step if trainer is not None else None
+        if rank == 0:
+            rundir.finish("interrupted", interrupted_at_step=step,
+                          note="second signal: stopped without writing a checkpoint at this step")
+        raise RunFailed(f"stopped at once by a second signal. Continue from the last checkpoint with: "
+                        f"expkit resume {run_dir}", 130, recorded=True) from None
     except Exception as e:
         from expkit.trainer import Interrupted, NonFiniteLoss
 

@@ -117,6 +117,8 @@ class Trainer:
         self.weight_names = [n for n, p in self.raw_model.named_parameters() if p.ndim >= 2]
         self.warned_vanishing = False
         self.errors: list = []  # misclassified validation examples of the last evaluation
+        self.sums: dict[str, torch.Tensor] = {}  # train loss/correct/count since the last log step
+        self.restored_sums: list[float] | None = None
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, float]:
@@ -125,10 +127,11 @@ class Trainer:
         for epoch in range(self.epoch, self.t.epochs):
             self.epoch = epoch
             self.train_epoch(epoch, start_batch=self.batch)
-            self.epoch, self.batch = epoch + 1, 0
-            self.schedule.step_epoch()
-            if self.main and self.t.histogram_every and (epoch + 1) % self.t.histogram_every == 0:
-                self.log_histograms()
+            if self.batch >= len(self.data.train):  # not when trainer.max_steps stopped mid-epoch
+                self.epoch, self.batch = epoch + 1, 0
+                self.schedule.step_epoch()
+                if self.main and self.t.histogram_every and (epoch + 1) % self.t.histogram_every == 0:
+                    self.log_histograms()
             last = epoch + 1 == self.t.epochs or self.reached_max_steps()
             improved = False
             if (epoch + 1) % self.t.eval_every == 0 or last:
@@ -149,8 +152,12 @@ class Trainer:
         progress = Progress(self.t.progress, self.main)
         progress.start(f"epoch {epoch + 1}/{self.t.epochs}", len(loader), start_batch)
         # Running sums stay on the device; they are read only at log steps.
-        zero = torch.zeros((), device=self.device)
-        sums = {"loss": zero.clone(), "correct": zero.clone(), "count": zero.clone()}
+        # A run resumed mid-epoch starts from the interrupted run's sums, so its next
+        # train/loss point averages the same batches as an uninterrupted run's.
+        restored = self.restored_sums or [0.0, 0.0, 0.0]
+        self.restored_sums = None
+        self.sums = sums = {k: torch.tensor(v, device=self.device) for k, v in zip(
+            ("loss", "correct", "count"), restored, strict=True)}
         bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
         started, samples = time.perf_counter(), 0
         last_line = started
@@ -169,7 +176,8 @@ class Trainer:
                 speed = samples / max(time.perf_counter() - started, 1e-9)
                 stats = f"{self.log_train(sums, bad_step)} {speed:,.0f}/s"
                 progress.update(0, stats)
-                sums = {k: v.zero_() for k, v in sums.items()}
+                for v in sums.values():
+                    v.zero_()
                 # Without a progress bar (CI, SLURM, a file): a plain line now and then.
                 if not progress.active and (time.perf_counter() - last_line >= PLAIN_LINE_EVERY_S
                                             or self.batch == len(loader)):
@@ -371,6 +379,7 @@ class Trainer:
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
             "best_acc": self.best_acc, "metrics": dict(self.last_metrics),
             "warned_vanishing": self.warned_vanishing,
+            "train_sums": [float(v) for v in self.sums.values()] if self.batch and self.sums else None,
             "rng": rng_state(), "world_size": dist.world_size(),
             "config": self.config_plain,
         }
@@ -387,6 +396,7 @@ class Trainer:
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.best_acc, self.last_metrics = state["best_acc"], dict(state["metrics"])
         self.warned_vanishing = state.get("warned_vanishing", False)
+        self.restored_sums = state.get("train_sums")
         # Every rank continues its own streams (dropout masks, augmentation differ per rank).
         ranks, rank = state.get("rng_ranks"), dist.rank()
         set_rng_state(ranks[rank] if ranks and rank < len(ranks) else state["rng"])

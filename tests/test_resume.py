@@ -382,3 +382,21 @@ def test_which_overrides_and_epoch_changes_a_resume_accepts():
     assert check_epochs(with_("cosine", 5), state(3), force=True) is None
     assert check_epochs(with_("cosine", 3), state(2), force=False) is None  # same length: fine
     assert "onecycle" in check_epochs(with_("onecycle", 5), state(3), force=True)
+
+
+def test_max_steps_mid_epoch_then_resume_is_exact_with_sparse_logging(tmp_path):
+    """trainer.max_steps stops in the middle of an epoch; resuming continues that epoch,
+    and train/loss points (every 5 steps, across the stop) average the same batches."""
+    sparse = [*BASE[:6], "trainer.log_every=5", *BASE[7:]]
+    ref_cwd, cut_cwd = tmp_path / "ref", tmp_path / "cut"
+    ref_cwd.mkdir(), cut_cwd.mkdir()
+    assert expkit(["train", *sparse, "name=ref"], ref_cwd).returncode == 0
+    assert expkit(["train", *sparse, "trainer.max_steps=23", "name=cut"], cut_cwd).returncode == 0
+    cut = run_dir(cut_cwd, "cut")
+    state = torch.load(cut / "checkpoints" / "last.pt", weights_only=True)
+    assert (state["epoch"], state["batch"], state["step"]) == (1, 23 - STEPS_PER_EPOCH, 23)
+    proc = expkit(["resume", str(cut), "trainer.max_steps=null"], cut_cwd)
+    assert proc.returncode == 0, proc.stderr
+    ref = run_dir(ref_cwd, "ref")
+    assert_same_weights(cut, ref)
+    assert train_losses(cut) == train_losses(ref)
