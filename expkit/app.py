@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from expkit.rundir import RunDir, unique_dir
+from expkit.rundir import RunDir, unique_dir, write_atomic
 from expkit.schema import ConfigError, validate
 
 log = logging.getLogger("expkit")
@@ -51,8 +51,11 @@ def claim_run_dir(path: str) -> str:
 
 
 def register_resolvers() -> None:
+    from expkit.sweep import direction, hydra_subdir
+
     for name, fn, cache in (("expkit_unique", claim_run_dir, True), ("expkit_suffix", _suffix, False),
-                            ("expkit_slug", _slug, False)):
+                            ("expkit_slug", _slug, False), ("expkit_hydra_subdir", hydra_subdir, False),
+                            ("expkit_direction", direction, False)):
         if not OmegaConf.has_resolver(name):
             # Cached: Hydra may resolve hydra.run.dir more than once; it must claim one folder.
             OmegaConf.register_new_resolver(name, fn, use_cache=cache)
@@ -91,12 +94,14 @@ def hydra_task(cfg: DictConfig) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)
+    if multirun:  # skip/resume on sweep.resume, NaN for a failed job, the sweep summary: expkit/sweep.py
+        from expkit.sweep import run_job
+
+        return run_job(cfg, run_dir, overrides, Path(hc.sweep.dir))
     try:
-        metrics = execute(cfg, run_dir, overrides, discard_on_bad_input=not multirun)
+        metrics = execute(cfg, run_dir, overrides, discard_on_bad_input=True)
     except RunFailed as e:
         print(f"expkit: {e}", file=sys.stderr)
-        if multirun:
-            return float("nan")  # one bad job is marked failed; the sweep goes on
         sys.exit(e.exit_code)
     return metrics.get(cfg.get("sweep", {}).get("metric", "val/acc"))
 
@@ -233,13 +238,20 @@ def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: dict[str, Any]
     if t.accelerator == "auto" and 0 < gpus < t.devices:
         raise ConfigError(f"trainer.devices: value {t.devices} is more than the {gpus} GPU(s) here; "
                           "lower it, or set trainer.accelerator=cpu to train with CPU processes.")
+    rundir = RunDir(run_dir)
+    # The workers read config.yaml, so a resume records itself before they start; if they
+    # then refuse the checkpoint (exit status 2), the run's record is put back as it was.
+    record = {p: p.read_text() for p in (rundir.meta_path, run_dir / "config.yaml")}
     if resume is not None and resume.get("on_start"):
         resume["on_start"]()
-    rundir = RunDir(run_dir)
     try:
         launch_workers(run_dir, t.devices, resume is not None)
     except ChildFailedError as e:
         message = describe_failure(e)
+        if resume is not None and e.get_first_failure()[1].exitcode == EXIT_BAD_INPUT:
+            for path, text in record.items():
+                write_atomic(path, text)
+            raise RunFailed(message, EXIT_BAD_INPUT, recorded=True) from None
         rundir.finish("failed", error=message)  # the root cause, not a peer's "connection closed"
         if "train.log" not in message:
             message += f" (details in {run_dir / 'train.log'})"

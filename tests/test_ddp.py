@@ -136,3 +136,13 @@ def test_threads_per_process_do_not_oversubscribe(tmp_path):
     log = (only_run(tmp_path) / "train.log").read_text()
     expected = max(1, (os.cpu_count() or 1) // 2)
     assert f"threads {expected}" in log
+
+
+def test_a_refused_ddp_resume_leaves_the_record_as_it_was(tmp_path):
+    run_cli(["train", *EXACT, "trainer.devices=2", "trainer.epochs=1"], cwd=tmp_path, check=True)
+    run = only_run(tmp_path)
+    before = {p: (run / p).read_text() for p in ("meta.json", "config.yaml")}
+    proc = run_cli(["resume", str(run), "trainer.epochs=2", "model.width=16", "--force"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "model.width" in proc.stderr
+    assert {p: (run / p).read_text() for p in before} == before
