@@ -167,26 +167,16 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
                      metrics.get("best/val/acc", float("nan")), run_dir)
             log.info("TensorBoard: tensorboard --logdir %s", run_dir)
         return metrics
-    except RunFailed as e:
-        if e.exit_code == EXIT_BAD_INPUT and discard_on_bad_input and not started_training and rank == 0:
+    except (RunFailed, ConfigError) as e:
+        failure = e if isinstance(e, RunFailed) else RunFailed(str(e), EXIT_BAD_INPUT)
+        if failure.exit_code == EXIT_BAD_INPUT and not started_training and discard_on_bad_input and rank == 0:
             close_logging()
             shutil.rmtree(run_dir, ignore_errors=True)  # bad input leaves no run folder behind
         elif resume is not None and not started_training:
             pass  # a refused resume leaves the run's record (status, config) as it was
-        elif rank == 0 and not e.recorded:
-            log.error("%s", e)
-            rundir.finish("failed", error=str(e))
-        raise
-    except ConfigError as e:
-        failure = RunFailed(str(e), EXIT_BAD_INPUT)
-        if discard_on_bad_input and not started_training and rank == 0 and resume is None:
-            close_logging()
-            shutil.rmtree(run_dir, ignore_errors=True)
-        elif resume is not None and not started_training:
-            pass  # a refused resume leaves the run's record (status, config) as it was
-        elif rank == 0:
-            log.error("%s", e)
-            rundir.finish("failed", error=str(e))
+        elif rank == 0 and not failure.recorded:
+            log.error("%s", failure)
+            rundir.finish("failed", error=str(failure))
         raise failure from None
     except KeyboardInterrupt:
         # A second Ctrl-C/SIGTERM while stopping: leave at once, but say so in the record.
