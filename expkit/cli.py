@@ -22,6 +22,8 @@ commands:
                                checkpoint (--force: allow overrides that change the run;
                                --strict: refuse when the git commit differs)
   sched [OVERRIDES] [--out F]  draw the learning rate over the whole run into a PNG
+  summary [SWEEP_DIR]          print a sweep's table (also of one running or killed;
+                               default: the newest sweep under runs/multirun)
   list                         config groups and their choices
   --version                    print the version
 
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     commands = {"train": cmd_train, "resume": cmd_resume, "sched": cmd_sched, "list": cmd_list,
-                "_worker": cmd_worker}
+                "summary": cmd_summary, "_worker": cmd_worker}
     if command not in commands or (command == "_worker" and "TORCHELASTIC_RUN_ID" not in os.environ):
         public = [c for c in commands if not c.startswith("_")]
         print(f"expkit: unknown command {command!r}; choose one of {', '.join(public)}.\n", file=sys.stderr)
@@ -77,11 +79,14 @@ def cmd_train(args: list[str]) -> None:
         sys.exit(2)
     import hydra
 
+    from expkit import sweep
     from expkit.app import hydra_task
 
+    args = sweep.prepare_args(args)  # -m ... sweep.resume=true: find the sweep folder to continue
     # Hydra reads sys.argv; show it exactly what follows `expkit train`.
     sys.argv = [sys.argv[0], *args]
     hydra.main(config_path="pkg://expkit.conf", config_name="config", version_base="1.3")(hydra_task)()
+    sys.exit(sweep.exit_status())  # -m: 1 when a job did not complete (after every job ran)
 
 
 def precheck_overrides(args: list[str]) -> str | None:
@@ -166,6 +171,12 @@ def cmd_resume(args: list[str]) -> None:
         sys.exit(2)
     code = resume(positional[0], positional[1:], force="--force" in flags, strict="--strict" in flags)
     sys.exit(code)
+
+
+def cmd_summary(args: list[str]) -> None:
+    from expkit.sweep import cmd_summary as summary
+
+    sys.exit(summary(args))
 
 
 def cmd_sched(args: list[str]) -> None:
