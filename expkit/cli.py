@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> None:
         commands[command](rest)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # `expkit train --help | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except Exception as e:
         from expkit.schema import ConfigError
 
@@ -129,7 +132,7 @@ def print_train_help() -> None:
     print("usage: expkit train [group=choice ...] [key=value ...] [-m] [--cfg job] [--config-dir DIR]\n")
     print("config groups (pick with group=choice):")
     for group, choices in list_choices().items():
-        print(f"  {group:<8} {', '.join(choices)}")
+        print(f"  {group:<15} {', '.join(choices)}")
     print("\nkeys (set with key=value):")
     for k, typ, default, help_ in key_reference():
         print(f"  {k:<26} {typ:<12} {default:<14} {help_}")

@@ -456,7 +456,9 @@ def key_reference() -> list[tuple[str, str, str, str]]:
                 continue
             seen.add(full)
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((full, type_name(f.type), repr(default), f.metadata.get("help", "") + note))
+            choices = f.metadata.get("choices")
+            allowed = f" ({', '.join(map(str, choices))})" if choices and "(" not in f.metadata["help"] else ""
+            rows.append((full, type_name(f.type), repr(default), f.metadata.get("help", "") + allowed + note))
 
     for group in CHOICE_KEY:
         for choice, schema in SCHEMAS[group].items():
