@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	# torch/torchvision pinned to what this machine's pip serves from local disk; any
 	# torch>=2.3 works (pyproject.toml declares the ranges).
 	$(BIN)/pip install --quiet "torch>=2.3" "torchvision>=0.18"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,sweep]"
 	touch $(STAMP)
 
 train: $(STAMP)

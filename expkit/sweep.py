@@ -6,7 +6,7 @@ How `expkit train -m optim=adam,adamw optim.lr=1e-3,3e-4` flows:
                                       runs/multirun/... sweep whose sweep.json has the same overrides
     SweepCallback.on_multirun_start   main process: sweep.json (command, overrides, planned jobs)
     app.hydra_task -> run_job         each job, in this process or a launcher's worker (joblib, SLURM):
-                                      train (or skip / resume, below); a failed job returns NaN so
+                                      train (or skip / resume, below); a failed job returns None so
                                       the sweep goes on; then write_summary()
     SweepCallback.on_multirun_end     main process: write_summary() once more and print the table
     cli.cmd_train -> exit_status      1 when any job did not complete, once every job has run
@@ -188,8 +188,11 @@ def exit_status() -> int:
 
 
 # ------------------------------------------------------------------------ one job
-def run_job(cfg, run_dir: Path, overrides: list[str], sweep_dir: Path) -> float:
-    """One job of a multirun (called by app.hydra_task): its metric, NaN when it failed."""
+def run_job(cfg, run_dir: Path, overrides: list[str], sweep_dir: Path) -> float | None:
+    """One job of a multirun (called by app.hydra_task): its sweep.metric, or None when it
+    failed or the metric is NaN. None, not NaN: hydra-optuna-sweeper 1.3 (optuna 2.x) stops the
+    whole search on a NaN (it tells Optuna FAIL with the NaN still attached), while for None it
+    records a FAIL trial and goes on; Hydra's grid sweeper ignores what jobs return."""
     from expkit.app import RunFailed, execute
 
     metric = str(cfg.get("sweep", {}).get("metric", "val/acc"))
@@ -197,13 +200,13 @@ def run_job(cfg, run_dir: Path, overrides: list[str], sweep_dir: Path) -> float:
     try:
         if truthy(cfg.get("sweep", {}).get("resume")) and (run_dir / "meta.json").exists():
             return _resume_job(cfg, run_dir, overrides, metric)
-        metrics = execute(cfg, run_dir, overrides, discard_on_bad_input=False)
-        return float(metrics.get(metric, math.nan))
+        share_cores(cfg)
+        return _value(execute(cfg, run_dir, overrides, discard_on_bad_input=False), metric)
     except RunFailed as e:
         print(f"expkit: {e}", file=sys.stderr)
         if e.exit_code >= 128:  # a stop signal (Ctrl-C, SIGTERM, SLURM's warning) stops the whole sweep
             raise SystemExit(e.exit_code) from None
-        return math.nan  # one bad job is marked failed in the summary; the sweep goes on
+        return None  # one bad job is marked failed in the summary; the sweep goes on
     finally:
         try:
             write_summary(sweep_dir)
@@ -222,17 +225,17 @@ def _resume_job(cfg, run_dir: Path, overrides: list[str], metric: str) -> float:
     if same_job_overrides(recorded) != same_job_overrides(overrides):
         print(f"expkit: sweep.resume: {run_dir} holds a job with other overrides ({' '.join(recorded)}); "
               "left as it is. Give this sweep its own hydra.sweep.dir.", file=sys.stderr)
-        return math.nan
+        return None
     status = meta.get("status")
     if status == "completed":
         print("expkit: sweep.resume: completed earlier; skipped", flush=True)
-        return float(_read_json(run_dir / "metrics.json").get(metric, math.nan))
+        return _value(_read_json(run_dir / "metrics.json"), metric)
     if any((run_dir / "checkpoints").glob("*.pt")):
         print(f"expkit: sweep.resume: was {status}; continuing it from its checkpoint", flush=True)
         code = resume(str(run_dir), [])
         if code >= 128:
             raise SystemExit(code)
-        return float(_read_json(run_dir / "metrics.json").get(metric, math.nan)) if code == 0 else math.nan
+        return _value(_read_json(run_dir / "metrics.json"), metric) if code == 0 else None
     # No checkpoint to continue from: train again from scratch in the same folder.
     print(f"expkit: sweep.resume: was {status} without a checkpoint; training it again", flush=True)
     previous = {k: meta.get(k) for k in ("status", "started", "ended", "error") if meta.get(k) is not None}
@@ -240,8 +243,32 @@ def _resume_job(cfg, run_dir: Path, overrides: list[str], metric: str) -> float:
         if child.name != ".hydra":
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     rundir.update_meta(restarts=[*meta.get("restarts", []), previous])
-    metrics = execute(cfg, run_dir, overrides, discard_on_bad_input=False)
-    return float(metrics.get(metric, math.nan))
+    share_cores(cfg)
+    return _value(execute(cfg, run_dir, overrides, discard_on_bad_input=False), metric)
+
+
+def _value(metrics: dict[str, Any], metric: str) -> float | None:
+    value = metrics.get(metric)
+    return None if not isinstance(value, (int, float)) or math.isnan(value) else float(value)
+
+
+def share_cores(cfg) -> None:
+    """Jobs of hydra/launcher=joblib run side by side: unless trainer.num_threads is set, each
+    gets its share of the cores instead of all of them (recorded in its config.yaml)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    hc = HydraConfig.get()
+    if "joblib" not in str(hc.launcher.get("_target_", "")) or cfg.trainer.get("num_threads"):
+        return
+    cores = os.cpu_count() or 1
+    n_jobs = int(hc.launcher.get("n_jobs") or -1)
+    parallel = cores + 1 + n_jobs if n_jobs < 0 else n_jobs  # joblib: -1 = every core, -2 = all but one
+    planned = _read_json(Path(hc.sweep.dir) / SWEEP_FILE).get("planned")
+    if isinstance(planned, list) and planned:
+        parallel = min(parallel, len(planned))
+    with open_dict(cfg):
+        cfg.trainer.num_threads = max(1, cores // max(1, parallel))
 
 
 def _hydra_overrides(run_dir: Path) -> list[str]:
@@ -291,14 +318,13 @@ class Summary:
 
     def headline(self) -> str:
         counts = self.counts()
-        order = ("completed", "running", "pending", "not started", *FINISHED_BAD)
+        order = ("completed", *FINISHED_BAD, "running", "pending", "not started")
         parts = [f"{counts[s]} {s}" for s in order if counts.get(s)]
         planned = self.info.get("planned")
         of = f" of {planned} planned" if isinstance(planned, int) and planned != counts["total"] else ""
-        failed = sum(counts.get(s, 0) for s in FINISHED_BAD)
         line = f"{counts['total']} jobs{of}: {', '.join(parts) or 'none yet'}"
-        if failed and not counts.get("running") and not counts.get("pending"):
-            line += " (the sweep's exit status is 1 when a job did not complete)"
+        if any(counts.get(s) for s in FINISHED_BAD) and not any(counts.get(s) for s in order[4:]):
+            line += "; exit status 1 (a job did not complete)"
         return line
 
     def markdown(self) -> str:
@@ -321,7 +347,8 @@ class Summary:
                                                                   else c for c in cols], "epoch", "step", "time"]
         lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for rank, row in enumerate(self.rows, 1):
-            shown = [row.overrides.get(k, "") for k in keys] if keys else [" ".join(_pairs(row.overrides)) or "-"]
+            shown = ([_short(row.overrides.get(k, "")) for k in keys] if keys
+                     else [" ".join(_pairs(row.overrides)) or "-"])
             cells = [str(rank) if row.status == "completed" else "", _text(row.job), *shown, row.status,
                      *[_num(row.metrics.get(c)) for c in cols], _text(row.metrics.get("epoch")),
                      _text(row.metrics.get("step")), _duration(row.seconds)]
@@ -346,6 +373,15 @@ class Summary:
 
 def _pairs(overrides: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in overrides.items()]
+
+
+def _short(value: str) -> str:
+    """0.004430375245218269 (Optuna's picks) as 0.00443 in the table; summary.csv keeps every digit."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return f"{number:.4g}" if len(value) > 8 and "." in value else value
 
 
 def _text(value: Any) -> str:
