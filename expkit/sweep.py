@@ -366,7 +366,7 @@ class Summary:
         for row in self.rows:
             writer.writerow([_text(row.job), *[row.overrides.get(k, "") for k in keys], row.status,
                              *[_text(row.metrics.get(c)) for c in cols], _text(row.metrics.get("epoch")),
-                             _text(row.metrics.get("step")), "" if row.seconds is None else f"{row.seconds:.1f}",
+                             _text(row.metrics.get("step")), "" if row.seconds is None else f"{row.seconds:.0f}",
                              " ".join(_pairs(row.overrides)), row.folder, row.error])
         return out.getvalue()
 
@@ -396,7 +396,7 @@ def _duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
     if seconds < 60:
-        return f"{seconds:.1f}s"
+        return f"{seconds:.0f}s"  # meta.json's times are whole seconds
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
@@ -448,9 +448,17 @@ def _split(overrides: list[str]) -> dict[str, str]:
     return out
 
 
+def _relative(path: Path) -> Path:
+    """runs/multirun/... as the sweep itself names it, when it is below the current folder."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
 def collect(sweep_dir: Path, metric: str | None = None) -> Summary:
     """Read every job folder of a sweep (finished, running or killed) into a sorted Summary."""
-    sweep_dir = Path(sweep_dir)
+    sweep_dir = _relative(Path(sweep_dir))
     info = _read_json(sweep_dir / SWEEP_FILE)
     metric = metric or info.get("metric") or "val/acc"
     alive = _process_alive(info)
