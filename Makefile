@@ -29,6 +29,15 @@ tb: $(STAMP)
 sweep: $(STAMP)
 	$(BIN)/expkit train -m optim=adam,adamw optim.lr=1e-3,3e-4 $(ARGS)
 
+# The bench extra (lightning) goes into .venv once; bench/run.py: see its docstring (~10 min on 2 cores).
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e ".[bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/run.py $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check expkit tests bench
 

@@ -80,13 +80,15 @@ def machine() -> str:
             f"Python {platform.python_version()}, {platform.system()}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Runs the benchmark, writes the table; returns per path the median, min and max
+    s/epoch (bench/run.py reuses it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--size", type=int, default=60000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "data_path.md"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     def cfg(**kw) -> SyntheticDataConfig:
         return SyntheticDataConfig(name="synthetic", shape=[1, 28, 28], num_classes=10, size=args.size,
@@ -160,6 +162,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     print(f"written to {out} ({time.perf_counter() - started:.0f} s in all)")
+    return {name: {"median": statistics.median(times[name]), "min": min(times[name]), "max": max(times[name]),
+                   "loader_alone": statistics.median(alone[name]) if name in alone else None}
+            for name in names}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,493 @@
+"""expkit against a hand-written PyTorch loop and against PyTorch Lightning, side by side.
+
+    make bench                      (installs the bench extra, then runs this)
+    .venv/bin/python bench/run.py [--rounds 5] [--only loop,command,data,ddp] [--quick]
+
+Every contender trains the same run: synthetic data, the same model, AdamW, seed and
+batch order (bench/plain_loop.py; expkit: `data=synthetic model=mlp data.size=N ...`).
+Contenders run interleaved, in a rotating order, once per round; tables give the median
+and the spread (min-max) over rounds, and ratios are taken within a round (the same
+machine state) before the median is taken. Sections:
+
+1. loop      steps/s after a warm-up epoch, in one process: expkit at its defaults and with
+             logging and checkpoints off, the plain loop, Lightning off and at defaults;
+             the training phase of an epoch, and the whole epoch (+ evaluation, checkpoint,
+             logging); expkit's and the plain loop's final weights compared bit for bit
+2. command   the whole command from the shell, start-up and imports included: wall time
+             and peak RSS of `expkit train ...`, `python bench/plain_loop.py`,
+             `python bench/lightning_loop.py`, and `python -c "import torch"` as the floor
+3. data      bench/data_path.py: an epoch of 60,000 28x28 examples, fast path vs DataLoader
+4. logging   expkit at defaults vs trainer.tensorboard=false trainer.checkpoint=false
+             trainer.log_every=10**9 (from section 1's rounds)
+5. ddp       2 gloo processes: `expkit train trainer.accelerator=cpu trainer.devices=2` vs
+             `torchrun --nproc_per_node=2 bench/plain_ddp.py`, step time (and wall time)
+
+Writes the tables to bench/results/latest.md with the machine described.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(HERE))
+
+import lightning_loop  # noqa: E402
+import plain_loop  # noqa: E402
+from plain_loop import Config  # noqa: E402
+
+TIME = "/usr/bin/time" if Path("/usr/bin/time").exists() else None  # GNU time, for peak memory
+QUIET = ["trainer.tensorboard=false", "trainer.checkpoint=false", f"trainer.log_every={10**9}"]
+
+
+# ------------------------------------------------------------------ statistics
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float], fmt: str = "{:.3g}") -> str:
+    return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
+
+
+def ratios(a: list[float], b: list[float]) -> list[float]:
+    """Per-round ratios a/b: each round's contenders ran back to back on the same machine state."""
+    return [x / y for x, y in zip(a, b, strict=True)]
+
+
+def rotate(items: list, r: int) -> list:
+    return items[r % len(items):] + items[: r % len(items)]
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    lightning = "not installed"
+    if lightning_loop.available():
+        import lightning
+
+        lightning = lightning.__version__
+    return (f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, lightning {lightning}, "
+            f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
+
+
+def load() -> str:
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+# --------------------------------------------------------- 1. loop, in process
+def steady(timings: dict, steps: int) -> tuple[float, float]:
+    """(training steps/s, whole-epoch steps/s) over the epochs after the first (warm-up).
+    Training: epoch start to its last step. Whole epoch: one epoch start to the next, so
+    evaluation, checkpoint and logging count."""
+    starts, ends = timings["epoch_start"], timings["train_end"]
+    train_s = sum(e - s for s, e in zip(starts[1:], ends[1:], strict=True))
+    whole_s = starts[-1] - starts[1]
+    return steps * (len(starts) - 1) / train_s, steps * (len(starts) - 2) / whole_s
+
+
+def run_expkit(c: Config, extra: list[str]) -> tuple[dict, dict]:
+    """expkit's own build and Trainer.fit in this process (a temporary run folder)."""
+    from hydra import compose, initialize_config_module
+
+    from expkit.app import build, task_config
+    from expkit.logs import close_logging, setup_logging
+    from expkit.schema import validate
+
+    # progress=off: what trainer.progress=auto does off a terminal (make bench | tee, CI).
+    overrides = [*c.expkit_overrides(), "trainer.progress=off", *extra]
+    with initialize_config_module("expkit.conf", version_base="1.3"):
+        cfg = task_config(compose("config", overrides=overrides))
+    typed = validate(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp)
+        log = setup_logging(run_dir)
+        for handler in log.handlers:  # train.log as usual; the console stays quiet for the tables
+            if not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.WARNING)
+        trainer = build(typed, cfg, run_dir, None)
+        timings: dict = {"epoch_start": [], "train_end": []}
+        train_epoch = trainer.train_epoch
+
+        def timed_epoch(epoch: int, start_batch: int = 0) -> None:
+            timings["epoch_start"].append(time.perf_counter())
+            train_epoch(epoch, start_batch)
+            timings["train_end"].append(time.perf_counter())
+
+        trainer.train_epoch = timed_epoch
+        try:
+            trainer.fit()
+        finally:
+            trainer.writer.close()
+            close_logging()
+        timings["steps_per_epoch"] = len(trainer.data.train)
+        return trainer.raw_model.state_dict(), timings
+
+
+def run_plain(c: Config) -> tuple[dict, dict]:
+    model, timings = plain_loop.train(c)
+    return model.state_dict(), timings
+
+
+def run_lightning(c: Config, setting: str) -> tuple[dict, dict]:
+    with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as devnull, \
+            contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
+        model, timings = lightning_loop.train(c, setting, tmp)  # progress bar and summary drawn, to nowhere
+    return model.state_dict(), timings
+
+
+def loop_contenders(c: Config) -> dict[str, Callable[[], tuple[dict, dict]]]:
+    contenders = {
+        "plain loop": lambda: run_plain(c),
+        "expkit (defaults)": lambda: run_expkit(c, []),
+        "expkit (logging, checkpoints off)": lambda: run_expkit(c, QUIET),
+    }
+    if lightning_loop.available():
+        contenders["Lightning (off)"] = lambda: run_lightning(c, "off")
+        contenders["Lightning (defaults)"] = lambda: run_lightning(c, "defaults")
+    return contenders
+
+
+def bench_loop(c: Config, rounds: int) -> dict:
+    contenders = loop_contenders(c)
+    train_sps: dict[str, list[float]] = {n: [] for n in contenders}
+    epoch_sps: dict[str, list[float]] = {n: [] for n in contenders}
+    equal: list[bool] = []
+    max_diff = 0.0
+    steps = 0
+    for r in range(rounds):
+        states = {}
+        for name in rotate(list(contenders), r):
+            gc.collect()
+            state, timings = contenders[name]()
+            steps = timings["steps_per_epoch"]
+            t, e = steady(timings, steps)
+            train_sps[name].append(t)
+            epoch_sps[name].append(e)
+            if name in ("plain loop", "expkit (defaults)"):
+                states[name] = state
+        a, b = states["plain loop"], states["expkit (defaults)"]
+        equal.append(list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a))
+        max_diff = max([max_diff] + [(a[k].double() - b[k].double()).abs().max().item() for k in a if k in b])
+        print(f"  round {r + 1}/{rounds}: train steps/s " + ", ".join(
+            f"{n} {train_sps[n][-1]:.0f}" for n in contenders) + f"; weights equal: {equal[-1]}", flush=True)
+    return {"config": c, "steps_per_epoch": steps, "train": train_sps, "epoch": epoch_sps,
+            "bitwise_equal": all(equal), "max_abs_diff": max_diff, "rounds": rounds}
+
+
+def loop_table(res: dict) -> list[str]:
+    c: Config = res["config"]
+    plain = "plain loop"
+    lines = [
+        f"Model {c.model}, synthetic {'x'.join(map(str, c.shape))}, {c.size} training examples, batch "
+        f"{c.batch_size} ({res['steps_per_epoch']} steps/epoch), AdamW, {c.epochs} epochs per run of which the "
+        f"first warms up; {res['rounds']} rounds. Final weights, expkit vs plain loop: "
+        + ("**bitwise equal** in every round (torch.equal on every tensor of the state_dict)"
+           if res["bitwise_equal"] else f"NOT bitwise equal (largest difference {res['max_abs_diff']:.3g})") + ".",
+        "",
+        "| contender | train steps/s | x plain | whole-epoch steps/s | x plain |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name in res["train"]:
+        t, e = res["train"][name], res["epoch"][name]
+        rt, re_ = ratios(t, res["train"][plain]), ratios(e, res["epoch"][plain])
+        lines.append(f"| {name} | {median(t):,.0f} ({spread(t, '{:,.0f}')}) | {median(rt):.3f} ({spread(rt, '{:.3f}')})"
+                     f" | {median(e):,.0f} ({spread(e, '{:,.0f}')}) | {median(re_):.3f} ({spread(re_, '{:.3f}')}) |")
+    return lines
+
+
+# --------------------------------------------------------- 2. whole command
+def timed_command(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB). The peak comes from GNU time (/usr/bin/time -f %M):
+    rusage read here would count the copy of this big process that fork makes before exec."""
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        wrapped = [TIME, "-f", "%M", "-o", rss.name, *cmd] if TIME else cmd
+        started = time.perf_counter()
+        proc = subprocess.run(wrapped, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        peak = float(rss.read().strip().splitlines()[-1]) / 1024 if TIME else float("nan")
+    return wall, peak
+
+
+def bench_command(c: Config, rounds: int, tmp: Path) -> dict:
+    py = sys.executable
+    args = ["--model", c.model, "--size", str(c.size), "--epochs", str(c.epochs)]
+    counter = iter(range(10**6))
+    commands: dict[str, Callable[[], list[str]]] = {
+        'python -c "import torch"': lambda: [py, "-c", "import torch"],
+        "expkit --help": lambda: [str(BIN / "expkit"), "--help"],
+        "python bench/plain_loop.py": lambda: [py, str(HERE / "plain_loop.py"), *args],
+        "expkit train": lambda: [str(BIN / "expkit"), "train", *c.expkit_overrides(),
+                                 f"hydra.run.dir={tmp}/cmd-{next(counter)}"],
+    }
+    if lightning_loop.available():
+        for setting in lightning_loop.SETTINGS:
+            commands[f"python bench/lightning_loop.py ({setting})"] = (
+                lambda s=setting: [py, str(HERE / "lightning_loop.py"), "--setting", s, *args,
+                                   "--root", f"{tmp}/lit-{next(counter)}"])
+    wall: dict[str, list[float]] = {n: [] for n in commands}
+    rss: dict[str, list[float]] = {n: [] for n in commands}
+    for r in range(rounds):
+        for name in rotate(list(commands), r):
+            w, m = timed_command(commands[name](), ROOT)
+            wall[name].append(w)
+            rss[name].append(m)
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {wall[n][-1]:.2f} s" for n in commands), flush=True)
+    return {"config": c, "wall": wall, "rss": rss, "rounds": rounds}
+
+
+def command_table(res: dict) -> list[str]:
+    c: Config = res["config"]
+    plain = "python bench/plain_loop.py"
+    lines = [
+        f"The whole command from the shell (output to a pipe, so expkit's progress=auto prints plain lines and "
+        f"Lightning draws its progress bar into the pipe): model {c.model}, {c.size} synthetic examples, "
+        f"{c.epochs} epochs; `expkit train {' '.join(c.expkit_overrides())}` writes its whole run folder "
+        f"(provenance, git state, TensorBoard events, checkpoints). {res['rounds']} rounds; peak RSS from wait4.",
+        "",
+        "| command | wall s | - plain (s) | x plain | peak RSS MiB | x plain |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in res["wall"]:
+        w, m = res["wall"][name], res["rss"][name]
+        diff = [a - b for a, b in zip(w, res["wall"][plain], strict=True)]
+        rw, rm = ratios(w, res["wall"][plain]), ratios(m, res["rss"][plain])
+        lines.append(f"| `{name}` | {median(w):.2f} ({spread(w, '{:.2f}')}) | {median(diff):+.2f} | "
+                     f"{median(rw):.2f} | {median(m):,.0f} | {median(rm):.2f} |")
+    return lines
+
+
+# ------------------------------------------------------------------- 3. data
+def bench_data(rounds: int, out: Path) -> dict:
+    import data_path
+
+    return data_path.main(["--rounds", str(rounds), "--out", str(out)])
+
+
+def data_table(res: dict) -> list[str]:
+    compute = next(n for n in res if n.startswith("compute"))
+    lines = ["An epoch of 60,000 synthetic 1x28x28 examples through an MLP 784-256-256-10 (SGD, batch 128): "
+             "bench/data_path.py, whose full table is in bench/results/data_path.md.", "",
+             "| path | s/epoch | x pure compute (median) | x pure compute (fastest epochs) |",
+             "| --- | ---: | ---: | ---: |"]
+    for name, v in res.items():
+        lines.append(f"| {name} | {v['median']:.3f} ({v['min']:.3f}-{v['max']:.3f}) | "
+                     f"{v['median'] / res[compute]['median']:.3f} | {v['min'] / res[compute]['min']:.3f} |")
+    return lines
+
+
+# -------------------------------------------------------------------- 5. DDP
+def expkit_epoch_seconds(run_dir: Path) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [e.value for e in acc.Scalars("time/epoch_s")]
+
+
+def bench_ddp(c: Config, rounds: int, tmp: Path) -> dict:
+    steps = None
+    counter = iter(range(10**6))
+
+    def expkit_run() -> tuple[float, list[float]]:
+        run_dir = tmp / f"ddp-{next(counter)}"
+        started = time.perf_counter()
+        subprocess.run([str(BIN / "expkit"), "train", *c.expkit_overrides(), "trainer.accelerator=cpu",
+                        "trainer.devices=2", f"hydra.run.dir={run_dir}"], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - started, expkit_epoch_seconds(run_dir)
+
+    def plain_run() -> tuple[float, list[float]]:
+        nonlocal steps
+        started = time.perf_counter()
+        out = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node=2", str(HERE / "plain_ddp.py"), "--json",
+                              "--model", c.model, "--size", str(c.size), "--epochs", str(c.epochs)],
+                             cwd=ROOT, check=True, capture_output=True, text=True).stdout
+        wall = time.perf_counter() - started
+        t = json.loads(out.strip().splitlines()[-1])
+        steps = t["steps_per_epoch"]
+        return wall, [e - s for s, e in zip(t["epoch_start"], t["train_end"], strict=True)]
+
+    contenders = {"torchrun bench/plain_ddp.py": plain_run, "expkit train trainer.devices=2": expkit_run}
+    step_ms: dict[str, list[float]] = {n: [] for n in contenders}
+    wall: dict[str, list[float]] = {n: [] for n in contenders}
+    for r in range(rounds):
+        for name in rotate(list(contenders), r):
+            w, epochs = contenders[name]()
+            wall[name].append(w)
+            step_ms[name].append(1000 * median(epochs[1:]) / steps)  # after the warm-up epoch
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(
+            f"{n} {step_ms[n][-1]:.2f} ms/step, {wall[n][-1]:.1f} s" for n in contenders), flush=True)
+    return {"config": c, "steps_per_epoch": steps, "step_ms": step_ms, "wall": wall, "rounds": rounds}
+
+
+def ddp_table(res: dict) -> list[str]:
+    c: Config = res["config"]
+    plain = "torchrun bench/plain_ddp.py"
+    lines = [f"2 processes (gloo, 1 thread each), model {c.model}, {c.size} synthetic examples, {c.batch_size} per "
+             f"process per step ({res['steps_per_epoch']} steps/epoch), {c.epochs} epochs; step time = median "
+             f"training-phase epoch time after the first epoch / steps (expkit's from its time/epoch_s events). "
+             f"{res['rounds']} rounds.", "",
+             "| command | ms/step | x plain | whole command s | x plain |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name in res["step_ms"]:
+        s, w = res["step_ms"][name], res["wall"][name]
+        rs, rw = ratios(s, res["step_ms"][plain]), ratios(w, res["wall"][plain])
+        lines.append(f"| `{name}` | {median(s):.2f} ({spread(s, '{:.2f}')}) | {median(rs):.3f} "
+                     f"({spread(rs, '{:.3f}')}) | {median(w):.1f} ({spread(w, '{:.1f}')}) | {median(rw):.2f} |")
+    return lines
+
+
+# ------------------------------------------------------------------ summary
+def summary(results: dict) -> list[str]:
+    rows: list[tuple[str, str, str, str]] = []  # benchmark, value, target, met
+
+    def add(what: str, values: list[float], target: str, ok: bool | None, fmt: str = "{:.3f}") -> None:
+        text = f"{fmt.format(median(values))} ({spread(values, fmt)})"
+        rows.append((what, text, target, "-" if ok is None else ("yes" if ok else "**no**")))
+
+    lit = "Lightning (defaults)"
+    for key in ("loop_mlp", "loop_cnn"):
+        if key not in results:
+            continue
+        res = results[key]
+        m = res["config"].model
+        for phase, label in (("train", "training steps/s"), ("epoch", "whole-epoch steps/s")):
+            r = ratios(res[phase]["expkit (defaults)"], res[phase]["plain loop"])
+            add(f"loop ({m}): expkit / plain loop, {label}", r, ">= 0.97", median(r) >= 0.97)
+            if lit in res[phase]:
+                r = ratios(res[phase]["expkit (defaults)"], res[phase][lit])
+                add(f"loop ({m}): expkit / Lightning at defaults, {label}", r, "> 1", median(r) > 1)
+        rows.append((f"loop ({m}): final weights expkit vs plain loop",
+                     "bitwise equal" if res["bitwise_equal"] else f"differ by up to {res['max_abs_diff']:.3g}",
+                     "equal", "yes" if res["bitwise_equal"] else "**no**"))
+        r = ratios(res["epoch"]["expkit (defaults)"], res["epoch"]["expkit (logging, checkpoints off)"])
+        add(f"logging + checkpoints ({m}): expkit defaults / off, whole-epoch steps/s", r, ">= 0.97 (< 3% cost)",
+            median(r) >= 0.97)
+    if "command" in results:
+        res = results["command"]
+        w, plain = res["wall"], res["wall"]["python bench/plain_loop.py"]
+        d = [a - b for a, b in zip(w["expkit train"], plain, strict=True)]
+        add("whole command: expkit train - plain script, wall s", d, "< 1 s", median(d) < 1, "{:+.2f}")
+        add("whole command: expkit train / plain script, wall", ratios(w["expkit train"], plain), "-", None, "{:.2f}")
+        name = "python bench/lightning_loop.py (defaults)"
+        if name in w:
+            r = ratios(w["expkit train"], w[name])
+            add("whole command: expkit train / Lightning at defaults, wall", r, "< 1", median(r) < 1, "{:.2f}")
+            r = ratios(res["rss"]["expkit train"], res["rss"][name])
+            add("whole command: expkit train / Lightning at defaults, peak RSS", r, "< 1", median(r) < 1, "{:.2f}")
+        add("`expkit --help`, wall s", w["expkit --help"], "instant (torch-free)", None, "{:.2f}")
+    if "data" in results:
+        res = results["data"]
+        compute = next(n for n in res if n.startswith("compute"))
+        fast = res["tensor (fast path)"]["median"] / res[compute]["median"]
+        fastest = res["tensor (fast path)"]["min"] / res[compute]["min"]
+        rows.append(("data: fast path / pure compute, s/epoch (median; fastest epochs)",
+                     f"{fast:.3f}; {fastest:.3f}", "<= 1.10", "yes" if fast <= 1.10 else "**no**"))
+        dl = res["DataLoader, num_workers=0"]["median"] / res["tensor (fast path)"]["median"]
+        rows.append(("data: DataLoader (0 workers) / fast path, s/epoch", f"{dl:.2f}", "-", "-"))
+    if "ddp" in results:
+        res = results["ddp"]
+        names = list(res["step_ms"])
+        r = ratios(res["step_ms"][names[1]], res["step_ms"][names[0]])
+        add("DDP, 2 gloo processes: expkit / plain torchrun, time per step", r, "<= 1.03", median(r) <= 1.03)
+        r = ratios(res["wall"][names[1]], res["wall"][names[0]])
+        add("DDP, 2 gloo processes: expkit / plain torchrun, whole command", r, "-", None, "{:.2f}")
+    lines = ["| benchmark | ratio: median (min-max over rounds) | target | met |", "| --- | ---: | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the loop and command sections")
+    parser.add_argument("--only", default="loop,command,data,ddp", help="comma-separated sections")
+    parser.add_argument("--quick", action="store_true", help="one small round of everything (a smoke test)")
+    parser.add_argument("--out", help="default: bench/results/latest.md (--quick: a temporary file)")
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = str(Path(tempfile.gettempdir()) / "expkit-bench-quick.md" if args.quick
+                       else HERE / "results" / "latest.md")
+    only = set(args.only.split(","))
+    rounds = 1 if args.quick else args.rounds
+    small = 1024 if args.quick else None
+    started, load_start = time.perf_counter(), load()
+    if not lightning_loop.available():
+        print(f"{lightning_loop.MISSING}; the Lightning columns are skipped", flush=True)
+    # Small steps, so per-step overhead shows: an MLP on 28x28 (about 6 ms a step on 2 cores),
+    # and expkit's default model, the CNN, on digits-sized 8x8 inputs.
+    mlp = Config(model="mlp", shape=(1, 28, 28), size=small or 8192, epochs=4)
+    cnn = Config(model="cnn", shape=(1, 8, 8), size=small or 4096, epochs=4)
+    results: dict = {}
+    sections: list[tuple[str, list[str]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if "loop" in only:
+            for key, c in (("loop_mlp", mlp), ("loop_cnn", cnn)):
+                print(f"1. loop overhead, {c.model} ({rounds} rounds)", flush=True)
+                results[key] = bench_loop(c, rounds)
+                sections.append((f"1. Loop overhead, in one process: {c.model}", loop_table(results[key])))
+        if "command" in only:
+            print(f"2. whole command ({rounds} rounds)", flush=True)
+            results["command"] = bench_command(replace(mlp, size=2048, epochs=2), rounds, Path(tmp))
+            sections.append(("2. Whole command from the shell", command_table(results["command"])))
+        if "data" in only:
+            print("3. data path", flush=True)
+            data_out = Path(tmp) / "data_path.md" if args.quick else HERE / "results" / "data_path.md"
+            results["data"] = bench_data(1 if args.quick else 5, data_out)
+            sections.append(("3. Data path", data_table(results["data"])))
+        if "ddp" in only:
+            ddp_rounds = 1 if args.quick else 3
+            print(f"5. DDP, 2 gloo processes ({ddp_rounds} rounds)", flush=True)
+            results["ddp"] = bench_ddp(replace(mlp, epochs=4), ddp_rounds, Path(tmp))
+            sections.append(("5. DDP on CPU", ddp_table(results["ddp"])))
+
+    lines = [
+        "# expkit benchmarks: against a hand-written PyTorch loop and PyTorch Lightning",
+        "",
+        f"Machine: {machine()}. Load average (1, 5, 15 min) {load_start} at the start, {load()} at the end; "
+        f"{time.perf_counter() - started:.0f} s in all. `make bench` (bench/run.py) wrote this; ratios are "
+        "comparable across machines, absolute numbers are not.",
+        "",
+        "## Summary",
+        "",
+        *summary(results),
+        "",
+        "Section 4 (logging and checkpoint cost) is the `expkit (logging, checkpoints off)` row of section 1: "
+        f"`{' '.join(QUIET)}`.",
+    ]
+    for title, body in sections:
+        lines += ["", f"## {title}", "", *body]
+    text = "\n".join(lines) + "\n"
+    print()
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
