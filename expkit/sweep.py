@@ -121,7 +121,8 @@ def prepare_args(args: list[str]) -> list[str]:
               file=sys.stderr)
         return args
     print(f"expkit: sweep.resume: continuing the sweep in {found}", file=sys.stderr)
-    return [*args, f"hydra.sweep.dir={found}"]
+    plain = all(c.isalnum() or c in "/._-:" for c in str(found))
+    return [*args, f"hydra.sweep.dir={found}" if plain else f"hydra.sweep.dir='{found}'"]
 
 
 def find_resumable(overrides: list[str], root: Path = MULTIRUN_ROOT) -> Path | None:
@@ -214,7 +215,7 @@ def run_job(cfg, run_dir: Path, overrides: list[str], sweep_dir: Path) -> float 
             print(f"expkit: could not write the sweep summary: {e}", file=sys.stderr)
 
 
-def _resume_job(cfg, run_dir: Path, overrides: list[str], metric: str) -> float:
+def _resume_job(cfg, run_dir: Path, overrides: list[str], metric: str) -> float | None:
     from expkit.app import execute
     from expkit.resume import resume
     from expkit.rundir import RunDir
@@ -342,7 +343,9 @@ class Summary:
             lines.append("same in every job: " + " ".join(f"{k}={v}" for k, v in common.items()) + "  ")
         best = _optuna_best(self.path)
         if best:
-            lines.append(f"optuna: best value {best.get('best_value')} with {best.get('best_params')}  ")
+            params = " ".join(f"{k}={_short(str(v))}" for k, v in (best.get("best_params") or {}).items())
+            lines.append(f"optuna: best value {_num(best.get('best_value'))} with {params} "
+                         "(optimization_results.yaml)  ")
         head = ["#", "job", *(keys or ["overrides"]), "status", *[c.replace("/", " ", 1) if c.startswith("best/")
                                                                   else c for c in cols], "epoch", "step", "time"]
         lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
