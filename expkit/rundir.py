@@ -77,18 +77,37 @@ def git_info(cwd: str | os.PathLike | None = None) -> tuple[dict[str, Any], str 
     return info, text
 
 
+def _unimported_version(module: str) -> str | None:
+    """A package's __version__ without importing it (importing torchvision just to ask
+    costs about as much as importing torch): torch and torchvision keep it, build tag and
+    all (e.g. 0.19.0+cu121), in version.py; otherwise the installed distribution's."""
+    import importlib.metadata
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        return None
+    for folder in spec.submodule_search_locations or []:
+        path = Path(folder) / "version.py"
+        found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", path.read_text(), re.M) if path.is_file() else None
+        if found:
+            return found.group(1)
+    try:
+        return importlib.metadata.version(module)
+    except importlib.metadata.PackageNotFoundError:
+        return getattr(__import__(module), "__version__", "?")
+
+
 def versions() -> dict[str, Any]:
     import expkit
 
     out = {"python": platform.python_version(), "expkit": expkit.__version__}
     for module in ("torch", "torchvision", "hydra", "omegaconf", "numpy"):
         mod = sys.modules.get(module)
-        if mod is None:
-            try:
-                mod = __import__(module)
-            except ImportError:
-                continue
-        out[module if module != "hydra" else "hydra-core"] = getattr(mod, "__version__", "?")
+        version = getattr(mod, "__version__", "?") if mod is not None else _unimported_version(module)
+        if version is not None:
+            out[module if module != "hydra" else "hydra-core"] = version
     return out
 
 

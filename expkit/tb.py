@@ -84,12 +84,30 @@ def preview(loader, n: int = 64):
     return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
 
 
+def make_grid(x, nrow: int = 8, padding: int = 2):
+    """torchvision.utils.make_grid's picture of a batch (N, C, H, W): rows of nrow images,
+    `padding` black pixels around each, 1-channel images as gray RGB. Written out here
+    because importing torchvision costs about as much start-up as importing torch."""
+    import torch
+
+    if x.size(1) == 1:
+        x = torch.cat((x, x, x), 1)
+    if x.size(0) == 1:
+        return x.squeeze(0)
+    n, channels = x.size(0), x.size(1)
+    cols, rows = min(nrow, n), -(-n // min(nrow, n))
+    height, width = x.size(2) + padding, x.size(3) + padding
+    grid = x.new_zeros((channels, height * rows + padding, width * cols + padding))
+    for k in range(n):
+        row, col = divmod(k, cols)
+        grid[:, row * height + padding:(row + 1) * height, col * width + padding:(col + 1) * width] = x[k]
+    return grid
+
+
 def write_data_grids(writer, data) -> None:
     """Image grids of a training and a validation batch: see that the data is what you think."""
     if len(data.input_shape) != 3:
         return
-    from torchvision.utils import make_grid
-
     for split, loader in (("train", data.train), ("val", data.val)):
         x, _ = preview(loader)
         writer.images(f"data/{split}", make_grid(_denormalize(x, data.mean, data.std), nrow=8), 0)
@@ -116,7 +134,6 @@ def write_misclassified(writer, errors, data, step: int) -> None:
     if not errors:
         return
     import torch
-    from torchvision.utils import make_grid
 
     x = torch.stack([e[0] for e in errors])
     writer.images("val/misclassified", make_grid(_denormalize(x, data.mean, data.std), nrow=8), step)

@@ -160,3 +160,31 @@ def test_tensorboard_off_writes_no_events(tmp_path):
     run = only_run(tmp_path)
     assert not list(run.glob("events.out.tfevents.*"))
     assert read_json(run / "metrics.json")["step"] == 2
+
+
+def test_make_grid_draws_what_torchvision_draws():
+    import torch
+    from torchvision.utils import make_grid as tv_make_grid
+
+    from expkit.tb import make_grid
+
+    for shape in [(64, 1, 8, 8), (64, 3, 32, 32), (5, 1, 28, 28), (1, 3, 4, 4), (17, 3, 5, 7)]:
+        x = torch.rand(shape)
+        assert torch.equal(make_grid(x, nrow=8), tv_make_grid(x, nrow=8)), shape
+
+
+def test_a_default_run_does_not_import_torchvision(tmp_path):
+    # Importing torchvision costs about as much start-up as torch; image grids and the
+    # versions in meta.json do without it, and meta.json still names its exact version.
+    import torchvision
+
+    code = ("import json, sys, expkit; "
+            f"run, _ = expkit.train(['data.sample=128', 'trainer.epochs=1', 'trainer.progress=off'], "
+            f"runs_root={str(tmp_path / 'runs')!r}); "
+            "assert 'torchvision' not in sys.modules, 'torchvision imported'; "
+            "print(json.loads((run / 'meta.json').read_text())['versions']['torchvision'])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == torchvision.__version__
+    tags = accumulator(only_run(tmp_path)).Tags()
+    assert {"data/train", "data/val", "val/misclassified"} <= set(tags["images"])
