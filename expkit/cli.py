@@ -24,6 +24,8 @@ commands:
   sched [OVERRIDES] [--out F]  draw the learning rate over the whole run into a PNG
   summary [SWEEP_DIR]          print a sweep's table (also of one running or killed;
                                default: the newest sweep under runs/multirun)
+  report SWEEP_DIR [--out DIR] a sweep's curves as a PNG and its jobs as a markdown table,
+                               with the course's claim and what the sweep measured
   list                         config groups and their choices
   --version                    print the version
 
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     commands = {"train": cmd_train, "resume": cmd_resume, "sched": cmd_sched, "list": cmd_list,
-                "summary": cmd_summary, "_worker": cmd_worker}
+                "summary": cmd_summary, "report": cmd_report, "_worker": cmd_worker}
     if command not in commands or (command == "_worker" and "TORCHELASTIC_RUN_ID" not in os.environ):
         public = [c for c in commands if not c.startswith("_")]
         print(f"expkit: unknown command {command!r}; choose one of {', '.join(public)}.\n", file=sys.stderr)
@@ -180,6 +182,12 @@ def cmd_summary(args: list[str]) -> None:
     from expkit.sweep import cmd_summary as summary
 
     sys.exit(summary(args))
+
+
+def cmd_report(args: list[str]) -> None:
+    from expkit.report import main as report_main  # imports matplotlib only when drawing
+
+    sys.exit(report_main(args))
 
 
 def cmd_sched(args: list[str]) -> None:
