@@ -5,6 +5,9 @@ on CPU, on each batching path of expkit.data:
 - dataloader w=0: torch's DataLoader, collating samples one by one in the main process
 - dataloader w=2: the same with 2 worker processes
 - compute only:   the same number of steps, with the same batch sizes, on one pre-made batch
+                  (it stays in the CPU caches: a lower bound no loader can reach)
+- pre-made:       the fast path's batches of one epoch, gathered beforehand into separate
+                  tensors: the same memory traffic as a real epoch, with no loader work
 
 The paths run interleaved, one epoch each per round, so drift in the machine's speed hits
 them all alike; the table gives the median and the spread (min-max) over the rounds, and
@@ -60,6 +63,13 @@ def epoch_loader_only(loader, epoch: int) -> float:
     return time.perf_counter() - started
 
 
+def epoch_premade(batches, model, optimizer) -> float:
+    started = time.perf_counter()
+    for x, y in batches:
+        step(model, optimizer, x, y)
+    return time.perf_counter() - started
+
+
 def epoch_compute_only(batch_sizes, x, y, model, optimizer) -> float:
     started = time.perf_counter()
     for b in batch_sizes:
@@ -105,11 +115,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     sizes = [min(args.batch_size, args.size - i) for i in range(0, args.size, args.batch_size)]
     x0, y0 = next(train.iterate())
     x0, y0 = x0.clone(), y0.clone()
+    premade = [(x.clone(), y.clone()) for x, y in train.iterate()]
     print(f"built {len(loaders)} loaders in {time.perf_counter() - started:.1f} s; "
           f"{args.size} examples, {len(sizes)} steps of batch {args.batch_size} per epoch")
 
     model, optimizer = make_model()
-    names = ["compute only (one pre-made batch)", *loaders]
+    names = ["compute only (one pre-made batch)", "compute only (pre-made batches)", *loaders]
     times: dict[str, list[float]] = {n: [] for n in names}
     alone: dict[str, list[float]] = {n: [] for n in loaders}
     for r in range(args.rounds + 1):  # round 0 warms up (and starts the persistent workers)
@@ -118,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             if name in loaders:
                 t = epoch_through(loaders[name], model, optimizer, r)
                 a = epoch_loader_only(loaders[name], r)
+            elif name == names[1]:
+                t = epoch_premade(premade, model, optimizer)
             else:
                 t = epoch_compute_only(sizes, x0, y0, model, optimizer)
             if r:
@@ -127,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         if r:
             print(f"round {r}/{args.rounds}: " + ", ".join(f"{times[n][-1]:.2f}" for n in names))
 
-    compute = statistics.median(times[names[0]])
+    compute, premade_med = statistics.median(times[names[0]]), statistics.median(times[names[1]])
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     lines = [
         f"# Data path: time per epoch, {args.size} synthetic 1x28x28 examples, MLP 784-256-256-10, SGD, "
@@ -137,24 +150,25 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         "",
         f"Median of {args.rounds} interleaved epochs per path (after one warm-up epoch each); "
         "spread = min-max (a wide one means another process took the cores for a while); "
-        "over pure compute = (median - compute-only median) / compute-only median, and the same "
+        "over one batch = (median - median of the one-pre-made-batch epochs) / that median, and the same "
         "for the fastest epochs (min), which contention from other processes disturbs least; "
+        "over pre-made = the same against the epochs of pre-made batches (same memory traffic, no loader); "
         "loader alone = one epoch of batches with no model (median).",
         "",
-        "| path | s/epoch (median) | spread (min-max) | examples/s | over pure compute (median; min) "
-        "| loader alone s/epoch |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| path | s/epoch (median) | spread (min-max) | examples/s | over one batch (median; min) "
+        "| over pre-made (median; min) | loader alone s/epoch |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    best = min(times[names[0]])
+    best, best_premade = min(times[names[0]]), min(times[names[1]])
     for name in names:
         med, low = statistics.median(times[name]), min(times[name])
-        if name == names[0]:
-            over, own = "-", "-"
-        else:
-            over = f"{100 * (med - compute) / compute:+.1f}%; {100 * (low - best) / best:+.1f}%"
-            own = f"{statistics.median(alone[name]):.3f}"
+        over = "-" if name == names[0] else (f"{100 * (med - compute) / compute:+.1f}%; "
+                                             f"{100 * (low - best) / best:+.1f}%")
+        over_premade = "-" if name in names[:2] else (f"{100 * (med - premade_med) / premade_med:+.1f}%; "
+                                                      f"{100 * (low - best_premade) / best_premade:+.1f}%")
+        own = f"{statistics.median(alone[name]):.3f}" if name in alone else "-"
         lines.append(f"| {name} | {med:.3f} | {low:.3f}-{max(times[name]):.3f} | "
-                     f"{args.size / med:,.0f} | {over} | {own} |")
+                     f"{args.size / med:,.0f} | {over} | {over_premade} | {own} |")
     table = "\n".join(lines) + "\n"
     print()
     print(table)
