@@ -303,8 +303,8 @@ def compare_acc(a: float | None, b: float | None, jobs: list[Job]) -> str:
         return "not comparable"
     tol = tolerance(jobs, a, b)
     if abs(a - b) <= tol:
-        return f"the same within noise ({100 * (a - b):+.1f} points; noise ±{100 * tol:.1f})"
-    return f"{'higher' if a > b else 'lower'} by {100 * abs(a - b):.1f} points (noise ±{100 * tol:.1f})"
+        return f"the same within noise: {100 * (a - b):+.1f} points, noise ±{100 * tol:.1f}"
+    return f"{'higher' if a > b else 'lower'} by {100 * abs(a - b):.1f} points, beyond the noise of ±{100 * tol:.1f}"
 
 
 def same_within_noise(a: float | None, b: float | None, jobs: list[Job]) -> bool:
@@ -318,7 +318,7 @@ def pick_threshold(jobs: list[Job]) -> float:
 
 
 def _epochs(e: int | None) -> str:
-    return "never" if e is None else f"after {e} epoch{'s' if e != 1 else ''}"
+    return "never reached" if e is None else f"reached after {e} epoch{'s' if e != 1 else ''}"
 
 
 @dataclass
@@ -357,6 +357,12 @@ def check_dropout(jobs: list[Job]) -> Finding:
     lines.append(f"The accuracy gap {'shrank' if acc_shrank else 'did not shrink'} and the loss gap "
                  f"{'shrank' if loss_shrank else 'did not shrink'} with dropout; the final validation accuracy "
                  f"with dropout is {val}.")
+    vl_lo, vl_hi = lo.final("val/loss"), hi.final("val/loss")
+    if vl_lo is not None and vl_hi is not None:
+        why = ("; the loss gap shrank because the training loss rose, not because the validation loss fell"
+               if loss_shrank and vl_hi >= vl_lo else "")
+        lines.append(f"Validation loss: {vl_hi:.4f} with dropout vs {vl_lo:.4f} without "
+                     f"({'lower' if vl_hi < vl_lo else 'not lower'}){why}.")
     lines.append("Training accuracy and loss are measured on the training batches in training mode, i.e. "
                  "with dropout active, as the course's curves are.")
     verdict = ("reproduced" if acc_shrank and loss_shrank else
@@ -382,14 +388,15 @@ def check_batchnorm(jobs: list[Job]) -> Finding:
     behind = [curves[False][e] - curves[True][e] > tolerance(jobs, curves[True][e], curves[False][e]) for e in early]
     sooner = e_on is not None and (e_off is None or e_on < e_off)
     later = e_off is not None and (e_on is None or e_off < e_on)
-    if (sooner or any(ahead)) and not (later or any(behind)):
+    if sooner and not any(behind):
         verdict = "reproduced"
-    elif sooner or any(ahead):
+    elif sooner or (any(ahead) and not later):
         verdict = "partly reproduced"
     else:
         verdict = "not reproduced"
-    if not sooner and any(ahead) and verdict == "reproduced":
-        lines.append(f"Both reach {pct(thr)} in the same epoch; batchnorm is ahead by more than the noise early on.")
+    if not sooner and not later and any(ahead):
+        lines.append(f"Both reach {pct(thr)} in the same epoch: batchnorm is ahead by more than the noise only in "
+                     f"epoch {', '.join(str(e) for e, a in zip(early, ahead, strict=True) if a)}.")
     return Finding(verdict, lines)
 
 
@@ -521,14 +528,22 @@ def check_skip(jobs: list[Job]) -> Finding:
             continue
         loss_s, loss_p = skip.last_epoch("train/loss"), plain.last_epoch("train/loss")
         ok = loss_s is not None and (loss_p is None or loss_s < loss_p)
-        results.append(ok)
+        r_s, r_p = skip.grad_ratio(), plain.grad_ratio()
+        fading = r_s is not None and r_p is not None and r_p < 0.1 * r_s
+        if ok and r_s is not None and r_p is not None and not fading:
+            lines.append(f"{where}: the plain net's gradients do not fade toward the input (first/last layer "
+                         f"{num(r_p, '.2e')} vs {num(r_s, '.2e')} with skips), yet it trains worse: here the course's "
+                         "explanation does not hold; this is the degradation He et al. (2016) describe, not "
+                         "vanishing gradients.")
+        results.append("yes" if ok and fading else "partly" if ok else "no")
         lines.append(f"{where}: the plain net's training loss is "
                      f"{'higher' if ok else 'not higher'} than the skip net's ({num(loss_p, '.4f')} vs "
                      f"{num(loss_s, '.4f')}); its validation accuracy is "
                      f"{compare_acc(plain.final('val/acc'), skip.final('val/acc'), jobs)}.")
     if not results:
         return Finding("not testable", lines + ["No pair of jobs with and without skip connections."])
-    verdict = "reproduced" if all(results) else "partly reproduced" if any(results) else "not reproduced"
+    verdict = ("reproduced" if all(r == "yes" for r in results) else
+               "not reproduced" if all(r == "no" for r in results) else "partly reproduced")
     return Finding(verdict, lines)
 
 
@@ -551,9 +566,8 @@ def plot(jobs: list[Job], panels: list[str], title: str, out: Path) -> None:
         for i, job in enumerate(jobs):
             draw(ax, panel, job, colors[i % len(colors)])
         style(ax, panel)
-    handles = [matplotlib.lines.Line2D([], [], color=colors[i % len(colors)], lw=2,
-                                       label=f"{j.label}{'' if j.status == 'completed' else f' ({j.status})'}")
-               for i, j in enumerate(jobs)]
+    handles = [matplotlib.lines.Line2D([], [], color=colors[i % len(colors)], lw=2, label=legend_label(jobs, i))
+               for i in range(len(jobs))]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(jobs), 4), fontsize=9, frameon=False)
     fig.suptitle(title, fontsize=12)
     rows = math.ceil(len(jobs) / 4)
@@ -562,19 +576,50 @@ def plot(jobs: list[Job], panels: list[str], title: str, out: Path) -> None:
     plt.close(fig)
 
 
+def legend_label(jobs: list[Job], i: int) -> str:
+    """The job's varied overrides; says so when its validation accuracy curve hides under an
+    earlier job's (every point within two validation examples)."""
+    job = jobs[i]
+    label = job.label + ("" if job.status == "completed" else f" ({job.status})")
+    close = 2.0 / (job.val_size or 100) + 1e-9
+    mine = [v for _, v in job.scalars.get("val/acc", [])]
+
+    def overlaps(other: Job) -> bool:
+        theirs = [v for _, v in other.scalars.get("val/acc", [])]
+        if not mine or len(theirs) != len(mine):
+            return False
+        return all(abs(a - b) <= close for a, b in zip(mine, theirs, strict=True))
+
+    twin = next((j for j in jobs[:i] if overlaps(j)), None)
+    return f"{label} (overlaps {twin.label})" if twin else label
+
+
 def _xy(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
+
+
+def epoch_means(job: Job, tag: str) -> list[tuple[float, float]]:
+    """A train/* curve as one point per epoch (the mean of that epoch's logged points) when it
+    is logged several times an epoch; otherwise as logged."""
+    points = job.curve(tag)
+    if len(points) <= 2 * max(job.metrics.get("epoch") or 1, 1):
+        return points
+    sums: dict[int, list[float]] = {}
+    for epoch, value in points:
+        sums.setdefault(max(math.ceil(epoch - 1e-9), 1), []).append(value)
+    return [(e, sum(v) / len(v)) for e, v in sorted(sums.items())]
 
 
 def draw(ax, panel: str, job: Job, color) -> None:
     if panel in ("loss_train_val", "acc_train_val"):
         what = "loss" if panel == "loss_train_val" else "acc"
-        ax.plot(*_xy(job.curve(f"train/{what}")), color=color, ls="--", lw=1, alpha=0.8)
+        ax.plot(*_xy(epoch_means(job, f"train/{what}")), color=color, ls="--", lw=1.5, alpha=0.9)
         ax.plot(*_xy(job.curve(f"val/{what}")), color=color, ls="-", lw=2, marker=".")
     elif panel in ("val_acc", "val_loss"):
         ax.plot(*_xy(job.curve(panel.replace("_", "/"))), color=color, lw=2, marker=".")
     elif panel == "train_loss":
-        ax.plot(*_xy(job.curve("train/loss")), color=color, lw=1.5)
+        ax.plot(*_xy(job.curve("train/loss")), color=color, lw=0.8, alpha=0.25)
+        ax.plot(*_xy(epoch_means(job, "train/loss")), color=color, lw=2)
     elif panel == "lr":
         ax.plot(*_xy(job.curve("opt/lr")), color=color, lw=2)
     elif panel == "grad_layers":
@@ -585,11 +630,11 @@ def draw(ax, panel: str, job: Job, color) -> None:
 
 
 TITLES = {
-    "loss_train_val": ("loss (dashed: train, solid: validation)", "epoch", "log"),
-    "acc_train_val": ("accuracy (dashed: train, solid: validation)", "epoch", "linear"),
+    "loss_train_val": ("loss (dashed: train, epoch mean; solid: validation)", "epoch", "log"),
+    "acc_train_val": ("accuracy (dashed: train, epoch mean; solid: validation)", "epoch", "linear"),
     "val_acc": ("validation accuracy", "epoch", "linear"),
     "val_loss": ("validation loss", "epoch", "log"),
-    "train_loss": ("training loss", "epoch", "log"),
+    "train_loss": ("training loss (faint: as logged; bold: epoch mean)", "epoch", "log"),
     "lr": ("learning rate (opt/lr)", "epoch", "linear"),
     "grad_layers": ("per-layer gradient norm at the first logged step", "layer (input → output)", "log"),
 }

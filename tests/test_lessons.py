@@ -162,3 +162,19 @@ def test_init_depth_verdict_says_when_xavier_learns_too():
     assert any("Xavier learns" in ln and "not what the course says" in ln for ln in found.lines)
     stalled = [learned[0], job(1, "relu", "xavier_normal", [0.1, 0.11])]
     assert check_init_depth(stalled).verdict == "reproduced"
+
+
+def test_skip_verdict_separates_the_effect_from_the_explanation():
+    """A plain net that trains worse while its gradients do not fade: the effect is reproduced,
+    the course's explanation is not, and the report says so."""
+    from expkit.report import check_skip
+
+    def job(num, skip, first_grad, loss):
+        grads = {"grad/norm/0.weight": [first_grad], "grad/norm/9.weight": [1.0]}
+        return fake_job(num, {"model": {"skip": skip, "stages": 1, "blocks": 4}, "reg": {"batchnorm": True}},
+                        {"val/acc": [0.5, 0.9 if skip else 0.4], "train/loss": [2.0, loss], **grads})
+
+    found = check_skip([job(0, True, 1.0, 0.05), job(1, False, 50.0, 1.2)])
+    assert found.verdict == "partly reproduced"
+    assert any("do not fade" in ln and "does not hold" in ln for ln in found.lines)
+    assert check_skip([job(0, True, 1.0, 0.05), job(1, False, 1e-9, 2.3)]).verdict == "reproduced"
