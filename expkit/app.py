@@ -314,9 +314,8 @@ def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: dict[st
 
     t = typed["trainer"]
     device = pick_device(t.accelerator)
-    # One process per core by default, so DDP workers do not oversubscribe the CPU.
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 1) // local_world))
+    # The node's cores shared among its processes, so DDP workers do not oversubscribe the CPU.
+    torch.set_num_threads(t.num_threads or dist.default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     if t.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)

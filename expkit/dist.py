@@ -4,8 +4,19 @@ WORLD_SIZE are set; without them everything here is a single-process no-op."""
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that use it: `rank()` and friends are called before
+# the config is validated, and a bad value should be refused without paying for torch's import.
+
+
+def _torch_dist():
+    import torch.distributed
+
+    return torch.distributed
 
 
 def world_size() -> int:
@@ -24,8 +35,27 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, which SLURM (`--cpus-per-task`),
+    taskset and containers restrict, rather than every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_threads(processes: int) -> int:
+    """torch CPU threads per process when `trainer.num_threads` is null: OMP_NUM_THREADS when
+    it is set (the convention torch itself follows; torchrun sets it to 1 for several processes
+    per node), else the usable cores shared among this node's `processes`."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    return max(1, usable_cores() // max(1, processes))
+
+
 def initialized() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+    return _torch_dist().is_available() and _torch_dist().is_initialized()
 
 
 _store = None  # the TCPStore rank 0 made to agree on the run folder, reused for the group
@@ -37,7 +67,7 @@ def setup(device: torch.device) -> None:
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         if _store is not None:
             kwargs.update(store=_store, rank=rank(), world_size=world_size())
-        torch.distributed.init_process_group(backend, **kwargs)
+        _torch_dist().init_process_group(backend, **kwargs)
 
 
 def agree_on_run_dir(path: str, claim) -> str:
@@ -50,8 +80,8 @@ def agree_on_run_dir(path: str, claim) -> str:
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     # torchrun's agent hosts a store at MASTER_PORT; a bare launch needs rank 0 to host it.
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
-    store = torch.distributed.TCPStore(host, port, world_size(), is_master=rank() == 0 and not agent_store,
-                                       timeout=timedelta(seconds=300), wait_for_workers=False)
+    store = _torch_dist().TCPStore(host, port, world_size(), is_master=rank() == 0 and not agent_store,
+                                   timeout=timedelta(seconds=300), wait_for_workers=False)
     if not agent_store:
         _store = store
     key = "expkit/run_dir/{}/{}/{}".format(os.environ.get("TORCHELASTIC_RUN_ID", ""),
@@ -68,8 +98,10 @@ def all_reduce_max_flag(flag: bool, device: torch.device) -> bool:
     """True on every rank if any rank says True."""
     if not initialized():
         return flag
+    import torch
+
     t = torch.tensor([1.0 if flag else 0.0], device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    _torch_dist().all_reduce(t, op=_torch_dist().ReduceOp.MAX)
     return bool(t.item())
 
 
@@ -77,18 +109,18 @@ def all_gather_object(obj) -> list:
     if not initialized():
         return [obj]
     out = [None] * world_size()
-    torch.distributed.all_gather_object(out, obj)
+    _torch_dist().all_gather_object(out, obj)
     return out
 
 
 def teardown() -> None:
     if initialized():
-        torch.distributed.destroy_process_group()
+        _torch_dist().destroy_process_group()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if initialized():
-        torch.distributed.all_reduce(tensor)
+        _torch_dist().all_reduce(tensor)
     return tensor
 
 
@@ -96,10 +128,10 @@ def broadcast_object(obj):
     if not initialized():
         return obj
     box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
+    _torch_dist().broadcast_object_list(box, src=0)
     return box[0]
 
 
 def barrier() -> None:
     if initialized():
-        torch.distributed.barrier()
+        _torch_dist().barrier()

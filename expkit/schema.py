@@ -230,7 +230,8 @@ class TrainerConfig:
     graph: bool = key(True, "write the model graph to TensorBoard once")
     compile: bool = key(False, "torch.compile the model")
     channels_last: bool = key(False, "channels-last memory format for image models")
-    num_threads: int | None = key(None, "torch CPU threads per process; null = cores / processes")
+    num_threads: int | None = key(None, "torch CPU threads per process; null = OMP_NUM_THREADS if set, "
+                                        "else usable cores / processes")
     max_steps: int | None = key(None, "stop after this many optimizer steps (debugging)")
 
 
@@ -353,7 +354,8 @@ def _range_errors(cfg: dict[str, Any]) -> list[str]:
         (t.max_steps is None or t.max_steps >= 1, "trainer.max_steps", t.max_steps, "null or an integer >= 1"),
         (t.num_threads is None or t.num_threads >= 1, "trainer.num_threads", t.num_threads, "null or an integer >= 1"),
         (s.warmup_epochs >= 0, "sched.warmup_epochs", s.warmup_epochs, "a number >= 0"),
-        (s.warmup_epochs < t.epochs, "sched.warmup_epochs", s.warmup_epochs,
+        # Only worth saying when trainer.epochs itself is valid (otherwise its own error says it).
+        (s.warmup_epochs < t.epochs or t.epochs < 1, "sched.warmup_epochs", s.warmup_epochs,
          f"a number below trainer.epochs ({t.epochs})"),
     ]
     if hasattr(m, "depth"):

@@ -45,6 +45,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from expkit import dist
+
 SWEEP_FILE = "sweep.json"
 SUMMARY_MD, SUMMARY_CSV = "summary.md", "summary.csv"
 MULTIRUN_ROOT = Path("runs/multirun")
@@ -262,14 +264,14 @@ def share_cores(cfg) -> None:
     hc = HydraConfig.get()
     if "joblib" not in str(hc.launcher.get("_target_", "")) or cfg.trainer.get("num_threads"):
         return
-    cores = os.cpu_count() or 1
+    cores = os.cpu_count() or 1  # what joblib counts n_jobs=-1 against
     n_jobs = int(hc.launcher.get("n_jobs") or -1)
     parallel = cores + 1 + n_jobs if n_jobs < 0 else n_jobs  # joblib: -1 = every core, -2 = all but one
     planned = _read_json(Path(hc.sweep.dir) / SWEEP_FILE).get("planned")
     if isinstance(planned, list) and planned:
         parallel = min(parallel, len(planned))
     with open_dict(cfg):
-        cfg.trainer.num_threads = max(1, cores // max(1, parallel))
+        cfg.trainer.num_threads = dist.default_threads(parallel)
 
 
 def _hydra_overrides(run_dir: Path) -> list[str]:
