@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+# Test processes: most tests start real `expkit` processes that spend their time importing
+# torch, so two pytest workers keep two cores busy (`make test WORKERS=0` runs in one process).
+WORKERS ?= 2
 
 .PHONY: train test tb sweep bench lint clean
 
@@ -21,7 +24,7 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check expkit tests bench
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(WORKERS) $(ARGS)
 
 tb: $(STAMP)
 	$(BIN)/tensorboard --logdir runs --host 127.0.0.1

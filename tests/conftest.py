@@ -11,14 +11,21 @@ from pathlib import Path
 import pytest
 
 EXPKIT = str(Path(sys.executable).parent / "expkit")
+
+# Under pytest-xdist (`make test` runs two workers) two trainings share the cores: one torch
+# thread each, as OMP_NUM_THREADS asks of torch and of expkit's default trainer.num_threads.
+# Tests of the default thread count unset it for their run (run_cli's `unset`).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Small and fast: a sample of the bundled digits, one or two epochs, no progress bar.
 FAST = ["data.sample=128", "trainer.epochs=1", "trainer.progress=off", "trainer.graph=false"]
 
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300,
-            check: bool = False) -> subprocess.CompletedProcess:
+            check: bool = False, unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **(env or {}))
-    full_env.pop("EXPKIT_TRACEBACK", None)
+    for name in ("EXPKIT_TRACEBACK", *unset):
+        full_env.pop(name, None)
     proc = subprocess.run([EXPKIT, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:

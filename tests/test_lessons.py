@@ -50,20 +50,29 @@ def table_rows(md: str) -> list[list[str]]:
     return [[c.strip() for c in ln.strip("|").split("|")] for ln in [lines[0], *lines[2:]]]
 
 
+def report(args: list[str], capsys) -> str:
+    """`expkit report ARGS` in this process (its CLI wiring and errors are tested through the real
+    CLI below; here the sweeps are what matter, and a second interpreter per preset costs ~3 s)."""
+    from expkit.report import main as report_main
+
+    assert report_main(args) == 0
+    return capsys.readouterr().out
+
+
 def test_every_preset_is_tested():
     assert set(list_choices()["experiment"]) == set(PRESETS)
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_preset_sweeps_and_reports(tmp_path, name):
+def test_preset_sweeps_and_reports(tmp_path, name, capsys):
     extra, n_jobs, varied = PRESETS[name]
     run_cli(["train", "-m", f"experiment={name}", *SMALL, *extra], cwd=tmp_path, check=True)
     sweep = sweep_dir(tmp_path)
     jobs = jobs_of(sweep)
     assert len(jobs) == n_jobs
-    proc = run_cli(["report", str(sweep)], cwd=tmp_path, check=True)
+    out = report([str(sweep)], capsys)
     png, md = sweep / f"{name}.png", sweep / f"{name}.md"
-    assert f"wrote {png}" in proc.stdout
+    assert f"wrote {png}" in out
     width, height = png_size(png)
     assert width >= 800 and height >= 300 and png.stat().st_size > 20_000
     text = md.read_text()
@@ -78,7 +87,7 @@ def test_preset_sweeps_and_reports(tmp_path, name):
     assert all(r[head.index("status")] == "completed" for r in rows)
 
 
-def test_command_line_override_beats_the_presets_sweep(tmp_path):
+def test_command_line_override_beats_the_presets_sweep(tmp_path, capsys):
     """`reg.dropout=0.3` on the command line replaces the preset's hydra.sweeper.params."""
     run_cli(["train", "-m", "experiment=dropout", "reg.dropout=0.3", "model.width=16", *SMALL],
             cwd=tmp_path, check=True)
@@ -86,7 +95,7 @@ def test_command_line_override_beats_the_presets_sweep(tmp_path):
     [job] = jobs_of(sweep)
     assert "dropout: 0.3" in (job / "config.yaml").read_text()
     out = tmp_path / "out"
-    run_cli(["report", str(sweep), "--out", str(out)], cwd=tmp_path, check=True)
+    report([str(sweep), "--out", str(out)], capsys)
     assert "Every job used the same dropout" in (out / "dropout.md").read_text()
     png_size(out / "dropout.png")
 
