@@ -23,14 +23,21 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plain_loop import Config, EpochBatches, make_data, make_model, make_optimizer  # noqa: E402
+from plain_loop import (  # noqa: E402
+    Config,
+    EpochBatches,
+    add_config_arguments,
+    config_from,
+    make_data,
+    make_model,
+    make_optimizer,
+)
 
 MISSING = "lightning not installed: pip install expkit[bench]"
 SETTINGS = ("off", "defaults")
@@ -120,16 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     if L is None:
         print(MISSING, file=sys.stderr)
         return 0
-    defaults = Config()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", choices=SETTINGS, default="defaults")
-    for key in ("model", "size", "epochs", "batch_size", "seed", "threads"):
-        parser.add_argument(f"--{key.replace('_', '-')}", type=type(getattr(defaults, key)),
-                            default=getattr(defaults, key))
+    add_config_arguments(parser)
     parser.add_argument("--root", help="Lightning's default_root_dir (default: a temporary folder)")
     parser.add_argument("--json", action="store_true", help="print the timings as one JSON line")
     args = parser.parse_args(argv)
-    c = Config(**{k: v for k, v in vars(args).items() if k in asdict(defaults)})
+    c = config_from(args)
     with tempfile.TemporaryDirectory() as tmp:
         _, timings = train(c, args.setting, args.root or tmp)
     if args.json:

@@ -188,16 +188,25 @@ def train(c: Config, verbose: bool = False) -> tuple[nn.Module, dict]:
     return model, timings
 
 
-def main(argv: list[str] | None = None) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --size, ... for the Config fields a contender's command line may set."""
     defaults = Config()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for key in ("model", "size", "epochs", "batch_size", "seed", "threads"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(getattr(defaults, key)),
                             default=getattr(defaults, key))
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    return Config(**{k: v for k, v in vars(args).items() if k in asdict(Config())})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_config_arguments(parser)
     parser.add_argument("--save", help="write the final state_dict here")
     parser.add_argument("--json", action="store_true", help="print the timings as one JSON line")
     args = parser.parse_args(argv)
-    c = Config(**{k: v for k, v in vars(args).items() if k in asdict(defaults)})
+    c = config_from(args)
     model, timings = train(c, verbose=not args.json)
     if args.save:
         torch.save(model.state_dict(), args.save)

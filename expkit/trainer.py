@@ -286,23 +286,24 @@ class Trainer:
         """Global and per-layer gradient norms and weight norms: vanishing and exploding
         gradients show up as curves, and as a warning when they vanish."""
         params = dict(self.raw_model.named_parameters())
-        grads = [params[n].grad for n in self.weight_names if params[n].grad is not None]
-        if not grads:
+        names = [n for n in self.weight_names if params[n].grad is not None]  # frozen layers have none
+        if not names:
             return
-        grad_norms = torch.stack(torch._foreach_norm(grads)).float()
-        weight_norms = torch.stack(torch._foreach_norm([params[n].detach() for n in self.weight_names])).float()
-        total = grad_norms.norm().item()
-        self.writer.scalar("grad/norm", total, self.step)
-        for name, g, w in zip(self.weight_names, grad_norms.tolist(), weight_norms.tolist(), strict=False):
+        # Every norm in one tensor and one .tolist(): a log step costs one host sync, not one per layer.
+        norms = torch.stack(torch._foreach_norm([params[n].grad for n in names]
+                                                + [params[n].detach() for n in names])).float().tolist()
+        grad_norms, weight_norms = norms[:len(names)], norms[len(names):]
+        self.writer.scalar("grad/norm", math.sqrt(sum(g * g for g in grad_norms)), self.step)
+        for name, g, w in zip(names, grad_norms, weight_norms, strict=True):
             self.writer.scalar(f"grad/norm/{name}", g, self.step)
             self.writer.scalar(f"weight/norm/{name}", w, self.step)
-        first, last = grad_norms[0].item(), grad_norms[-1].item()
+        first, last = grad_norms[0], grad_norms[-1]
         if not self.warned_vanishing and last > 0 and first < VANISHING_RATIO * last:
             self.warned_vanishing = True
             log.warning("vanishing gradients at step %d: first layer %s has gradient norm %.2e, "
                         "last layer %s %.2e (ratio %.1e); consider kaiming init, batchnorm, skip "
-                        "connections or another activation", self.step, self.weight_names[0], first,
-                        self.weight_names[-1], last, first / last)
+                        "connections or another activation", self.step, names[0], first,
+                        names[-1], last, first / last)
 
     def log_histograms(self) -> None:
         """DISTRIBUTIONS / HISTOGRAMS: weights and the last step's gradients per layer."""

@@ -188,3 +188,42 @@ def test_a_default_run_does_not_import_torchvision(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == torchvision.__version__
     tags = accumulator(only_run(tmp_path)).Tags()
     assert {"data/train", "data/val", "val/misclassified"} <= set(tags["images"])
+
+
+def test_gradient_norms_name_the_right_layers_when_one_is_frozen(tmp_path):
+    """A frozen layer has no gradient: the others' norms keep their own names, and the values
+    equal the norms computed directly; one event per step holds all of a step's scalars."""
+    import torch
+    from hydra import compose, initialize_config_module
+
+    from expkit.app import build, task_config
+    from expkit.schema import validate
+
+    overrides = ["model=mlp", "model.depth=3", "data.sample=128", "trainer.progress=off", "trainer.graph=false"]
+    with initialize_config_module("expkit.conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    trainer = build(validate(task_config(cfg)), cfg, tmp_path, None)
+    frozen, *trained = trainer.weight_names
+    dict(trainer.raw_model.named_parameters())[frozen].requires_grad_(False)
+    x, y = next(trainer.data.train.iterate())
+    trainer.train_step(x, y)
+    trainer.log_gradients()
+    params = dict(trainer.raw_model.named_parameters())
+    trainer.writer.close()
+
+    acc = accumulator(tmp_path)
+    tags = acc.Tags()["scalars"]
+    assert f"grad/norm/{frozen}" not in tags and f"weight/norm/{frozen}" not in tags
+    for name in trained:
+        [event] = acc.Scalars(f"grad/norm/{name}")
+        assert event.value == pytest.approx(params[name].grad.norm().item(), rel=1e-5)
+        [event] = acc.Scalars(f"weight/norm/{name}")
+        assert event.value == pytest.approx(params[name].detach().norm().item(), rel=1e-5)
+    total = torch.stack([params[n].grad.norm() for n in trained]).norm().item()
+    assert acc.Scalars("grad/norm")[0].value == pytest.approx(total, rel=1e-5)
+    assert {e.step for t in tags for e in acc.Scalars(t)} == {1}
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    [events] = [list(EventFileLoader(str(p)).Load()) for p in tmp_path.glob("events.out.tfevents.*")]
+    [step_one] = [e for e in events if e.HasField("summary") and e.step == 1]  # opt/lr and the norms
+    assert {v.tag for v in step_one.summary.value} == set(tags)

@@ -1,0 +1,103 @@
+"""What expkit's default logging costs, measured finely interleaved in one process.
+
+    .venv/bin/python bench/logging_cost.py [--model mlp|cnn] [--rounds 40] [--out FILE]
+
+bench/run.py compares whole runs, one after another; on a shared two-core machine their
+spread (often +-15%) hides a cost of a few percent. Here two Trainers are built once, the
+same run with logging at its defaults (TensorBoard on, train/* and gradient norms every
+`trainer.log_every=10` steps, `opt/lr` every step) and with logging off
+(`trainer.tensorboard=false trainer.log_every=10**9`), and their training epochs alternate
+A B B A ... for many rounds, so both see the same machine state to within a second. The
+cost is 1 - (defaults steps/s) / (off steps/s): the median of the per-round ratios and the
+ratio of the totals. Checkpoints are not logging and not written here
+(bench/checkpoint_cost.py measures them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from plain_loop import Config  # noqa: E402
+
+LOGGING_OFF = ["trainer.tensorboard=false", f"trainer.log_every={10**9}"]
+CONFIGS = {  # as bench/run.py's loop section: small steps, so per-step overhead shows
+    "mlp": Config(model="mlp", shape=(1, 28, 28), size=8192, epochs=1000),
+    "cnn": Config(model="cnn", shape=(1, 8, 8), size=4096, epochs=1000),
+}
+
+
+def build_trainer(c: Config, extra: list[str], run_dir: Path):
+    from hydra import compose, initialize_config_module
+
+    from expkit.app import build, task_config
+    from expkit.schema import validate
+
+    overrides = [*c.expkit_overrides(), "trainer.progress=off", "trainer.graph=false", *extra]
+    with initialize_config_module("expkit.conf", version_base="1.3"):
+        cfg = task_config(compose("config", overrides=overrides))
+    return build(validate(cfg), cfg, run_dir, None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(CONFIGS), default="mlp")
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--out", help="also write the result (markdown) here")
+    args = parser.parse_args(argv)
+    c = CONFIGS[args.model]
+
+    import logging
+
+    logging.getLogger("expkit").setLevel(logging.WARNING)  # no console lines between epochs
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {"defaults": build_trainer(c, [], Path(tmp) / "defaults"),
+                    "off": build_trainer(c, LOGGING_OFF, Path(tmp) / "off")}
+        steps = len(trainers["off"].data.train)
+        seconds: dict[str, list[float]] = {name: [] for name in trainers}
+        cpu: dict[str, list[float]] = {name: [] for name in trainers}  # every thread of this process
+        for r in range(args.rounds + 1):  # round 0 warms both up and is not counted
+            order = ["defaults", "off"] if r % 2 == 0 else ["off", "defaults"]
+            for name in order:
+                start, start_cpu = time.perf_counter(), time.process_time()
+                trainers[name].train_epoch(r)  # epoch r of each trainer's own run
+                trainers[name].writer.flush()  # the events reach the disk inside the timed epoch
+                if r:
+                    seconds[name].append(time.perf_counter() - start)
+                    cpu[name].append(time.process_time() - start_cpu)
+        for trainer in trainers.values():
+            trainer.writer.close()
+
+    def cost(times: dict[str, list[float]]) -> str:
+        per_round = [off / on for on, off in zip(times["defaults"], times["off"], strict=True)]
+        total = sum(times["off"]) / sum(times["defaults"])
+        q = statistics.quantiles(per_round, n=4)
+        return (f"{statistics.median(per_round):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}); totals {total:.3f} | "
+                f"{100 * (1 - statistics.median(per_round)):.1f}% (totals {100 * (1 - total):.1f}%)")
+
+    ms = {name: 1000 * statistics.median(s) / steps for name, s in seconds.items()}
+    lines = [
+        f"Logging cost, {c.model} ({steps} steps an epoch, {args.rounds} rounds of one epoch each, interleaved; "
+        f"logging off: {ms['off']:.2f} ms a step, defaults: {ms['defaults']:.2f}):",
+        "",
+        "| measured on | defaults / off, steps/s: median of rounds (quartiles); totals | cost of default logging |",
+        "| --- | ---: | ---: |",
+        f"| wall time | {cost(seconds)} |",
+        f"| CPU time of the process (all its threads) | {cost(cpu)} |",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
