@@ -46,14 +46,9 @@ def build_trainer(c: Config, extra: list[str], run_dir: Path):
     return build(validate(cfg), cfg, run_dir, None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=sorted(CONFIGS), default="mlp")
-    parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--out", help="also write the result (markdown) here")
-    args = parser.parse_args(argv)
-    c = CONFIGS[args.model]
-
+def measure(c: Config, rounds: int) -> dict:
+    """Per-round seconds (wall and process CPU) of one training epoch for each setting, and
+    the defaults / off steps/s ratio of every round."""
     import logging
 
     logging.getLogger("expkit").setLevel(logging.WARNING)  # no console lines between epochs
@@ -63,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = len(trainers["off"].data.train)
         seconds: dict[str, list[float]] = {name: [] for name in trainers}
         cpu: dict[str, list[float]] = {name: [] for name in trainers}  # every thread of this process
-        for r in range(args.rounds + 1):  # round 0 warms both up and is not counted
+        for r in range(rounds + 1):  # round 0 warms both up and is not counted
             order = ["defaults", "off"] if r % 2 == 0 else ["off", "defaults"]
             for name in order:
                 start, start_cpu = time.perf_counter(), time.process_time()
@@ -74,25 +69,38 @@ def main(argv: list[str] | None = None) -> int:
                     cpu[name].append(time.process_time() - start_cpu)
         for trainer in trainers.values():
             trainer.writer.close()
+    return {"config": c, "rounds": rounds, "steps": steps, "seconds": seconds, "cpu": cpu,
+            "ratios": {kind: [off / on for on, off in zip(t["defaults"], t["off"], strict=True)]
+                       for kind, t in (("wall", seconds), ("cpu", cpu))}}
 
-    def cost(times: dict[str, list[float]]) -> str:
-        per_round = [off / on for on, off in zip(times["defaults"], times["off"], strict=True)]
+
+def table(res: dict) -> list[str]:
+    def cost(kind: str) -> str:
+        per_round, times = res["ratios"][kind], res["seconds" if kind == "wall" else "cpu"]
         total = sum(times["off"]) / sum(times["defaults"])
         q = statistics.quantiles(per_round, n=4)
         return (f"{statistics.median(per_round):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}); totals {total:.3f} | "
                 f"{100 * (1 - statistics.median(per_round)):.1f}% (totals {100 * (1 - total):.1f}%)")
 
-    ms = {name: 1000 * statistics.median(s) / steps for name, s in seconds.items()}
-    lines = [
-        f"Logging cost, {c.model} ({steps} steps an epoch, {args.rounds} rounds of one epoch each, interleaved; "
-        f"logging off: {ms['off']:.2f} ms a step, defaults: {ms['defaults']:.2f}):",
+    ms = {name: 1000 * statistics.median(s) / res["steps"] for name, s in res["seconds"].items()}
+    return [
+        f"Logging cost, {res['config'].model} ({res['steps']} steps an epoch, {res['rounds']} rounds of one epoch "
+        f"each, interleaved; logging off: {ms['off']:.2f} ms a step, defaults: {ms['defaults']:.2f}):",
         "",
         "| measured on | defaults / off, steps/s: median of rounds (quartiles); totals | cost of default logging |",
         "| --- | ---: | ---: |",
-        f"| wall time | {cost(seconds)} |",
-        f"| CPU time of the process (all its threads) | {cost(cpu)} |",
+        f"| wall time | {cost('wall')} |",
+        f"| CPU time of the process (all its threads) | {cost('cpu')} |",
     ]
-    text = "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(CONFIGS), default="mlp")
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--out", help="also write the result (markdown) here")
+    args = parser.parse_args(argv)
+    text = "\n".join(table(measure(CONFIGS[args.model], args.rounds))) + "\n"
     print(text)
     if args.out:
         Path(args.out).write_text(text)

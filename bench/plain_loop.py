@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from expkit.dist import default_threads
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Config:
     epochs: int = 3
     lr: float = 1e-3
     weight_decay: float = 0.01
-    threads: int = 0  # 0: one per core, as expkit does
+    threads: int = 0  # 0: as expkit chooses (expkit.dist.default_threads)
 
     def expkit_overrides(self) -> list[str]:
         """The `expkit train` overrides for the same run."""
@@ -161,7 +162,7 @@ def evaluate(model: nn.Module, batches: EpochBatches) -> tuple[float, float]:
 def train(c: Config, verbose: bool = False) -> tuple[nn.Module, dict]:
     """Train; returns the model and timings: per epoch, when it started, when its last
     step ended, and when its evaluation ended (time.perf_counter())."""
-    torch.set_num_threads(c.threads or os.cpu_count() or 1)
+    torch.set_num_threads(c.threads or default_threads(1))  # expkit's rule: OMP_NUM_THREADS, else usable cores
     train_x, train_y, val_x, val_y = make_data(c)
     torch.manual_seed(c.seed)
     model = make_model(c)
