@@ -27,6 +27,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_loop import Config, make_data, make_model, make_optimizer  # noqa: E402
 
+from expkit.dist import default_threads  # noqa: E402
+
 
 def shard(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int, shuffle: bool) -> torch.Tensor:
     """This rank's indices for one epoch: padded to a multiple of world, then the rank-th
@@ -60,9 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    # One thread per process on CPU, so the processes do not fight over cores.
+    # The cores shared among the processes on CPU, so they do not fight over them.
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    torch.set_num_threads(default_threads(local_world))  # expkit's rule, so both do the same work
 
     train_x, train_y, val_x, val_y = (t.to(device) for t in make_data(c))
     torch.manual_seed(c.seed + rank)

@@ -357,9 +357,13 @@ def bench_ddp(c: Config, rounds: int, tmp: Path) -> dict:
     def plain_run() -> tuple[float, list[float]]:
         nonlocal steps
         started = time.perf_counter()
-        out = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node=2", str(HERE / "plain_ddp.py"), "--json",
-                              "--model", c.model, "--size", str(c.size), "--epochs", str(c.epochs)],
-                             cwd=ROOT, check=True, capture_output=True, text=True).stdout
+        # --standalone: a free port each time (the fixed default 29500 can still be held by the last run).
+        proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(HERE / "plain_ddp.py"),
+                               "--json", "--model", c.model, "--size", str(c.size), "--epochs", str(c.epochs)],
+                              cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"torchrun bench/plain_ddp.py exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        out = proc.stdout
         wall = time.perf_counter() - started
         t = json.loads(out.strip().splitlines()[-1])
         steps = t["steps_per_epoch"]
