@@ -13,10 +13,16 @@ if TYPE_CHECKING:
 # the config is validated, and a bad value should be refused without paying for torch's import.
 
 
-def _torch_dist():
-    import torch.distributed
+_torch_distributed = None
 
-    return torch.distributed
+
+def _torch_dist():
+    global _torch_distributed
+    if _torch_distributed is None:  # should_stop() asks every training step
+        import torch.distributed
+
+        _torch_distributed = torch.distributed
+    return _torch_distributed
 
 
 def world_size() -> int:

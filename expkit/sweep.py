@@ -264,14 +264,16 @@ def share_cores(cfg) -> None:
     hc = HydraConfig.get()
     if "joblib" not in str(hc.launcher.get("_target_", "")) or cfg.trainer.get("num_threads"):
         return
-    cores = os.cpu_count() or 1  # what joblib counts n_jobs=-1 against
+    # Not OMP_NUM_THREADS: joblib sets it in its workers to cores / n_jobs, blind to how many
+    # jobs the sweep has; a 2-job sweep with n_jobs=-1 on 16 cores should get 8 threads a job.
+    cores = dist.usable_cores()
     n_jobs = int(hc.launcher.get("n_jobs") or -1)
     parallel = cores + 1 + n_jobs if n_jobs < 0 else n_jobs  # joblib: -1 = every core, -2 = all but one
     planned = _read_json(Path(hc.sweep.dir) / SWEEP_FILE).get("planned")
     if isinstance(planned, list) and planned:
         parallel = min(parallel, len(planned))
     with open_dict(cfg):
-        cfg.trainer.num_threads = dist.default_threads(parallel)
+        cfg.trainer.num_threads = max(1, cores // max(1, parallel))
 
 
 def _hydra_overrides(run_dir: Path) -> list[str]:

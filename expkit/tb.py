@@ -20,10 +20,11 @@ class Writer:
     SCALAR_BATCH of them, every SCALAR_BATCH_S seconds, and at flush/close), with the wall
     time of the call. Each hand-over wakes the writer thread; one wake-up per training step
     (opt/lr) cost about 5% of the steps/s of a small model on two cores (bench/run.py).
-    The scalars of one step go into one event (a log step's ~10 values: loss, accuracy,
-    gradient and weight norms): the writer thread checksums every record with a pure-Python
-    CRC-32C and holds the GIL while it does, so fewer, larger records cost the training loop
-    less. TensorBoard reads the values exactly as if each had its own event."""
+    Consecutive scalars of one step, called within a second of each other, go into one event
+    (a log step's ~10 values: loss, accuracy, gradient and weight norms): the writer thread
+    checksums every record with a pure-Python CRC-32C and holds the GIL while it does, so
+    fewer, larger records cost the training loop less. TensorBoard reads the same values,
+    steps and (to within that second) wall times as if each had its own event."""
 
     SCALAR_BATCH = 256
     SCALAR_BATCH_S = 5.0
@@ -55,11 +56,13 @@ class Writer:
             return
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        by_step: dict[int, tuple[list, float]] = {}  # step -> (values, wall time of its first scalar)
+        groups: list[tuple[int, float, list]] = []  # (step, wall time of its first scalar, values)
         for tag, value, step, wall_time in pending:
-            by_step.setdefault(step, ([], wall_time))[0].append(Summary.Value(tag=tag, simple_value=value))
+            if not groups or groups[-1][0] != step or wall_time - groups[-1][1] > 1.0:
+                groups.append((step, wall_time, []))
+            groups[-1][2].append(Summary.Value(tag=tag, simple_value=value))
         events = self.w._get_file_writer()
-        for step, (values, wall_time) in by_step.items():  # a tag's values stay in step order
+        for step, wall_time, values in groups:
             events.add_summary(Summary(value=values), step, wall_time)
 
     def histogram(self, tag: str, values, step: int) -> None:
