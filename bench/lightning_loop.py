@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -38,6 +37,8 @@ from plain_loop import (  # noqa: E402
     make_model,
     make_optimizer,
 )
+
+from expkit.dist import default_threads  # noqa: E402
 
 MISSING = "lightning not installed: pip install expkit[bench]"
 SETTINGS = ("off", "defaults")
@@ -110,7 +111,7 @@ def train(c: Config, setting: str, root: str) -> tuple[nn.Module, dict]:
 
     warnings.filterwarnings("ignore", module="lightning")  # e.g. "consider more workers"
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING if setting == "off" else logging.INFO)
-    torch.set_num_threads(c.threads or os.cpu_count() or 1)
+    torch.set_num_threads(c.threads or default_threads(1))  # expkit's rule, as the plain loop
     train_x, train_y, val_x, val_y = make_data(c)
     torch.manual_seed(c.seed)
     module = Classifier(c, log_metrics=setting != "off")

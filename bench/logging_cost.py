@@ -51,7 +51,16 @@ def measure(c: Config, rounds: int) -> dict:
     the defaults / off steps/s ratio of every round."""
     import logging
 
-    logging.getLogger("expkit").setLevel(logging.WARNING)  # no console lines between epochs
+    logger = logging.getLogger("expkit")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # no console lines between epochs
+    try:
+        return _measure(c, rounds)
+    finally:
+        logger.setLevel(level)
+
+
+def _measure(c: Config, rounds: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {"defaults": build_trainer(c, [], Path(tmp) / "defaults"),
                     "off": build_trainer(c, LOGGING_OFF, Path(tmp) / "off")}

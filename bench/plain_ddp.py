@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.set_device(device)
     # The cores shared among the processes on CPU, so they do not fight over them.
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    torch.set_num_threads(default_threads(local_world))  # expkit's rule, so both do the same work
+    torch.set_num_threads(default_threads(local_world))  # expkit's rule (OMP_NUM_THREADS, else cores / processes)
 
     train_x, train_y, val_x, val_y = (t.to(device) for t in make_data(c))
     torch.manual_seed(c.seed + rank)

@@ -345,13 +345,18 @@ def expkit_epoch_seconds(run_dir: Path) -> list[float]:
 def bench_ddp(c: Config, rounds: int, tmp: Path) -> dict:
     steps = None
     counter = iter(range(10**6))
+    # torchrun sets OMP_NUM_THREADS=1 for several processes a node and expkit's own launch
+    # does not: both get the same threads per process, expkit's default (cores / processes).
+    from expkit.dist import usable_cores
+
+    threads_env = dict(os.environ, OMP_NUM_THREADS=str(max(1, usable_cores() // 2)))
 
     def expkit_run() -> tuple[float, list[float]]:
         run_dir = tmp / f"ddp-{next(counter)}"
         started = time.perf_counter()
         subprocess.run([str(BIN / "expkit"), "train", *c.expkit_overrides(), "trainer.accelerator=cpu",
                         "trainer.devices=2", f"hydra.run.dir={run_dir}"], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=threads_env)
         return time.perf_counter() - started, expkit_epoch_seconds(run_dir)
 
     def plain_run() -> tuple[float, list[float]]:
@@ -360,7 +365,7 @@ def bench_ddp(c: Config, rounds: int, tmp: Path) -> dict:
         # --standalone: a free port each time (the fixed default 29500 can still be held by the last run).
         proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(HERE / "plain_ddp.py"),
                                "--json", "--model", c.model, "--size", str(c.size), "--epochs", str(c.epochs)],
-                              cwd=ROOT, capture_output=True, text=True)
+                              cwd=ROOT, capture_output=True, text=True, env=threads_env)
         if proc.returncode != 0:
             raise RuntimeError(f"torchrun bench/plain_ddp.py exited {proc.returncode}:\n{proc.stderr[-3000:]}")
         out = proc.stdout
