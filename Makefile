@@ -24,7 +24,7 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check expkit tests bench
-	$(BIN)/python -m pytest -q -n $(WORKERS) $(ARGS)
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup $(ARGS)
 
 tb: $(STAMP)
 	$(BIN)/tensorboard --logdir runs --host 127.0.0.1

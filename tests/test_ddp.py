@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -51,7 +52,11 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     assert m1["step"] == m2["step"] == 8
     assert [s for s, _ in scalars(ddp)["opt/lr"]] == list(range(1, 9))  # rank 0 alone writes events
     # The cores are shared between the processes, not oversubscribed.
-    assert f"threads {max(1, len(os.sched_getaffinity(0)) // 2)}" in (ddp / "train.log").read_text()
+    assert threads_used(ddp) == max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+def threads_used(run: Path) -> int:
+    return int(re.search(r"threads (\d+)\b", (run / "train.log").read_text()).group(1))
 
 
 def test_two_node_torchrun_launch_on_localhost(tmp_path):
@@ -59,8 +64,9 @@ def test_two_node_torchrun_launch_on_localhost(tmp_path):
     common = [TORCHRUN, "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
               f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=twonode", "-m", "expkit", "train", *EXACT,
               "trainer.epochs=1"]
-    nodes = [subprocess.Popen(common, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    # OMP_NUM_THREADS set by the user (torchrun keeps it) wins over cores / processes.
+    nodes = [subprocess.Popen(common, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="3")) for _ in range(2)]
     outputs = [node.communicate(timeout=300) for node in nodes]
     assert [n.returncode for n in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     run = only_run(tmp_path)
@@ -68,6 +74,7 @@ def test_two_node_torchrun_launch_on_localhost(tmp_path):
     assert read_json(run / "metrics.json")["step"] == 2  # 256 examples / (2 ranks x 64 per rank), one epoch
     assert read_json(run / "meta.json")["status"] == "completed"
     assert len(list((tmp_path / "runs").rglob(".hydra"))) == 1  # every rank composed; one folder holds it
+    assert threads_used(run) == 3  # not cores / processes (2 here)
 
 
 def test_a_crashing_rank_brings_the_group_down(tmp_path):

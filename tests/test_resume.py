@@ -17,6 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Its tests share one training run (a session fixture): on one xdist worker (make test's --dist loadgroup)
+# that run happens once.
+pytestmark = pytest.mark.xdist_group("resume")
+
 # Small and fast, with everything that makes exactness hard switched on: dropout,
 # batchnorm, random-crop augmentation, a shuffled order; 16 steps per epoch.
 BASE = ["data.sample=256", "model=cnn", "data.augment=true", "reg.dropout=0.3", "reg.batchnorm=true",
@@ -146,7 +150,7 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def straight(tmp_path_factory) -> Path:
     """The reference: EPOCHS epochs in one go."""
     cwd = tmp_path_factory.mktemp("straight")

@@ -16,10 +16,14 @@ from conftest import only_run, read_json, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+# Its tests share one training run (a session fixture): on one xdist worker (make test's --dist loadgroup)
+# that run happens once.
+pytestmark = pytest.mark.xdist_group("tensorboard")
+
 STEPS_PER_EPOCH = 4  # 256 examples / batch 64
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cnn_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     root = tmp_path_factory.mktemp("tb")
     proc = run_cli(["train", "model=cnn", "data.sample=256", "trainer.epochs=2", "trainer.log_every=2",
