@@ -35,12 +35,15 @@ CONFIGS = {  # as bench/run.py's loop section: small steps, so per-step overhead
 
 
 def build_trainer(c: Config, extra: list[str], run_dir: Path):
+    """expkit's own Trainer for the run `c` describes, built as `expkit train` builds it
+    (bench/run.py's loop contender too). progress=off: what trainer.progress=auto does off a
+    terminal (make bench | tee, CI)."""
     from hydra import compose, initialize_config_module
 
     from expkit.app import build, task_config
     from expkit.schema import validate
 
-    overrides = [*c.expkit_overrides(), "trainer.progress=off", "trainer.graph=false", *extra]
+    overrides = [*c.expkit_overrides(), "trainer.progress=off", *extra]
     with initialize_config_module("expkit.conf", version_base="1.3"):
         cfg = task_config(compose("config", overrides=overrides))
     return build(validate(cfg), cfg, run_dir, None)

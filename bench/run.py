@@ -113,24 +113,15 @@ def steady(timings: dict, steps: int) -> tuple[float, float]:
 
 def run_expkit(c: Config, extra: list[str]) -> tuple[dict, dict]:
     """expkit's own build and Trainer.fit in this process (a temporary run folder)."""
-    from hydra import compose, initialize_config_module
-
-    from expkit.app import build, task_config
     from expkit.logs import close_logging, setup_logging
-    from expkit.schema import validate
 
-    # progress=off: what trainer.progress=auto does off a terminal (make bench | tee, CI).
-    overrides = [*c.expkit_overrides(), "trainer.progress=off", *extra]
-    with initialize_config_module("expkit.conf", version_base="1.3"):
-        cfg = task_config(compose("config", overrides=overrides))
-    typed = validate(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
         log = setup_logging(run_dir)
         for handler in log.handlers:  # train.log as usual; the console stays quiet for the tables
             if not isinstance(handler, logging.FileHandler):
                 handler.setLevel(logging.WARNING)
-        trainer = build(typed, cfg, run_dir, None)
+        trainer = logging_cost.build_trainer(c, extra, run_dir)
         timings: dict = {"epoch_start": [], "train_end": []}
         train_epoch = trainer.train_epoch
 

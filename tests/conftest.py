@@ -17,6 +17,7 @@ EXPKIT = str(Path(sys.executable).parent / "expkit")
 # Tests of the default thread count unset it for their run (run_cli's `unset`).
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Small and fast: a sample of the bundled digits, one or two epochs, no progress bar.
 FAST = ["data.sample=128", "trainer.epochs=1", "trainer.progress=off", "trainer.graph=false"]
 
@@ -31,6 +32,19 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float 
     if check and proc.returncode != 0:
         raise AssertionError(f"expkit {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def build_trainer(run_dir: Path, overrides: list[str]):
+    """expkit's Trainer for `overrides`, built in this process as `expkit train` builds it."""
+    from hydra import compose, initialize_config_module
+
+    from expkit.app import build, task_config
+    from expkit.schema import validate
+
+    with initialize_config_module("expkit.conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return build(validate(task_config(cfg)), cfg, run_dir, None)
 
 
 def run_dirs(root: Path) -> list[Path]:

@@ -3,27 +3,14 @@ GradScaler, channels-last, torch.compile (checkpoints stay plain)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from conftest import FAST
-from hydra import compose, initialize_config_module
+from conftest import FAST, build_trainer
 
 import expkit
-from expkit.app import build, task_config
-from expkit.schema import validate
-
-
-def build_trainer(tmp_path: Path, overrides: list[str]):
-    with initialize_config_module("expkit.conf", version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    return build(validate(task_config(cfg)), cfg, run_dir, None)
 
 
 def test_bf16_autocast_on_cpu(tmp_path):
-    trainer = build_trainer(tmp_path, ["trainer.precision=bf16", "data.sample=64", "trainer.tensorboard=false"])
+    trainer = build_trainer(tmp_path / "run", ["trainer.precision=bf16", "data.sample=64", "trainer.tensorboard=false"])
     x, y = next(trainer.data.train.iterate())
     with trainer.autocast():
         assert trainer.model(x).dtype == torch.bfloat16
@@ -40,7 +27,8 @@ def test_fp16_uses_a_grad_scaler(tmp_path):
 
 
 def test_channels_last(tmp_path):
-    trainer = build_trainer(tmp_path, ["trainer.channels_last=true", "data.sample=64", "trainer.tensorboard=false"])
+    trainer = build_trainer(tmp_path / "run", ["trainer.channels_last=true", "data.sample=64",
+                                               "trainer.tensorboard=false"])
     conv = next(m for m in trainer.raw_model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     x, y = trainer.to_device(*next(trainer.data.train.iterate()))

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import only_run, read_json, run_cli
+from conftest import build_trainer, only_run, read_json, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -198,15 +198,9 @@ def test_gradient_norms_name_the_right_layers_when_one_is_frozen(tmp_path):
     """A frozen layer has no gradient: the others' norms keep their own names, and the values
     equal the norms computed directly; one event per step holds all of a step's scalars."""
     import torch
-    from hydra import compose, initialize_config_module
 
-    from expkit.app import build, task_config
-    from expkit.schema import validate
-
-    overrides = ["model=mlp", "model.depth=3", "data.sample=128", "trainer.progress=off", "trainer.graph=false"]
-    with initialize_config_module("expkit.conf", version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    trainer = build(validate(task_config(cfg)), cfg, tmp_path, None)
+    trainer = build_trainer(tmp_path, ["model=mlp", "model.depth=3", "data.sample=128", "trainer.progress=off",
+                                       "trainer.graph=false"])
     frozen, *trained = trainer.weight_names
     dict(trainer.raw_model.named_parameters())[frozen].requires_grad_(False)
     x, y = next(trainer.data.train.iterate())
