@@ -65,6 +65,7 @@ def initialized() -> bool:
 
 
 _store = None  # the TCPStore rank 0 made to agree on the run folder, reused for the group
+_claims = 0  # folders agreed on so far in this process: the n-th claim of each rank pairs up
 
 
 def setup(device: torch.device) -> None:
@@ -79,10 +80,15 @@ def setup(device: torch.device) -> None:
 def agree_on_run_dir(path: str, claim) -> str:
     """Under torchrun every rank composes the config and resolves hydra.run.dir; rank 0
     claims the folder and the others read its name from the group's key-value store,
-    so a run has exactly one folder whatever the launch path."""
+    so a run has exactly one folder whatever the launch path.
+
+    The key must not contain `path`: it holds the time (`${now:...}`) each rank read from
+    its own clock, and ranks that compose a second apart (a loaded machine, clock skew
+    between nodes) would wait on different keys until the store timed out. Every rank runs
+    the same code, so the n-th claim of rank 0 is the n-th claim of the others."""
     from datetime import timedelta
 
-    global _store
+    global _store, _claims
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     # torchrun's agent hosts a store at MASTER_PORT; a bare launch needs rank 0 to host it.
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
@@ -91,7 +97,8 @@ def agree_on_run_dir(path: str, claim) -> str:
     if not agent_store:
         _store = store
     key = "expkit/run_dir/{}/{}/{}".format(os.environ.get("TORCHELASTIC_RUN_ID", ""),
-                                           os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"), path)
+                                           os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"), _claims)
+    _claims += 1
     if rank() == 0:
         chosen = claim(path)
         store.set(key, chosen)

@@ -59,15 +59,34 @@ def threads_used(run: Path) -> int:
     return int(re.search(r"threads (\d+)\b", (run / "train.log").read_text()).group(1))
 
 
+def slow_node_env(tmp_path: Path, seconds: float) -> dict[str, str]:
+    """The environment of a node whose workers start `seconds` late (a slower or busier
+    machine): a sitecustomize that sleeps in torchrun's worker processes, not in its agent."""
+    site = tmp_path / "slow_node"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        f"import os, time\nif 'LOCAL_RANK' in os.environ:\n    time.sleep({seconds})\n")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+
+
 def test_two_node_torchrun_launch_on_localhost(tmp_path):
     port = free_port()
     common = [TORCHRUN, "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
               f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=twonode", "-m", "expkit", "train", *EXACT,
               "trainer.epochs=1"]
     # OMP_NUM_THREADS set by the user (torchrun keeps it) wins over cores / processes.
+    # The second node's worker composes its config 2 s after the first's, so the two read
+    # different times for the run folder's name: they must still agree on one folder.
+    envs = [dict(os.environ, OMP_NUM_THREADS="3"), dict(os.environ, OMP_NUM_THREADS="3",
+                                                        **slow_node_env(tmp_path, 2.0))]
     nodes = [subprocess.Popen(common, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=dict(os.environ, OMP_NUM_THREADS="3")) for _ in range(2)]
-    outputs = [node.communicate(timeout=300) for node in nodes]
+                              env=env, start_new_session=True) for env in envs]
+    try:
+        outputs = [node.communicate(timeout=150) for node in nodes]
+    finally:  # a hang must not leave workers behind to load the rest of the suite
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
     assert [n.returncode for n in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     run = only_run(tmp_path)
     assert read_json(run / "meta.json")["world_size"] == 2
