@@ -267,7 +267,9 @@ def run_worker(run_dir: str, resume: bool) -> int:
     if resume:
         from expkit.checkpoint import load_latest
 
-        loaded, ckpt = load_latest(path / "checkpoints")
+        # `expkit resume` made the same choice before launching us and said why on the console;
+        # N workers repeating its warnings would only bury it.
+        loaded, ckpt = load_latest(path / "checkpoints", warn=False)
         state = {"state": loaded, "path": ckpt}
     overrides = RunDir(path).read_meta().get("overrides", [])
     try:

@@ -186,10 +186,11 @@ def load_file(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     return state
 
 
-def load_latest(folder: Path, map_location: Any = "cpu",
-                problems: list[str] | None = None) -> tuple[dict[str, Any], Path]:
+def load_latest(folder: Path, map_location: Any = "cpu", problems: list[str] | None = None,
+                warn: bool = True) -> tuple[dict[str, Any], Path]:
     """The newest valid checkpoint. A damaged newer one is skipped with a warning naming
-    it (and appended to `problems`); a file that would run code stops everything."""
+    it (and appended to `problems`; `warn=False`: only that); a file that would run code
+    stops everything."""
     if not folder.is_dir():
         raise CheckpointError(f"{folder} does not exist: this run wrote no checkpoint to resume from")
     # The newest numbered file first: last.pt and best.pt are hard links to numbered files,
@@ -213,10 +214,11 @@ def load_latest(folder: Path, map_location: Any = "cpu",
         except UnsafeCheckpoint:
             raise
         except CheckpointError as e:
-            log.warning("checkpoint %s is unusable, trying an older one: %s", path, e)
+            if warn:
+                log.warning("checkpoint %s is unusable, trying an older one: %s", path, e)
             problems.append(str(e))
             continue
-        if problems:
+        if problems and warn:
             log.warning("resuming from %s (step %s) instead", path, state.get("step"))
         return state, path
     raise CheckpointError(f"no usable checkpoint in {folder}: " + "; ".join(problems))
