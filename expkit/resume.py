@@ -131,12 +131,13 @@ def resume(run_dir: str, overrides: list[str], force: bool = False, strict: bool
         return fail(f"overrides {' '.join(overrides)}: {str(e).splitlines()[0]}")
 
     from expkit.checkpoint import CheckpointError, load_latest
+    from expkit.dist import is_main
     from expkit.logs import setup_logging
 
     setup_logging(None)  # checkpoint warnings reach the console before the run's log opens
     skipped: list[str] = []
-    try:
-        state, ckpt_path = load_latest(path / "checkpoints", problems=skipped)
+    try:  # under torchrun every rank gets here; one of them says which checkpoint was skipped
+        state, ckpt_path = load_latest(path / "checkpoints", problems=skipped, warn=is_main())
     except CheckpointError as e:
         return fail(str(e))
     saved_world, world = state.get("world_size", 1), cfg.trainer.get("devices", 1)
