@@ -33,13 +33,15 @@ def model_state(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
+    """Through `torchrun --nproc_per_node=2`; `trainer.devices=2` (expkit's own launch) is
+    what the other tests here start."""
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     run_cli(["train", *EXACT, "data.batch_size=64"], cwd=one, check=True)
-    proc = run_cli(["train", *EXACT, "data.batch_size=32", "trainer.devices=2"], cwd=two, check=True,
-                   unset=("OMP_NUM_THREADS",))
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "expkit", "train", *EXACT,
+                           "data.batch_size=32"], cwd=two, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     single, ddp = only_run(one), only_run(two)  # exactly one run folder for the two processes
-    assert "launching 2 worker processes" in proc.stdout
     meta = read_json(ddp / "meta.json")
     assert meta["status"] == "completed" and meta["world_size"] == 2
     a, b = model_state(single), model_state(ddp)
@@ -51,8 +53,6 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     assert m1["val/acc"] == m2["val/acc"] and m1["val/loss"] == pytest.approx(m2["val/loss"], rel=1e-4)
     assert m1["step"] == m2["step"] == 8
     assert [s for s, _ in scalars(ddp)["opt/lr"]] == list(range(1, 9))  # rank 0 alone writes events
-    # The cores are shared between the processes, not oversubscribed.
-    assert threads_used(ddp) == max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 def threads_used(run: Path) -> int:
@@ -110,9 +110,12 @@ def test_a_crashing_rank_brings_the_group_down(tmp_path):
 
 
 def test_resume_with_the_same_world_size_and_refuse_what_does_not_fit(tmp_path):
-    run_cli(["train", *EXACT, "data.batch_size=32", "trainer.devices=2", "trainer.epochs=1"], cwd=tmp_path,
-            check=True)
-    run = only_run(tmp_path)
+    proc = run_cli(["train", *EXACT, "data.batch_size=32", "trainer.devices=2", "trainer.epochs=1"],
+                   cwd=tmp_path, check=True, unset=("OMP_NUM_THREADS",))
+    assert "launching 2 worker processes" in proc.stdout
+    run = only_run(tmp_path)  # exactly one run folder for the two processes
+    # Without OMP_NUM_THREADS the cores are shared between the processes, not oversubscribed.
+    assert threads_used(run) == max(1, len(os.sched_getaffinity(0)) // 2)
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
     before = {p: (run / p).read_text() for p in ("meta.json", "config.yaml")}
