@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     add_config_arguments(parser)
     parser.add_argument("--save", help="write the final state_dict here")
     parser.add_argument("--json", action="store_true", help="print the timings as one JSON line")
+    parser.add_argument("--freeze-at-exit", action="store_true",
+                        help="skip Python's final garbage collection as `expkit` does (gc.freeze), so the "
+                             "whole-command comparison can show expkit's own work apart from its faster exit")
     args = parser.parse_args(argv)
     c = config_from(args)
     model, timings = train(c, verbose=not args.json)
@@ -213,6 +216,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.save(model.state_dict(), args.save)
     if args.json:
         print(json.dumps(timings))
+    if args.freeze_at_exit:
+        import gc
+
+        gc.freeze()
 
 
 if __name__ == "__main__":

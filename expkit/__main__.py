@@ -1,4 +1,4 @@
-from expkit.cli import main
+from expkit.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()
