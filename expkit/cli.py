@@ -89,12 +89,24 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
+# Hydra's flags that print something and exit without training.
+PRINT_ONLY_FLAGS = {"--cfg", "-c", "--info", "-i", "--help", "--shell-completion", "-sc"}
+
+
 def cmd_train(args: list[str]) -> None:
     if "--help" in args or "-h" in args:
         print_train_help()
         return
     if "--hydra-help" in args:
         args = [a for a in args if a != "--hydra-help"] + ["--help"]
+    if any(a.split("=")[0] in PRINT_ONLY_FLAGS for a in args):
+        # Only printing (Hydra logs it line by line): when the reader leaves, as in
+        # `expkit train --info | head`, end quietly as cat does, instead of one "Logging
+        # error" traceback per remaining line. Training keeps Python's handling: a closed
+        # pipe must not kill a run before its checkpoint.
+        import signal
+
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     problem = precheck_overrides(args)
     if problem:
         print(f"expkit: {problem}", file=sys.stderr)

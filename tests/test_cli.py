@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import FAST, only_run, read_json, run_cli, run_dirs, scalars
+from conftest import EXPKIT, FAST, only_run, read_json, run_cli, run_dirs, scalars
 
 
 def test_help_and_version_do_not_import_torch():
@@ -143,6 +143,10 @@ def test_hydra_flags_keep_working(tmp_path):
     assert "arch: mlp" in proc.stdout and run_dirs(tmp_path) == []
     proc = run_cli(["train", "--info"], cwd=tmp_path, check=True)
     assert "Config search path" in proc.stdout
+    # A reader that leaves early ends it quietly (it used to print a traceback per line).
+    proc = subprocess.run(f"{EXPKIT} train --info | head -1", shell=True, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.startswith("Hydra") and "Error" not in proc.stderr, proc.stderr[-2000:]
     proc = run_cli(["train", "--help"], cwd=tmp_path, check=True)
     assert "optim.lr" in proc.stdout and "reg.dropout" in proc.stdout and "kaiming_normal" in proc.stdout
     custom = tmp_path / "elsewhere"
