@@ -85,7 +85,11 @@ def agree_on_run_dir(path: str, claim) -> str:
     The key must not contain `path`: it holds the time (`${now:...}`) each rank read from
     its own clock, and ranks that compose a second apart (a loaded machine, clock skew
     between nodes) would wait on different keys until the store timed out. Every rank runs
-    the same code, so the n-th claim of rank 0 is the n-th claim of the others."""
+    the same code, so the n-th claim of rank 0 is the n-th claim of the others.
+
+    The last rank to read the name deletes it: torch elastic restarts the workers without
+    counting a restart when a node joins, and the new round must not read the old round's
+    folder from the store, which outlives the workers."""
     from datetime import timedelta
 
     global _store, _claims
@@ -104,7 +108,11 @@ def agree_on_run_dir(path: str, claim) -> str:
         store.set(key, chosen)
         return chosen
     store.wait([key])
-    return store.get(key).decode()
+    chosen = store.get(key).decode()
+    if store.add(f"{key}/read", 1) == world_size() - 1:
+        store.delete_key(key)
+        store.delete_key(f"{key}/read")
+    return chosen
 
 
 def all_reduce_max_flag(flag: bool, device: torch.device) -> bool:

@@ -28,6 +28,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_groups(commands: list[list[str]], cwd: Path, envs: list[dict], timeout: float) -> list[tuple[int, str]]:
+    """Run launchers side by side to the end: [(exit code, stderr)]. Each gets its own process
+    group, killed whole on a timeout, so a hang leaves no workers to load the rest of the suite."""
+    procs = [subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                              start_new_session=True) for cmd, env in zip(commands, envs, strict=True)]
+    try:
+        errors = [p.communicate(timeout=timeout)[1] for p in procs]
+        return [(p.returncode, err) for p, err in zip(procs, errors, strict=True)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
 def model_state(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
 
@@ -38,9 +52,9 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     run_cli(["train", *EXACT, "data.batch_size=64"], cwd=one, check=True)
-    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "expkit", "train", *EXACT,
-                           "data.batch_size=32"], cwd=two, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    [(code, err)] = run_groups([[TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "expkit", "train", *EXACT,
+                                 "data.batch_size=32"]], two, [dict(os.environ)], timeout=300)
+    assert code == 0, err[-3000:]
     single, ddp = only_run(one), only_run(two)  # exactly one run folder for the two processes
     meta = read_json(ddp / "meta.json")
     assert meta["status"] == "completed" and meta["world_size"] == 2
@@ -79,21 +93,51 @@ def test_two_node_torchrun_launch_on_localhost(tmp_path):
     # different times for the run folder's name: they must still agree on one folder.
     envs = [dict(os.environ, OMP_NUM_THREADS="3"), dict(os.environ, OMP_NUM_THREADS="3",
                                                         **slow_node_env(tmp_path, 2.0))]
-    nodes = [subprocess.Popen(common, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env, start_new_session=True) for env in envs]
-    try:
-        outputs = [node.communicate(timeout=150) for node in nodes]
-    finally:  # a hang must not leave workers behind to load the rest of the suite
-        for node in nodes:
-            if node.poll() is None:
-                os.killpg(node.pid, signal.SIGKILL)
-    assert [n.returncode for n in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    results = run_groups([common, common], tmp_path, envs, timeout=150)
+    assert [code for code, _ in results] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
     run = only_run(tmp_path)
     assert read_json(run / "meta.json")["world_size"] == 2
     assert read_json(run / "metrics.json")["step"] == 2  # 256 examples / (2 ranks x 64 per rank), one epoch
     assert read_json(run / "meta.json")["status"] == "completed"
     assert len(list((tmp_path / "runs").rglob(".hydra"))) == 1  # every rank composed; one folder holds it
     assert threads_used(run) == 3  # not cores / processes (2 here)
+
+
+# One worker's part in agreeing on the run folder, as expkit's hydra.run.dir resolver runs it
+# under torchrun: rank 0 claims argv[1]; "ready" says torch is imported and the claim is next.
+AGREE = r"""
+import sys
+from expkit import dist
+dist._torch_dist()
+print("ready", flush=True)
+print(dist.agree_on_run_dir("runs/2026-11-28/12-00-00", lambda path: sys.argv[1]), flush=True)
+"""
+
+
+def test_a_new_round_of_workers_does_not_take_the_last_rounds_folder():
+    """torch elastic restarts the workers without counting a restart when a node joins:
+    the same store keys come back, in a store (the agent's) that outlived the old round."""
+    from datetime import timedelta
+
+    port = free_port()
+    agent_store = torch.distributed.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False,
+                                             timeout=timedelta(seconds=60))
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+               TORCHELASTIC_USE_AGENT_STORE="True", TORCHELASTIC_RUN_ID="job", TORCHELASTIC_RESTART_COUNT="0")
+
+    def worker(rank: int, folder: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", AGREE, folder], env=dict(env, RANK=str(rank)),
+                                stdout=subprocess.PIPE, text=True)
+
+    first_round = [worker(0, "runs/first"), worker(1, "-")]
+    assert [p.communicate(timeout=120)[0].split() for p in first_round] == [["ready", "runs/first"]] * 2
+    # The next round's rank 1 asks before its rank 0 has claimed: it must wait for that claim.
+    late = worker(1, "-")
+    assert late.stdout.readline().strip() == "ready"
+    rank0 = worker(0, "runs/second")
+    assert late.communicate(timeout=120)[0].strip() == "runs/second"
+    assert rank0.communicate(timeout=120)[0].split() == ["ready", "runs/second"]
+    del agent_store
 
 
 def test_a_crashing_rank_brings_the_group_down(tmp_path):
