@@ -235,7 +235,7 @@ def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: dict[str, Any]
     if resume is not None and resume.get("on_start"):
         resume["on_start"]()
     try:
-        launch_workers(run_dir, t.devices, resume is not None)
+        launch_workers(run_dir, t.devices, resume["path"] if resume is not None else None)
     except ChildFailedError as e:
         message = describe_failure(e)
         if resume is not None and e.get_first_failure()[1].exitcode == EXIT_BAD_INPUT:
@@ -257,20 +257,19 @@ def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: dict[str, Any]
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def run_worker(run_dir: str, resume: bool) -> int:
-    """Body of one worker of expkit's own DDP launch: train with the run folder's config."""
+def run_worker(run_dir: str, checkpoint: str | None) -> int:
+    """Body of one worker of expkit's own DDP launch: train with the run folder's config,
+    from `checkpoint` when resuming: the file `expkit resume` chose (and said why), so
+    every worker and meta.json's record name the same one."""
     from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
     path = Path(run_dir)
     cfg = OmegaConf.load(path / "config.yaml")
     state = None
-    if resume:
-        from expkit.checkpoint import load_latest
+    if checkpoint:
+        from expkit.checkpoint import load_file
 
-        # `expkit resume` made the same choice before launching us and said why on the console;
-        # N workers repeating its warnings would only bury it.
-        loaded, ckpt = load_latest(path / "checkpoints", warn=False)
-        state = {"state": loaded, "path": ckpt}
+        state = {"state": load_file(Path(checkpoint)), "path": Path(checkpoint)}
     overrides = RunDir(path).read_meta().get("overrides", [])
     try:
         execute(cfg, path, overrides, discard_on_bad_input=False, resume=state, provenance=False)

@@ -229,4 +229,5 @@ def cmd_worker(args: list[str]) -> None:
     """One DDP worker started by expkit's own launch (expkit/launch.py); not for users."""
     from expkit.app import run_worker
 
-    sys.exit(run_worker(args[0], resume="--resume" in args))
+    checkpoint = args[args.index("--resume") + 1] if "--resume" in args else None
+    sys.exit(run_worker(args[0], checkpoint))

@@ -24,8 +24,9 @@ def inside_worker_group() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def launch_workers(run_dir: Path, nproc: int, resume: bool) -> None:
-    """Run the workers to completion. Raises ChildFailedError or SignalException."""
+def launch_workers(run_dir: Path, nproc: int, checkpoint: Path | None = None) -> None:
+    """Run the workers to completion; they resume from `checkpoint` when given (the one
+    `expkit resume` chose and reported). Raises ChildFailedError or SignalException."""
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -35,7 +36,7 @@ def launch_workers(run_dir: Path, nproc: int, resume: bool) -> None:
         monitor_interval=0.1,  # notice a dead worker within a fraction of a second
         logs_specs=DefaultLogsSpecs(redirects=Std.NONE, tee=Std.NONE),
     )
-    args = ["-m", "expkit", "_worker", str(run_dir)] + (["--resume"] if resume else [])
+    args = ["-m", "expkit", "_worker", str(run_dir)] + (["--resume", str(checkpoint.absolute())] if checkpoint else [])
     log.info("launching %d worker processes (torch elastic, %s)", nproc, config.run_id)
     elastic_launch(config, sys.executable)(*args)
 

@@ -72,7 +72,7 @@ def test_damaged_newest_falls_back_with_a_warning_naming_it(tmp_path, caplog, da
     assert loaded["step"] == 1 and path.name in ("step-000000001.pt", "last.pt")
     assert "step-000000002.pt" in caplog.text and "resuming from" in caplog.text
     assert problems and "step-000000002.pt" in problems[0]
-    # A DDP resume's workers load again what the launcher chose (and warned about): silently.
+    # Under torchrun every rank resumes; ranks other than 0 choose the same file silently.
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="expkit"):
         assert load_latest(folder, warn=False)[0]["step"] == 1
