@@ -41,8 +41,15 @@ def _slug(text: str) -> str:
     return text if len(text) <= 120 else text[:120] + "..."
 
 
+# False while `expkit train` only prints (--cfg all --resolve resolves hydra.run.dir and
+# hydra.sweep.dir): the folder names are shown, no folder is made.
+CLAIM_RUN_DIRS = True
+
+
 def claim_run_dir(path: str) -> str:
     """hydra.run.dir's resolver: a fresh folder, the same one for every rank under torchrun."""
+    if not CLAIM_RUN_DIRS:
+        return path
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "MASTER_ADDR" in os.environ:
         from expkit.dist import agree_on_run_dir
 

@@ -99,7 +99,8 @@ def cmd_train(args: list[str]) -> None:
         return
     if "--hydra-help" in args:
         args = [a for a in args if a != "--hydra-help"] + ["--help"]
-    if any(a.split("=")[0] in PRINT_ONLY_FLAGS for a in args):
+    print_only = any(a.split("=")[0] in PRINT_ONLY_FLAGS for a in args)
+    if print_only:
         # Only printing (Hydra logs it line by line): when the reader leaves, as in
         # `expkit train --info | head`, end quietly as cat does, instead of one "Logging
         # error" traceback per remaining line. Training keeps Python's handling: a closed
@@ -113,9 +114,10 @@ def cmd_train(args: list[str]) -> None:
         sys.exit(2)
     import hydra
 
-    from expkit import sweep
+    from expkit import app, sweep
     from expkit.app import hydra_task
 
+    app.CLAIM_RUN_DIRS = not print_only
     args = sweep.prepare_args(args)  # -m ... sweep.resume=true: find the sweep folder to continue
     # Hydra reads sys.argv; show it exactly what follows `expkit train`.
     sys.argv = [sys.argv[0], *args]

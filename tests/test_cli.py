@@ -141,6 +141,8 @@ def test_default_run_reaches_95_percent_on_digits(tmp_path):
 def test_hydra_flags_keep_working(tmp_path):
     proc = run_cli(["train", "--cfg", "job", "model=mlp"], cwd=tmp_path, check=True)
     assert "arch: mlp" in proc.stdout and run_dirs(tmp_path) == []
+    proc = run_cli(["train", "--cfg", "all", "--resolve"], cwd=tmp_path, check=True)
+    assert "dir: runs/" in proc.stdout and not (tmp_path / "runs").exists()  # names shown, no folder made
     proc = run_cli(["train", "--info"], cwd=tmp_path, check=True)
     assert "Config search path" in proc.stdout
     # A reader that leaves early ends it quietly (it used to print a traceback per line).
