@@ -140,10 +140,16 @@ def resume(run_dir: str, overrides: list[str], force: bool = False, strict: bool
         state, ckpt_path = load_latest(path / "checkpoints", problems=skipped, warn=is_main())
     except CheckpointError as e:
         return fail(str(e))
-    saved_world, world = state.get("world_size", 1), cfg.trainer.get("devices", 1)
+    from expkit.dist import world_size
+    from expkit.launch import inside_worker_group
+
+    # Under torchrun the group is torchrun's (trainer.devices is not what launched it).
+    saved_world = state.get("world_size", 1)
+    world = world_size() if inside_worker_group() else cfg.trainer.get("devices", 1)
     if saved_world != world and not force:
+        how = "processes under torchrun" if inside_worker_group() else "process(es) (trainer.devices)"
         return fail(f"trainer.devices: the run trained with {saved_world} process(es) and would resume with "
-                    f"{world}; the data order and RNG streams would differ. Pass --force to accept that.")
+                    f"{world} {how}; the data order and RNG streams would differ. Pass --force to accept that.")
     epochs = cfg.trainer.get("epochs")
     problem = check_epochs(cfg, state, force)
     if problem:
@@ -155,7 +161,8 @@ def resume(run_dir: str, overrides: list[str], force: bool = False, strict: bool
     if git_warning:
         if strict:
             return fail(f"the code differs from the run's: {git_warning} (refused with --strict).")
-        print(f"expkit resume: warning: the code differs from the run's: {git_warning}", file=sys.stderr)
+        if is_main():  # once, not once per rank under torchrun
+            print(f"expkit resume: warning: the code differs from the run's: {git_warning}", file=sys.stderr)
 
     def on_start() -> None:
         """Called by execute once the checkpoint has loaded into the model."""

@@ -67,6 +67,14 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     assert m1["val/acc"] == m2["val/acc"] and m1["val/loss"] == pytest.approx(m2["val/loss"], rel=1e-4)
     assert m1["step"] == m2["step"] == 8
     assert [s for s, _ in scalars(ddp)["opt/lr"]] == list(range(1, 9))  # rank 0 alone writes events
+    # torchrun resumes it too: the group's size is torchrun's, not trainer.devices (1 in the config).
+    [(code, err)] = run_groups([[TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "expkit", "resume", str(ddp),
+                                 "trainer.epochs=3"]], two, [dict(os.environ)], timeout=300)
+    assert code == 0, err[-3000:]
+    meta = read_json(ddp / "meta.json")
+    assert meta["status"] == "completed" and len(meta["resumes"]) == 1  # recorded once, by rank 0
+    assert read_json(ddp / "metrics.json")["step"] == 12 and only_run(two) == ddp
+    assert [s for s, _ in scalars(ddp)["opt/lr"]] == list(range(1, 13))
 
 
 def threads_used(run: Path) -> int:
