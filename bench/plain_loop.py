@@ -10,7 +10,7 @@ weights equal expkit's bit for bit (bench/run.py checks), so the two do the same
     python bench/plain_loop.py [--model mlp|cnn] [--size 8192] [--epochs 3] [--save PATH]
 
 Used as a module by bench/run.py and bench/lightning_loop.py (make_data, make_model,
-make_optimizer, EpochBatches, train). Imports nothing but torch.
+make_optimizer, EpochBatches, PlainLoop, train). Imports nothing but torch.
 """
 
 from __future__ import annotations
@@ -159,34 +159,47 @@ def evaluate(model: nn.Module, batches: EpochBatches) -> tuple[float, float]:
     return loss_sum / count, correct / count
 
 
+class PlainLoop:
+    """The loop's state (data, model, optimizer, batches), built in the order that gives
+    expkit's initial weights; `train_epoch` runs one epoch's training steps."""
+
+    def __init__(self, c: Config):
+        torch.set_num_threads(c.threads or default_threads(1))  # expkit's rule: OMP_NUM_THREADS, else usable cores
+        train_x, train_y, val_x, val_y = make_data(c)
+        torch.manual_seed(c.seed)
+        self.model = make_model(c)
+        self.optimizer = make_optimizer(self.model, c)
+        self.train_batches = EpochBatches(train_x, train_y, c.batch_size, c.seed, shuffle=True)
+        self.val_batches = EpochBatches(val_x, val_y, c.batch_size, c.seed, shuffle=False)
+        self.model.train()
+
+    def train_epoch(self, epoch: int) -> torch.Tensor:
+        """One epoch's steps; the last step's loss."""
+        self.train_batches.set_epoch(epoch)
+        for x, y in self.train_batches:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(self.model(x), y)
+            loss.backward()
+            self.optimizer.step()
+        return loss
+
+
 def train(c: Config, verbose: bool = False) -> tuple[nn.Module, dict]:
     """Train; returns the model and timings: per epoch, when it started, when its last
     step ended, and when its evaluation ended (time.perf_counter())."""
-    torch.set_num_threads(c.threads or default_threads(1))  # expkit's rule: OMP_NUM_THREADS, else usable cores
-    train_x, train_y, val_x, val_y = make_data(c)
-    torch.manual_seed(c.seed)
-    model = make_model(c)
-    optimizer = make_optimizer(model, c)
-    train_batches = EpochBatches(train_x, train_y, c.batch_size, c.seed, shuffle=True)
-    val_batches = EpochBatches(val_x, val_y, c.batch_size, c.seed, shuffle=False)
+    loop = PlainLoop(c)
     timings: dict[str, list[float]] = {"epoch_start": [], "train_end": [], "epoch_end": []}
-    model.train()
     for epoch in range(c.epochs):
         timings["epoch_start"].append(time.perf_counter())
-        train_batches.set_epoch(epoch)
-        for x, y in train_batches:
-            optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
+        loss = loop.train_epoch(epoch)
         timings["train_end"].append(time.perf_counter())
-        val_loss, val_acc = evaluate(model, val_batches)
+        val_loss, val_acc = evaluate(loop.model, loop.val_batches)
         timings["epoch_end"].append(time.perf_counter())
         if verbose:
             print(f"epoch {epoch + 1}/{c.epochs}  train/loss {loss.item():.4f}  val/loss {val_loss:.4f}  "
                   f"val/acc {val_acc:.4f}", flush=True)
-    timings["steps_per_epoch"] = len(train_batches)
-    return model, timings
+    timings["steps_per_epoch"] = len(loop.train_batches)
+    return loop.model, timings
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

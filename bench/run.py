@@ -12,7 +12,9 @@ machine state) before the median is taken. Sections:
 1. loop      steps/s after a warm-up epoch, in one process: expkit at its defaults and with
              logging and checkpoints off, the plain loop, Lightning off and at defaults;
              the training phase of an epoch, and the whole epoch (+ evaluation, checkpoint,
-             logging); expkit's and the plain loop's final weights compared bit for bit
+             logging); expkit's and the plain loop's final weights compared bit for bit;
+             then bench/loop_interleaved.py: expkit's and the plain loop's training epochs
+             alternating A B B A for 40 rounds, the finer measure the target is judged on
 2. command   the whole command from the shell, start-up and imports included: wall time
              and peak RSS of `expkit train ...`, `python bench/plain_loop.py`,
              `python bench/lightning_loop.py`, and `python -c "import torch"` as the floor
@@ -54,6 +56,7 @@ sys.path.insert(0, str(HERE))
 
 import lightning_loop  # noqa: E402
 import logging_cost  # noqa: E402
+import loop_interleaved  # noqa: E402
 import plain_loop  # noqa: E402
 from plain_loop import Config  # noqa: E402
 
@@ -419,7 +422,13 @@ def summary(results: dict) -> list[str]:
         res = results[key]
         m = res["config"].model
         r, best = loop_ratio(res, "train", ex, plain)
-        add(f"loop ({m}): expkit / plain loop, training steps/s", r, ">= 0.97", median(r) >= 0.97, best=best)
+        # The target is judged on the interleaved epochs below: whole contenders in turn spread too much.
+        add(f"loop ({m}): expkit / plain loop, training steps/s, whole runs", r, "-", None, best=best)
+        key = f"loop_interleaved_{m}"
+        if key in results:
+            r = results[key]["ratios"]["wall"]
+            add(f"loop ({m}): expkit / plain loop, training steps/s, interleaved epochs", r, ">= 0.97",
+                median(r) >= 0.97)
         r, best = loop_ratio(res, "epoch", ex, plain)
         add(f"loop ({m}): expkit / plain loop, whole-epoch steps/s (expkit also checkpoints)", r, "-", None,
             best=best)
@@ -518,6 +527,14 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"1. loop overhead, {c.model} ({rounds} rounds)", flush=True)
                 results[key] = bench_loop(c, rounds)
                 sections.append((f"1. Loop overhead, in one process: {c.model}", loop_table(results[key])))
+            loop_rounds = 2 if args.quick else 40
+            for c in (mlp, cnn):
+                print(f"1. loop overhead, {c.model}, interleaved epochs ({loop_rounds} rounds)", flush=True)
+                key = f"loop_interleaved_{c.model}"
+                results[key] = loop_interleaved.measure(replace(loop_interleaved.CONFIGS[c.model],
+                                                                size=c.size), loop_rounds)
+                sections.append((f"1. Loop overhead, interleaved epochs: {c.model}",
+                                 loop_interleaved.table(results[key])))
         if "command" in only:
             print(f"2. whole command ({rounds} rounds)", flush=True)
             results["command"] = bench_command(replace(mlp, size=2048, epochs=2), rounds, Path(tmp))
@@ -550,7 +567,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         *summary(results),
         "",
-        "Section 4 measures logging with interleaved epochs (bench/logging_cost.py); the `expkit (logging, "
+        "The loop target is judged on interleaved epochs (bench/loop_interleaved.py), and logging on section 4's "
+        "(bench/logging_cost.py); the `expkit (logging, "
         f"checkpoints off)` rows of section 1 (`{' '.join(QUIET)}`) compare whole runs, whose spread hides a few "
         "percent.",
     ]

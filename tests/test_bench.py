@@ -11,6 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import logging_cost  # noqa: E402
+import loop_interleaved  # noqa: E402
 import plain_loop  # noqa: E402
 from run import run_expkit  # noqa: E402
 
@@ -31,3 +32,11 @@ def test_logging_cost_measures_both_settings():
     assert res["steps"] == 4 and all(len(v) == 2 for v in res["seconds"].values())
     assert all(r > 0 for r in res["ratios"]["wall"])
     assert "| wall time |" in "\n".join(logging_cost.table(res))
+
+
+def test_loop_interleaved_times_both_loops_on_the_same_steps():
+    c = plain_loop.Config(model="mlp", shape=(1, 8, 8), size=256, batch_size=64, epochs=1000)
+    res = loop_interleaved.measure(c, rounds=2)
+    assert res["steps"] == 4 and all(len(v) == 2 for v in res["seconds"].values())
+    assert all(r > 0 for r in res["ratios"]["cpu"])
+    assert "| wall time |" in "\n".join(loop_interleaved.table(res))
