@@ -10,16 +10,20 @@ same run with logging at its defaults (TensorBoard on, train/* and gradient norm
 A B B A ... for many rounds, so both see the same machine state to within a second. The
 cost is 1 - (defaults steps/s) / (off steps/s): the median of the per-round ratios and the
 ratio of the totals. Checkpoints are not logging and not written here
-(bench/checkpoint_cost.py measures them).
+(bench/checkpoint_cost.py measures them). The interleaving, the ratios and the command
+line serve bench/loop_interleaved.py too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -49,52 +53,74 @@ def build_trainer(c: Config, extra: list[str], run_dir: Path):
     return build(validate(cfg), cfg, run_dir, None)
 
 
-def measure(c: Config, rounds: int) -> dict:
-    """Per-round seconds (wall and process CPU) of one training epoch for each setting, and
-    the defaults / off steps/s ratio of every round."""
-    import logging
-
+@contextlib.contextmanager
+def quiet_expkit():
+    """No console lines between the timed epochs."""
     logger = logging.getLogger("expkit")
     level = logger.level
-    logger.setLevel(logging.WARNING)  # no console lines between epochs
+    logger.setLevel(logging.WARNING)
     try:
-        return _measure(c, rounds)
+        yield
     finally:
         logger.setLevel(level)
 
 
-def _measure(c: Config, rounds: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
+def interleave(epochs: dict[str, Callable[[int], object]], rounds: int) -> tuple[dict, dict]:
+    """Run the two contenders' epoch r alternately, A B B A ..., for rounds + 1 rounds, of
+    which round 0 warms both up and is not counted: (wall seconds, process CPU seconds of
+    every thread), per contender and round."""
+    first, second = epochs
+    seconds: dict[str, list[float]] = {name: [] for name in epochs}
+    cpu: dict[str, list[float]] = {name: [] for name in epochs}
+    for r in range(rounds + 1):
+        for name in (first, second) if r % 2 == 0 else (second, first):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            epochs[name](r)
+            if r:
+                seconds[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+    return seconds, cpu
+
+
+def speed_ratios(seconds: dict, cpu: dict, of: str, to: str) -> dict[str, list[float]]:
+    """Per round, steps/s of `of` over steps/s of `to`, on wall and on CPU time."""
+    return {kind: [b / a for a, b in zip(t[of], t[to], strict=True)] for kind, t in (("wall", seconds), ("cpu", cpu))}
+
+
+def ratio_summary(res: dict, kind: str, of: str, to: str) -> tuple[float, float, float, float]:
+    """(median, lower quartile, upper quartile) of the per-round ratios, and the ratio of the totals."""
+    per_round, times = res["ratios"][kind], res["seconds" if kind == "wall" else "cpu"]
+    q = statistics.quantiles(per_round, n=4)
+    return statistics.median(per_round), q[0], q[2], sum(times[to]) / sum(times[of])
+
+
+def ms_per_step(res: dict) -> dict[str, float]:
+    return {name: 1000 * statistics.median(s) / res["steps"] for name, s in res["seconds"].items()}
+
+
+def measure(c: Config, rounds: int) -> dict:
+    """Per-round seconds (wall and process CPU) of one training epoch for each setting, and
+    the defaults / off steps/s ratio of every round."""
+    with quiet_expkit(), tempfile.TemporaryDirectory() as tmp:
         trainers = {"defaults": build_trainer(c, [], Path(tmp) / "defaults"),
                     "off": build_trainer(c, LOGGING_OFF, Path(tmp) / "off")}
         steps = len(trainers["off"].data.train)
-        seconds: dict[str, list[float]] = {name: [] for name in trainers}
-        cpu: dict[str, list[float]] = {name: [] for name in trainers}  # every thread of this process
-        for r in range(rounds + 1):  # round 0 warms both up and is not counted
-            order = ["defaults", "off"] if r % 2 == 0 else ["off", "defaults"]
-            for name in order:
-                start, start_cpu = time.perf_counter(), time.process_time()
-                trainers[name].train_epoch(r)  # epoch r of each trainer's own run
-                trainers[name].writer.flush()  # the events reach the disk inside the timed epoch
-                if r:
-                    seconds[name].append(time.perf_counter() - start)
-                    cpu[name].append(time.process_time() - start_cpu)
+        # Epoch r of each trainer's own run; its events reach the disk inside the timed epoch.
+        seconds, cpu = interleave({name: lambda r, t=t: (t.train_epoch(r), t.writer.flush())
+                                   for name, t in trainers.items()}, rounds)
         for trainer in trainers.values():
             trainer.writer.close()
     return {"config": c, "rounds": rounds, "steps": steps, "seconds": seconds, "cpu": cpu,
-            "ratios": {kind: [off / on for on, off in zip(t["defaults"], t["off"], strict=True)]
-                       for kind, t in (("wall", seconds), ("cpu", cpu))}}
+            "ratios": speed_ratios(seconds, cpu, of="defaults", to="off")}
 
 
 def table(res: dict) -> list[str]:
     def cost(kind: str) -> str:
-        per_round, times = res["ratios"][kind], res["seconds" if kind == "wall" else "cpu"]
-        total = sum(times["off"]) / sum(times["defaults"])
-        q = statistics.quantiles(per_round, n=4)
-        return (f"{statistics.median(per_round):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}); totals {total:.3f} | "
-                f"{100 * (1 - statistics.median(per_round)):.1f}% (totals {100 * (1 - total):.1f}%)")
+        median, q1, q3, total = ratio_summary(res, kind, of="defaults", to="off")
+        return (f"{median:.3f} (quartiles {q1:.3f}-{q3:.3f}); totals {total:.3f} | "
+                f"{100 * (1 - median):.1f}% (totals {100 * (1 - total):.1f}%)")
 
-    ms = {name: 1000 * statistics.median(s) / res["steps"] for name, s in res["seconds"].items()}
+    ms = ms_per_step(res)
     return [
         f"Logging cost, {res['config'].model} ({res['steps']} steps an epoch, {res['rounds']} rounds of one epoch "
         f"each, interleaved; logging off: {ms['off']:.2f} ms a step, defaults: {ms['defaults']:.2f}):",
@@ -106,8 +132,10 @@ def table(res: dict) -> list[str]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def cli(argv: list[str] | None, doc: str, measure: Callable[[Config, int], dict],
+        table: Callable[[dict], list[str]]) -> int:
+    """The command line of an interleaved benchmark: --model, --rounds, --out."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(CONFIGS), default="mlp")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--out", help="also write the result (markdown) here")
@@ -117,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).write_text(text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(argv, __doc__, measure, table)
 
 
 if __name__ == "__main__":

@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> None:
             for c in (mlp, cnn):
                 print(f"1. loop overhead, {c.model}, interleaved epochs ({loop_rounds} rounds)", flush=True)
                 key = f"loop_interleaved_{c.model}"
-                results[key] = loop_interleaved.measure(replace(loop_interleaved.CONFIGS[c.model],
+                results[key] = loop_interleaved.measure(replace(logging_cost.CONFIGS[c.model],
                                                                 size=c.size), loop_rounds)
                 sections.append((f"1. Loop overhead, interleaved epochs: {c.model}",
                                  loop_interleaved.table(results[key])))

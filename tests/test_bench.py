@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -26,17 +27,10 @@ def test_plain_loop_and_expkit_train_the_same_weights():
     assert all(torch.equal(expkit_state[k], plain_state[k]) for k in plain_state)
 
 
-def test_logging_cost_measures_both_settings():
+@pytest.mark.parametrize("bench", [logging_cost, loop_interleaved], ids=["logging_cost", "loop_interleaved"])
+def test_interleaved_benchmarks_time_both_contenders_on_the_same_steps(bench):
     c = plain_loop.Config(model="mlp", shape=(1, 8, 8), size=256, batch_size=64, epochs=1000)
-    res = logging_cost.measure(c, rounds=2)
+    res = bench.measure(c, rounds=2)
     assert res["steps"] == 4 and all(len(v) == 2 for v in res["seconds"].values())
-    assert all(r > 0 for r in res["ratios"]["wall"])
-    assert "| wall time |" in "\n".join(logging_cost.table(res))
-
-
-def test_loop_interleaved_times_both_loops_on_the_same_steps():
-    c = plain_loop.Config(model="mlp", shape=(1, 8, 8), size=256, batch_size=64, epochs=1000)
-    res = loop_interleaved.measure(c, rounds=2)
-    assert res["steps"] == 4 and all(len(v) == 2 for v in res["seconds"].values())
-    assert all(r > 0 for r in res["ratios"]["cpu"])
-    assert "| wall time |" in "\n".join(loop_interleaved.table(res))
+    assert all(r > 0 for kind in ("wall", "cpu") for r in res["ratios"][kind])
+    assert "| wall time |" in "\n".join(bench.table(res))
