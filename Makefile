@@ -8,7 +8,7 @@ ARGS   ?=
 # torch, so two pytest workers keep two cores busy (`make test WORKERS=0` runs in one process).
 WORKERS ?= 2
 
-.PHONY: train test tb sweep bench lint clean
+.PHONY: train test test-fast tb sweep bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check expkit tests bench
 	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup $(ARGS)
+
+# The unit tier: no expkit processes (tests marked e2e are left out); under a minute.
+test-fast: $(STAMP)
+	$(BIN)/ruff check expkit tests bench
+	$(BIN)/python -m pytest -q -n $(WORKERS) -m "not e2e" $(ARGS)
 
 tb: $(STAMP)
 	$(BIN)/tensorboard --logdir runs --host 127.0.0.1

@@ -31,9 +31,10 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from hydra import compose, initialize_config_module
 
-    from expkit.app import build, task_config
-    from expkit.logs import close_logging, setup_logging
-    from expkit.schema import validate
+    from expkit.config.compose import task_config
+    from expkit.config.schema import validate
+    from expkit.training.build import build
+    from expkit.training.logs import close_logging, setup_logging
 
     with initialize_config_module("expkit.conf", version_base="1.3"):
         cfg = task_config(compose("config", overrides=["trainer.progress=off", *args.overrides]))

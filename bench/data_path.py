@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from expkit.config.schema import SyntheticDataConfig
 from expkit.data import build_data
-from expkit.schema import SyntheticDataConfig
 
 
 def make_model() -> tuple[nn.Module, torch.optim.Optimizer]:

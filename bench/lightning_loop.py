@@ -38,7 +38,7 @@ from plain_loop import (  # noqa: E402
     make_optimizer,
 )
 
-from expkit.dist import default_threads  # noqa: E402
+from expkit.training.dist import default_threads  # noqa: E402
 
 MISSING = "lightning not installed: pip install expkit[bench]"
 SETTINGS = ("off", "defaults")

@@ -44,8 +44,9 @@ def build_trainer(c: Config, extra: list[str], run_dir: Path):
     terminal (make bench | tee, CI)."""
     from hydra import compose, initialize_config_module
 
-    from expkit.app import build, task_config
-    from expkit.schema import validate
+    from expkit.config.compose import task_config
+    from expkit.config.schema import validate
+    from expkit.training.build import build
 
     overrides = [*c.expkit_overrides(), "trainer.progress=off", *extra]
     with initialize_config_module("expkit.conf", version_base="1.3"):

@@ -27,7 +27,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_loop import Config, make_data, make_model, make_optimizer  # noqa: E402
 
-from expkit.dist import default_threads  # noqa: E402
+from expkit.training.dist import default_threads  # noqa: E402
 
 
 def shard(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int, shuffle: bool) -> torch.Tensor:

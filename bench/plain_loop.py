@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from expkit.dist import default_threads
+from expkit.training.dist import default_threads
 
 
 @dataclass

@@ -116,7 +116,7 @@ def steady(timings: dict, steps: int) -> tuple[float, float]:
 
 def run_expkit(c: Config, extra: list[str]) -> tuple[dict, dict]:
     """expkit's own build and Trainer.fit in this process (a temporary run folder)."""
-    from expkit.logs import close_logging, setup_logging
+    from expkit.training.logs import close_logging, setup_logging
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
@@ -345,7 +345,7 @@ def bench_ddp(c: Config, rounds: int, tmp: Path) -> dict:
     counter = iter(range(10**6))
     # torchrun sets OMP_NUM_THREADS=1 for several processes a node and expkit's own launch
     # does not: both get the same threads per process, expkit's default (cores / processes).
-    from expkit.dist import usable_cores
+    from expkit.training.dist import usable_cores
 
     threads_env = dict(os.environ, OMP_NUM_THREADS=str(max(1, usable_cores() // 2)))
 

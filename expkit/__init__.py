@@ -18,8 +18,8 @@ def train(overrides=None, config_dir=None, runs_root="runs"):
 
 def register_model(name, schema=None):
     """Decorator: make `builder(cfg, reg, input_shape, num_classes) -> nn.Module` a model choice."""
-    from expkit.registry import MODELS
-    from expkit.schema import register_schema
+    from expkit.config.registry import MODELS
+    from expkit.config.schema import register_schema
 
     if schema is not None:
         register_schema("model", name, schema)

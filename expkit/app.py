@@ -1,128 +1,51 @@
-"""The Hydra task: validated config -> run folder -> training -> status.
+"""The run's lifecycle, decided in one place: status, exit code and clean-up.
 
-    compose (Hydra) -> validate (schema.py) -> run folder + provenance (rundir.py)
-      -> data, model, init, optimizer, schedule -> Trainer.fit -> metrics.json -> status
+    expkit train   commands/train.py: compose, check, claim the folder -> Hydra -> execute
+    expkit resume  resuming.py: pick the checkpoint, check the overrides -> execute
+    expkit.train   train_api -> execute
+    a sweep job    sweep.run_job -> execute
 
-`expkit train` enters through `hydra_main` (so -m, --cfg, --info, sweepers and launchers
-work as Hydra users expect), `expkit.train([...])` through Hydra's compose API, and
-`expkit resume` through the config saved in the run folder. All three meet in `execute`.
+    execute: validate -> provenance (rank 0) -> [launch N workers | build -> Trainer.fit]
+             -> hparams -> meta.json status -> metrics
+
+Every way a run can end is mapped here to a status in meta.json and an exit code:
+completed 0; bad input 2 (a new run's folder is removed, a resumed run's record is left
+as it was); stopped by signal N 128+N (interrupted, after a checkpoint); anything else 1
+(failed, with the error in meta.json and the traceback in train.log).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from expkit.rundir import RunDir, unique_dir, write_atomic
-from expkit.schema import ConfigError, validate
+from expkit.config.compose import compose, task_config
+from expkit.config.resolvers import suffix
+from expkit.config.schema import validate
+from expkit.errors import EXIT_BAD_INPUT, EXIT_FAILED, ConfigError, RunFailed
+from expkit.run.folder import RunDir, unique_dir, write_atomic
+from expkit.training.build import build, write_hparams
+
+if TYPE_CHECKING:
+    from expkit.run.checkpoint import Loaded
 
 log = logging.getLogger("expkit")
-CONFIG_MODULE = "expkit.conf"
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
-
-
-def _suffix(name: Any) -> str:
-    return f"-{name}" if name else ""
-
-
-def _slug(text: str) -> str:
-    """A folder name from Hydra's override_dirname: no slashes, not too long."""
-    text = str(text).replace("/", "_").replace(" ", "") or "defaults"
-    return text if len(text) <= 120 else text[:120] + "..."
-
-
-# False while `expkit train` only prints (--cfg all --resolve resolves hydra.run.dir and
-# hydra.sweep.dir): the folder names are shown, no folder is made.
-CLAIM_RUN_DIRS = True
-
-
-def claim_run_dir(path: str) -> str:
-    """hydra.run.dir's resolver: a fresh folder, the same one for every rank under torchrun."""
-    if not CLAIM_RUN_DIRS:
-        return path
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "MASTER_ADDR" in os.environ:
-        from expkit.dist import agree_on_run_dir
-
-        return agree_on_run_dir(path, unique_dir)
-    return unique_dir(path)
-
-
-def register_resolvers() -> None:
-    from expkit.sweep import direction, hydra_subdir
-
-    for name, fn, cache in (("expkit_unique", claim_run_dir, True), ("expkit_suffix", _suffix, False),
-                            ("expkit_slug", _slug, False), ("expkit_hydra_subdir", hydra_subdir, False),
-                            ("expkit_direction", direction, False)):
-        if not OmegaConf.has_resolver(name):
-            # Cached: Hydra may resolve hydra.run.dir more than once; it must claim one folder.
-            OmegaConf.register_new_resolver(name, fn, use_cache=cache)
-
-
-register_resolvers()
-
-
-class RunFailed(Exception):
-    """What the user sees and the exit status; `recorded`: meta.json already says why."""
-
-    def __init__(self, message: str, exit_code: int, recorded: bool = False):
-        super().__init__(message)
-        self.exit_code, self.recorded = exit_code, recorded
-
-
-def task_config(cfg: DictConfig) -> DictConfig:
-    """The config without Hydra's own `hydra` node (resolving that would claim folders)."""
-    cfg = cfg.copy()
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    return cfg
-
-
-def plain(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(task_config(cfg), resolve=True)
-
-
-# ---------------------------------------------------------------- entry points
-def hydra_task(cfg: DictConfig) -> float | None:
-    """Body of `expkit train`, called by Hydra once per job."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    hc = HydraConfig.get()
-    multirun = hc.mode == RunMode.MULTIRUN
-    run_dir = Path(hc.runtime.output_dir)
-    overrides = list(hc.overrides.task)
-    if multirun:  # skip/resume on sweep.resume, NaN for a failed job, the sweep summary: expkit/sweep.py
-        from expkit.sweep import run_job
-
-        return run_job(cfg, run_dir, overrides, Path(hc.sweep.dir))
-    try:
-        metrics = execute(cfg, run_dir, overrides, discard_on_bad_input=True)
-    except RunFailed as e:
-        print(f"expkit: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    return metrics.get(cfg.get("sweep", {}).get("metric", "val/acc"))
 
 
 def train_api(overrides: list[str], config_dir: str | None = None,
               runs_root: str = "runs") -> tuple[Path, dict[str, float]]:
     """`expkit.train([...])`: Hydra's compose API, for notebooks."""
-    from hydra import compose, initialize_config_module
-
-    extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        cfg = compose("config", overrides=overrides + extra, return_hydra_config=True)
-    name = cfg.get("name")
-    run_dir = Path(unique_dir(time.strftime(f"{runs_root}/%Y-%m-%d/%H-%M-%S") + _suffix(name)))
+    cfg = compose(overrides, config_dir, hydra=True)
+    run_dir = Path(unique_dir(time.strftime(f"{runs_root}/%Y-%m-%d/%H-%M-%S") + suffix(cfg.get("name"))))
     hydra_dir = run_dir / ".hydra"
     hydra_dir.mkdir(parents=True)
     OmegaConf.save(task_config(cfg), hydra_dir / "config.yaml")
@@ -135,13 +58,14 @@ def train_api(overrides: list[str], config_dir: str | None = None,
     return run_dir, metrics
 
 
-# ------------------------------------------------------------------- the run
 def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_bad_input: bool,
-            resume: dict[str, Any] | None = None, provenance: bool = True) -> dict[str, float]:
+            resume: Loaded | None = None, on_resume: Callable[[], None] | None = None,
+            provenance: bool = True) -> dict[str, float]:
     """Validate, train and record one run in `run_dir`. Raises RunFailed with the
-    message for the user; the run folder records the outcome either way."""
-    from expkit import dist
-    from expkit.logs import close_logging, setup_logging
+    message for the user; the run folder records the outcome either way. When resuming,
+    `on_resume` records the resume once the checkpoint has loaded into the model."""
+    from expkit.training import dist
+    from expkit.training.logs import close_logging, setup_logging
 
     rundir = RunDir(run_dir)
     rank = dist.rank()
@@ -157,14 +81,14 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
             rundir.write_provenance(OmegaConf.to_yaml(task_config(cfg), resolve=True),
                                     command=sys.argv, overrides=overrides,
                                     world_size=max(dist.world_size(), typed["trainer"].devices))
-        from expkit.launch import inside_worker_group
+        from expkit.training.launch import inside_worker_group
 
         if typed["trainer"].devices > 1 and not inside_worker_group():
-            return launch_and_wait(typed, run_dir, resume)
+            return launch_and_wait(typed, run_dir, resume, on_resume)
         trainer = build(typed, cfg, run_dir, resume)
         started_training = True
-        if resume is not None and rank == 0 and resume.get("on_start"):
-            resume["on_start"]()  # the run's record changes only once its checkpoint fits
+        if on_resume is not None and rank == 0:
+            on_resume()  # the run's record changes only once its checkpoint fits
         with stop_signals(trainer):
             metrics = trainer.fit()
         if rank == 0:
@@ -194,7 +118,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
         raise RunFailed(f"stopped at once by a second signal. Continue from the last checkpoint with: "
                         f"expkit resume {run_dir}", 130, recorded=True) from None
     except Exception as e:
-        from expkit.trainer import Interrupted, NonFiniteLoss
+        from expkit.training.trainer import Interrupted, NonFiniteLoss
 
         if isinstance(e, Interrupted):
             if rank == 0:
@@ -214,10 +138,12 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
     finally:
         if trainer is not None:
             trainer.writer.close()  # flush: a failed or interrupted run still shows its curves
+        dist.teardown()  # DDP: every rank leaves the group it joined in build()
         close_logging()
 
 
-def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: dict[str, Any] | None) -> dict[str, float]:
+def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: Loaded | None,
+                    on_resume: Callable[[], None] | None) -> dict[str, float]:
     """`trainer.devices=N`: this process made the run folder; N workers train in it."""
     import json
 
@@ -225,7 +151,7 @@ def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: dict[str, Any]
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from expkit.launch import describe_failure, launch_workers
+    from expkit.training.launch import describe_failure, launch_workers
 
     t = typed["trainer"]
     gpus = torch.cuda.device_count() if t.accelerator != "cpu" else 0
@@ -239,10 +165,10 @@ def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: dict[str, Any]
     # The workers read config.yaml, so a resume records itself before they start; if they
     # then refuse the checkpoint (exit status 2), the run's record is put back as it was.
     record = {p: p.read_text() for p in (rundir.meta_path, run_dir / "config.yaml")}
-    if resume is not None and resume.get("on_start"):
-        resume["on_start"]()
+    if on_resume is not None:
+        on_resume()
     try:
-        launch_workers(run_dir, t.devices, resume["path"] if resume is not None else None)
+        launch_workers(run_dir, t.devices, resume.path if resume is not None else None)
     except ChildFailedError as e:
         message = describe_failure(e)
         if resume is not None and e.get_first_failure()[1].exitcode == EXIT_BAD_INPUT:
@@ -274,9 +200,9 @@ def run_worker(run_dir: str, checkpoint: str | None) -> int:
     cfg = OmegaConf.load(path / "config.yaml")
     state = None
     if checkpoint:
-        from expkit.checkpoint import load_file
+        from expkit.run.checkpoint import Loaded, load_file
 
-        state = {"state": load_file(Path(checkpoint)), "path": Path(checkpoint)}
+        state = Loaded(load_file(Path(checkpoint)), Path(checkpoint))
     overrides = RunDir(path).read_meta().get("overrides", [])
     try:
         execute(cfg, path, overrides, discard_on_bad_input=False, resume=state, provenance=False)
@@ -292,147 +218,6 @@ def _log_traceback_to_file() -> None:
         if isinstance(handler, logging.FileHandler):
             handler.stream.write(traceback.format_exc())
             handler.flush()
-
-
-def pick_device(accelerator: str):
-    import torch
-
-    from expkit import dist
-
-    if accelerator == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.accelerator: value 'cuda' is not available on this machine "
-                          "(torch sees no GPU); use auto or cpu.")
-    if accelerator == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", dist.local_rank())
-
-
-def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: dict[str, Any] | None):
-    """Everything the Trainer needs, in the order the course teaches it."""
-    import torch
-
-    from expkit import dist
-    from expkit.data import build_data
-    from expkit.init import apply_init
-    from expkit.models import build_model
-    from expkit.optim import build_optim
-    from expkit.sched import Schedule
-    from expkit.tb import NullWriter, make_writer
-    from expkit.trainer import Trainer, seed_everything
-
-    t = typed["trainer"]
-    device = pick_device(t.accelerator)
-    # The node's cores shared among its processes, so DDP workers do not oversubscribe the CPU.
-    torch.set_num_threads(t.num_threads or dist.default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-    if t.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not t.deterministic
-    dist.setup(device)
-    seed_everything(typed["seed"] + dist.rank())  # dropout masks differ per rank, as they should
-    log_header(typed, cfg, run_dir, device)
-
-    data = build_data(typed["data"], typed["seed"], dist.rank(), dist.world_size(), device)
-    log.info("data %s (%s, %s loader) from %s: %s; input %s; mean %s std %s",
-             data.info["name"], data.info["mode"], data.info["loader"], data.info["location"],
-             ", ".join(f"{k} {v}" for k, v in data.info["sizes"].items()), data.info["input_shape"],
-             _short(data.mean), _short(data.std))
-    log.info("class counts: %s", data.info["class_counts"])
-
-    try:
-        model = build_model(typed["model"], typed["reg"], data.input_shape, data.num_classes)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    apply_init(model, typed["init"], typed["model"].activation)
-    log_model(model)
-    model.to(device)
-    if t.channels_last and len(data.input_shape) == 3:
-        model.to(memory_format=torch.channels_last)
-    optimizer = build_optim(model, typed["optim"])
-    schedule = Schedule(optimizer, typed["sched"], t.epochs, len(data.train))
-    if dist.world_size() > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    if t.compile:
-        model = torch.compile(model)
-
-    state = resume["state"] if resume else None
-    # On resume the TensorBoard writer opens only once the checkpoint fits (a refused resume
-    # leaves no event file), purging what the run logged after the checkpoint's step.
-    writer = NullWriter() if state else make_writer(run_dir, dist.is_main() and t.tensorboard)
-    trainer = Trainer(cfg=typed, model=model, optimizer=optimizer, schedule=schedule, data=data,
-                      device=device, run_dir=run_dir, writer=writer, config_plain=plain(cfg))
-    if state:
-        try:
-            trainer.load_state_dict(state)
-        except (RuntimeError, KeyError, ValueError, TypeError) as e:
-            raise ConfigError(f"checkpoint {resume['path']} does not fit this model/config: "
-                              f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
-        trainer.writer = make_writer(run_dir, dist.is_main() and t.tensorboard, purge_step=state["step"] + 1)
-        log.info("resumed from %s: epoch %d, batch %d, step %d", resume["path"], trainer.epoch,
-                 trainer.batch, trainer.step)
-    elif dist.is_main():
-        write_text_summaries(writer, cfg, run_dir, model)
-    return trainer
-
-
-def _short(values: list[float]) -> str:
-    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
-
-
-def log_header(typed, cfg: DictConfig, run_dir: Path, device) -> None:
-    import json
-
-    meta = RunDir(run_dir).read_meta() if (run_dir / "meta.json").exists() else {}
-    log.info("run folder: %s", run_dir)
-    log.info("config:\n%s", OmegaConf.to_yaml(task_config(cfg), resolve=True).rstrip())
-    log.info("git: %s", json.dumps(meta.get("git", {})))
-    log.info("environment: %s; versions: %s; device %s; threads %d", json.dumps(meta.get("environment", {})),
-             json.dumps(meta.get("versions", {})), device, __import__("torch").get_num_threads())
-
-
-def log_model(model) -> None:
-    lines, total = [], 0
-    for name, module in model.named_modules():
-        if name and not list(module.children()):
-            count = sum(p.numel() for p in module.parameters(recurse=False))
-            total += count
-            lines.append(f"  {name:<24} {type(module).__name__:<14} {count:>10,}  {_describe(module)}")
-    log.info("model: %d parameters\n%s", total, "\n".join(lines))
-
-
-def _describe(module) -> str:
-    text = module.extra_repr()
-    return text if len(text) < 80 else text[:77] + "..."
-
-
-def write_text_summaries(writer, cfg: DictConfig, run_dir: Path, model) -> None:
-    import json
-
-    meta = RunDir(run_dir).read_meta() if (run_dir / "meta.json").exists() else {}
-    writer.text("config", OmegaConf.to_yaml(task_config(cfg), resolve=True))
-    writer.text("git", json.dumps(meta.get("git", {}), indent=2))
-    writer.text("model", str(model))
-
-
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            out[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
-
-    walk("", plain(cfg))
-    return out
-
-
-def write_hparams(trainer, typed, cfg: DictConfig) -> None:
-    m = trainer.last_metrics
-    metrics = {f"hparams/{k.replace('/', '_')}": float(m[k])
-               for k in ("val/acc", "val/loss", "best/val/acc", "train/loss", "test/acc") if k in m}
-    trainer.writer.hparams(flat_hparams(cfg), metrics, trainer.step)
 
 
 class stop_signals:

@@ -18,6 +18,19 @@ EXPKIT = str(Path(sys.executable).parent / "expkit")
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# The end-to-end tier: modules whose tests start real expkit processes (training, DDP,
+# sweeps, signals). Single such tests elsewhere carry @pytest.mark.e2e. `make test-fast`
+# runs the rest (`-m "not e2e"`), the unit tier; `make test` runs both.
+E2E_MODULES = {"test_bench", "test_cli", "test_ddp", "test_lessons", "test_packaging", "test_plugin",
+               "test_resume", "test_sweep", "test_switches", "test_tensorboard"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in E2E_MODULES:
+            item.add_marker(pytest.mark.e2e)
+
+
 # Small and fast: a sample of the bundled digits, one or two epochs, no progress bar.
 FAST = ["data.sample=128", "trainer.epochs=1", "trainer.progress=off", "trainer.graph=false"]
 
@@ -38,8 +51,9 @@ def build_trainer(run_dir: Path, overrides: list[str]):
     """expkit's Trainer for `overrides`, built in this process as `expkit train` builds it."""
     from hydra import compose, initialize_config_module
 
-    from expkit.app import build, task_config
-    from expkit.schema import validate
+    from expkit.config.compose import task_config
+    from expkit.config.schema import validate
+    from expkit.training.build import build
 
     with initialize_config_module("expkit.conf", version_base="1.3"):
         cfg = compose("config", overrides=overrides)

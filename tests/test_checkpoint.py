@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from expkit import checkpoint
-from expkit.checkpoint import CheckpointError, UnsafeCheckpoint, load_file, load_latest, numbered, save
+from expkit.run import checkpoint
+from expkit.run.checkpoint import CheckpointError, UnsafeCheckpoint, load_file, load_latest, numbered, save
 
 
 def state(step: int, size: int = 1000) -> dict:
@@ -149,20 +149,20 @@ def test_every_scheduler_and_scaler_state_loads_with_weights_only(tmp_path):
     """Everything a Trainer checkpoints is plain data (no pickled objects)."""
     from omegaconf import OmegaConf
 
-    from expkit.sched import Schedule
-    from expkit.trainer import rng_state
+    from expkit.config.reference import composed_groups
+    from expkit.training.sched import Schedule
+    from expkit.training.trainer import rng_state
 
     model = torch.nn.Linear(2, 2)
-    conf = Path(__file__).resolve().parents[1] / "conf" / "sched"
-    for path in sorted(conf.glob("*.yaml")):
+    for name, values in composed_groups()[1]["sched"].items():  # every conf/sched choice as composed
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        schedule = Schedule(opt, OmegaConf.load(path), epochs=3, steps_per_epoch=4)
+        schedule = Schedule(opt, OmegaConf.create(values), epochs=3, steps_per_epoch=4)
         opt.step()
         schedule.step_batch()
         schedule.step_epoch()
         blob = {"schedule": schedule.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(),
                 "scaler": torch.amp.GradScaler("cpu").state_dict()}
-        out = tmp_path / f"{path.stem}.pt"
+        out = tmp_path / f"{name}.pt"
         torch.save(blob, out)
         torch.load(out, weights_only=True)
 
@@ -172,7 +172,7 @@ import json, os, signal, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from expkit import checkpoint
+from expkit.run import checkpoint
 
 folder, points = Path(sys.argv[1]), int(sys.argv[2])
 size = 150_000  # 600 kB: ten 64 KiB chunks, each followed by a sleep
@@ -215,6 +215,7 @@ print(json.dumps({"duration": duration, "rounds": rounds, "final": final}))
 """
 
 
+@pytest.mark.e2e
 def test_sigkill_at_many_points_of_a_write_always_leaves_a_valid_checkpoint(tmp_path):
     folder = tmp_path / "checkpoints"
     points = 24

@@ -8,12 +8,13 @@ import math
 import pytest
 import torch
 from conftest import read_json, run_cli, scalars
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import expkit
-from expkit.cli import list_choices
-from expkit.schema import ConfigError, validate
+from expkit.config.compose import check_overrides, task_config
+from expkit.config.groups import list_choices
+from expkit.config.schema import validate
+from expkit.errors import ConfigError
 
 FEW_STEPS = ["data.sample=64", "data.batch_size=16", "trainer.epochs=1", "trainer.max_steps=2",
              "trainer.progress=off", "trainer.graph=false", "trainer.checkpoint=false"]
@@ -23,9 +24,8 @@ OFFLINE_DATA = {"digits", "synthetic"}
 
 
 def compose_typed(overrides: list[str]) -> dict:
-    with initialize_config_module("expkit.conf", version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    return validate(cfg)
+    """What `expkit train OVERRIDES` checks before anything is made, as typed dataclasses."""
+    return validate(task_config(check_overrides(overrides)))
 
 
 def choice_params():
@@ -46,8 +46,8 @@ def test_every_choice_composes_builds_and_trains(tmp_path, group, choice):
 
 
 def test_registries_and_conf_agree():
-    from expkit.registry import MODELS
-    from expkit.schema import SCHEMAS
+    from expkit.config.registry import MODELS
+    from expkit.config.schema import SCHEMAS
 
     assert set(MODELS.names()) == {OmegaConf.load(f"conf/model/{c}.yaml").arch for c in CHOICES["model"]}
     for group in ("data", "sched"):
@@ -116,7 +116,7 @@ def test_torchvision_model_adapts_channels_and_classes():
 
 # ------------------------------------------------------------------------- init
 def _layer(scheme: str, extra=()):
-    from expkit.init import apply_init
+    from expkit.training.init import apply_init
 
     typed = compose_typed([f"init={scheme}", *extra])
     torch.manual_seed(0)
@@ -141,7 +141,7 @@ def test_init_statistics(scheme, expected_std):
 def test_kaiming_follows_mode_and_the_models_activation():
     layer = _layer("kaiming_normal", ["init.mode=fan_out"])
     assert layer.weight.std().item() == pytest.approx(math.sqrt(2 / 1024), rel=0.03)
-    from expkit.init import apply_init
+    from expkit.training.init import apply_init
 
     typed = compose_typed(["init=kaiming_normal"])
     layer = torch.nn.Linear(2048, 1024)
@@ -153,7 +153,7 @@ def test_orthogonal_and_custom_rules():
     layer = _layer("orthogonal")
     w = layer.weight
     assert torch.allclose(w @ w.T, torch.eye(1024), atol=1e-4)
-    from expkit.init import apply_init
+    from expkit.training.init import apply_init
 
     typed = compose_typed(["init=custom", "init.bias=0.5", "init.norm_weight=2.0"])
     model = torch.nn.Sequential(torch.nn.Conv2d(64, 256, 3), torch.nn.BatchNorm2d(256), torch.nn.Flatten(),
@@ -168,7 +168,7 @@ def test_orthogonal_and_custom_rules():
 
 # --------------------------------------------------------------------- schedulers
 def _our_lrs(sched: list[str], epochs: int, spe: int, lr: float = 0.1) -> list[float]:
-    from expkit.sched import simulate
+    from expkit.training.sched import simulate
 
     typed = compose_typed(["optim=sgd", f"optim.lr={lr}", f"trainer.epochs={epochs}", *sched])
     return simulate(typed["sched"], typed["optim"], epochs, spe)
@@ -241,7 +241,7 @@ def test_grad_clip_bounds_the_norm(tmp_path):
 
 
 def test_weight_decay_skips_biases_and_norms_unless_asked():
-    from expkit.optim import build_optim
+    from expkit.training.optim import build_optim
 
     typed = compose_typed(["optim=adamw", "optim.weight_decay=0.1"])
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
@@ -256,7 +256,7 @@ def test_any_torch_optimizer_by_name_with_its_arguments(tmp_path):
     _, metrics = expkit.train(["optim=torch", "optim.name=Adagrad", "+optim.kwargs.lr_decay=0.01", *FEW_STEPS],
                               runs_root=str(tmp_path / "runs"))
     assert metrics["step"] == 2
-    from expkit.optim import build_optim
+    from expkit.training.optim import build_optim
 
     typed = compose_typed(["optim=torch", "optim.name=Adagrad", "+optim.kwargs.bogus=1"])
     with pytest.raises(ConfigError, match="optim.kwargs.bogus: Adagrad takes no argument 'bogus'"):
@@ -283,6 +283,7 @@ def test_validation_names_key_value_and_allowed(overrides, message):
     assert message in str(e.value)
 
 
+@pytest.mark.e2e
 def test_expkit_sched_draws_the_schedule(tmp_path):
     out = tmp_path / "lr.png"
     proc = run_cli(["sched", "sched=cosine", "sched.warmup_epochs=2", "--out", str(out)], cwd=tmp_path, check=True)

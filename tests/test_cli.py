@@ -119,13 +119,13 @@ def test_bad_input_is_refused_before_training(tmp_path, override, key, allowed):
 
 
 def test_two_runs_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
-    from expkit.rundir import unique_dir
+    from expkit.run.folder import unique_dir
 
     monkeypatch.chdir(tmp_path)
     first, second = unique_dir("runs/day/12-00-00"), unique_dir("runs/day/12-00-00")
     assert first != second and second.endswith("-1")
     # And with real processes racing for one name.
-    code = "from expkit.rundir import unique_dir; print(unique_dir('runs/day/13-00-00'))"
+    code = "from expkit.run.folder import unique_dir; print(unique_dir('runs/day/13-00-00'))"
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
              for _ in range(4)]
     names = {p.communicate()[0].strip() for p in procs}

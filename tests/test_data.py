@@ -16,11 +16,12 @@ import pytest
 import torch
 from conftest import run_cli
 
+from expkit.config.registry import DATASETS
+from expkit.config.schema import DataConfig, FolderDataConfig, SyntheticDataConfig
 from expkit.data import build_data
 from expkit.data.loaders import EpochSampler, random_crop_flip
 from expkit.data.sources import Source
-from expkit.registry import DATASETS
-from expkit.schema import ConfigError, DataConfig, FolderDataConfig, SyntheticDataConfig
+from expkit.errors import ConfigError
 
 # ------------------------------------------------------------------------ helpers
 
@@ -188,6 +189,7 @@ def test_only_the_missing_files_are_named(tmp_path):
      ["train-images-idx3-ubyte", "{tmp}/nowhere/MNIST/raw"]),
     (["data=folder"], ["data.root: value None is not allowed for data=folder"]),
 ], ids=["mnist", "folder"])
+@pytest.mark.e2e
 def test_data_errors_through_the_cli_are_one_message_without_traceback(tmp_path, args, expected):
     proc = run_cli(["train", *(a.format(tmp=tmp_path) for a in args), "trainer.progress=off"], cwd=tmp_path,
                    timeout=120)
@@ -314,8 +316,9 @@ def test_sample_mode_sizes_are_proportional_and_stable():
     assert big.info["sizes"] == full.info["sizes"]
 
 
+@pytest.mark.e2e
 def test_digits_does_not_import_sklearn_datasets():
-    code = ("import sys; import expkit.data.sources as s; from expkit.schema import DataConfig; "
+    code = ("import sys; import expkit.data.sources as s; from expkit.config.schema import DataConfig; "
             "src = s.load_digits(DataConfig()); "
             "assert tuple(src.train_x.shape) == (1797, 1, 8, 8), src.train_x.shape; "
             "assert sorted(set(src.train_y.tolist())) == list(range(10)); "
@@ -513,7 +516,7 @@ def test_normalization_uses_training_statistics():
 def composed(overrides: list[str]):
     from hydra import compose, initialize_config_module
 
-    from expkit.schema import validate
+    from expkit.config.schema import validate
 
     with initialize_config_module("expkit.conf", version_base="1.3"):
         return validate(compose("config", overrides=overrides))

@@ -115,7 +115,7 @@ def test_two_node_torchrun_launch_on_localhost(tmp_path):
 # under torchrun: rank 0 claims argv[1]; "ready" says torch is imported and the claim is next.
 AGREE = r"""
 import sys
-from expkit import dist
+from expkit.training import dist
 dist._torch_dist()
 print("ready", flush=True)
 print(dist.agree_on_run_dir("runs/2026-11-28/12-00-00", lambda path: sys.argv[1]), flush=True)
@@ -213,7 +213,7 @@ def test_multirun_with_two_devices_per_job(tmp_path):
 
 
 def test_default_threads_follow_omp_num_threads_then_the_cpu_affinity(monkeypatch):
-    from expkit import dist
+    from expkit.training import dist
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert dist.default_threads(2) == 3
@@ -221,7 +221,7 @@ def test_default_threads_follow_omp_num_threads_then_the_cpu_affinity(monkeypatc
     assert dist.default_threads(2) == max(1, len(os.sched_getaffinity(0)) // 2)
     # A process pinned to one core (as SLURM's --cpus-per-task=1 or taskset would) gets one thread.
     script = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-              "from expkit import dist; print(dist.default_threads(1))")
+              "from expkit.training import dist; print(dist.default_threads(1))")
     unset_omp = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     pinned = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=unset_omp)
     assert pinned.stdout.strip() == "1"

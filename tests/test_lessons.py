@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from expkit.cli import list_choices
+from expkit.config.groups import list_choices
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Sample mode (256 examples), two epochs, and a smaller model where the preset allows it.
@@ -53,9 +53,9 @@ def table_rows(md: str) -> list[list[str]]:
 def report(args: list[str], capsys) -> str:
     """`expkit report ARGS` in this process (its CLI wiring and errors are tested through the real
     CLI below; here the sweeps are what matter, and a second interpreter per preset costs ~3 s)."""
-    from expkit.report import main as report_main
+    from expkit.cli import main
 
-    assert report_main(args) == 0
+    assert main(["report", *args]) == 0
     return capsys.readouterr().out
 
 
@@ -127,7 +127,7 @@ def test_bad_input_is_one_line(tmp_path):
 # ---------------------------------------------------------------- verdicts follow the numbers
 def fake_job(num: int, config: dict, curves: dict[str, list[float]], spe: int = 10):
     """A job whose tags hold one value per epoch (train/* and opt/lr at the epoch's last step)."""
-    from expkit.report import Job
+    from expkit.lessons.jobs import Job
 
     epochs = max(len(v) for v in curves.values())
     scalars = {tag: [((i + 1) * spe, v) for i, v in enumerate(values)] for tag, values in curves.items()}
@@ -144,7 +144,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def test_dropout_verdict_is_computed_not_written_down():
-    from expkit.report import check_dropout
+    from expkit.lessons.claims import check_dropout
 
     def pair(gap_without: float, gap_with: float):
         return [fake_job(0, {"reg": {"dropout": 0.0}}, {"train/acc": [1.0], "val/acc": [1.0 - gap_without],
@@ -158,7 +158,7 @@ def test_dropout_verdict_is_computed_not_written_down():
 
 
 def test_init_depth_verdict_says_when_xavier_learns_too():
-    from expkit.report import check_init_depth
+    from expkit.lessons.claims import check_init_depth
 
     def job(num, act, init, accs):
         grads = {f"grad/norm/{i}.weight": [1.0] for i in range(1, 8, 2)}
@@ -176,7 +176,7 @@ def test_init_depth_verdict_says_when_xavier_learns_too():
 def test_skip_verdict_separates_the_effect_from_the_explanation():
     """A plain net that trains worse while its gradients do not fade: the effect is reproduced,
     the course's explanation is not, and the report says so."""
-    from expkit.report import check_skip
+    from expkit.lessons.claims import check_skip
 
     def job(num, skip, first_grad, loss):
         grads = {"grad/norm/0.weight": [first_grad], "grad/norm/9.weight": [1.0]}

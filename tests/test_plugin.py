@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 import expkit
-from expkit.schema import ModelConfig
+from expkit.config.schema import ModelConfig
 
 
 @dataclass

@@ -20,7 +20,7 @@ SMALL = [*FAST, "model=mlp", "model.width=32"]
 # The real CLI with a sleep after every training step, so a signal lands in the middle of a job.
 SLOW_STEPS = r"""
 import sys, time
-import expkit.trainer as T
+import expkit.training.trainer as T
 _step = T.Trainer.train_step
 def train_step(self, x, y):
     out = _step(self, x, y)
@@ -28,7 +28,7 @@ def train_step(self, x, y):
     return out
 T.Trainer.train_step = train_step
 from expkit.cli import main
-main(sys.argv[1:])
+sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -209,7 +209,7 @@ def test_killed_sweep_resumes_skipping_finished_jobs(tmp_path, sig, spelling):
             while not list(tmp_path.glob("runs/multirun/*/*/1_*/checkpoints/last.pt")):
                 assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
                 time.sleep(0.01)
-            from expkit.sweep import collect
+            from expkit.summary import collect
 
             sweep = only_sweep(tmp_path)
             live = collect(sweep)  # the summary of a sweep still running

@@ -170,7 +170,7 @@ def test_make_grid_draws_what_torchvision_draws():
     import torch
     from torchvision.utils import make_grid as tv_make_grid
 
-    from expkit.tb import make_grid
+    from expkit.training.tb import make_grid
 
     for shape in [(64, 1, 8, 8), (64, 3, 32, 32), (5, 1, 28, 28), (1, 3, 4, 4), (17, 3, 5, 7)]:
         x = torch.rand(shape)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from expkit.config.registry import DATASETS
 from expkit.data.loaders import (
     DataLoaderAdapter,
     EpochSampler,
@@ -21,8 +22,7 @@ from expkit.data.loaders import (
     random_crop_flip,
 )
 from expkit.data.sources import Source, val_count
-from expkit.registry import DATASETS
-from expkit.schema import ConfigError
+from expkit.errors import ConfigError
 
 log = logging.getLogger("expkit")
 IMBALANCE_WARN_RATIO = 10.0  # warn when the largest class is this many times the smallest

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from expkit.registry import DATASETS
-from expkit.schema import ConfigError
+from expkit.config.registry import DATASETS
+from expkit.errors import ConfigError
 
 
 @dataclass

@@ -7,6 +7,6 @@ from typing import Any
 
 
 def build_model(cfg: Any, reg: Any, input_shape: tuple[int, ...], num_classes: int):
-    from expkit.registry import MODELS
+    from expkit.config.registry import MODELS
 
     return MODELS.get(cfg.arch, key="arch")(cfg, reg, tuple(input_shape), num_classes)

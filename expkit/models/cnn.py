@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from expkit.config.registry import MODELS
 from expkit.models.layers import conv_bn_act, dropout, linear_bn_act
-from expkit.registry import MODELS
 
 
 @MODELS.register("cnn")

@@ -6,8 +6,8 @@ import math
 
 from torch import nn
 
+from expkit.config.registry import MODELS
 from expkit.models.layers import dropout, linear_bn_act
-from expkit.registry import MODELS
 
 
 @MODELS.register("mlp")

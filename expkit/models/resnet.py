@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from expkit.config.registry import MODELS
 from expkit.models.layers import activation, dropout
-from expkit.registry import MODELS
 
 
 def _norm(channels: int, batchnorm: bool) -> nn.Module:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from expkit.registry import MODELS
-from expkit.schema import ConfigError
+from expkit.config.registry import MODELS
+from expkit.errors import ConfigError
 
 
 @MODELS.register("tv")

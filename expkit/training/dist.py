@@ -145,14 +145,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def broadcast_object(obj):
-    if not initialized():
-        return obj
-    box = [obj]
-    _torch_dist().broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier() -> None:
     if initialized():
         _torch_dist().barrier()

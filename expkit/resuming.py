@@ -1,4 +1,4 @@
-"""`expkit resume RUN_DIR [OVERRIDES]`: continue a run in its own folder, from its newest
+"""Continue a run in its own folder, from its newest
 valid checkpoint, with the config saved there.
 
 Overrides that would change what was trained so far (model, data, optimizer, ...) are
@@ -14,14 +14,15 @@ refused resume leaves status, config.yaml and the event files as they were.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from expkit.rundir import RunDir, git_info, now, write_atomic
+from expkit.errors import ConfigError
+from expkit.run.folder import RunDir, now
+from expkit.run.provenance import git_info
 
 SAFE_KEYS = {
     "trainer.epochs", "trainer.eval_every", "trainer.log_every", "trainer.devices",
@@ -29,11 +30,6 @@ SAFE_KEYS = {
     "trainer.max_steps", "trainer.num_threads", "trainer.graph", "trainer.tensorboard", "data.num_workers",
 }
 UNTRACKED_HEADER = "# Untracked files"
-
-
-def fail(message: str) -> int:
-    print(f"expkit resume: {message}", file=sys.stderr)
-    return 2
 
 
 def _tracked_diff(text: str | None) -> str:
@@ -106,82 +102,73 @@ def _has_key(cfg, key: str) -> bool:
     return True
 
 
-def resume(run_dir: str, overrides: list[str], force: bool = False, strict: bool = False) -> int:
-    from expkit.app import RunFailed, execute
+def resume(run_dir: str | Path, overrides: list[str], force: bool = False, strict: bool = False) -> dict[str, float]:
+    """Continue the run in `run_dir`; its final metrics. Raises ConfigError when the resume
+    is refused (nothing in the folder changed) and RunFailed when the run then fails."""
+    from expkit.app import execute
 
     path = Path(run_dir)
     if not path.exists():
-        return fail(f"RUN_DIR {run_dir!r} does not exist.")
+        raise ConfigError(f"RUN_DIR {str(run_dir)!r} does not exist.")
     if not path.is_dir():
-        return fail(f"RUN_DIR {run_dir!r} is not a folder.")
+        raise ConfigError(f"RUN_DIR {str(run_dir)!r} is not a folder.")
     if not (path / "meta.json").exists() or not (path / "config.yaml").exists():
-        return fail(f"{run_dir!r} is not an expkit run folder (it has no meta.json and config.yaml).")
+        raise ConfigError(f"{str(run_dir)!r} is not an expkit run folder (it has no meta.json and config.yaml).")
     try:
         cfg = OmegaConf.load(path / "config.yaml")
         rundir = RunDir(path)
         meta = rundir.read_meta()
     except Exception as e:
-        return fail(f"{run_dir!r}: cannot read its config.yaml or meta.json: {str(e).splitlines()[0]}")
+        raise ConfigError(f"{str(run_dir)!r}: cannot read its config.yaml or meta.json: "
+                          f"{str(e).splitlines()[0]}") from None
     problem = check_overrides(cfg, overrides, force)
     if problem:
-        return fail(problem)
+        raise ConfigError(problem)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
     except Exception as e:
-        return fail(f"overrides {' '.join(overrides)}: {str(e).splitlines()[0]}")
+        raise ConfigError(f"overrides {' '.join(overrides)}: {str(e).splitlines()[0]}") from None
 
-    from expkit.checkpoint import CheckpointError, load_latest
-    from expkit.dist import is_main
-    from expkit.logs import setup_logging
+    from expkit.run.checkpoint import CheckpointError, Loaded, load_latest
+    from expkit.training.dist import is_main, world_size
+    from expkit.training.launch import inside_worker_group
+    from expkit.training.logs import setup_logging
 
     setup_logging(None)  # checkpoint warnings reach the console before the run's log opens
     skipped: list[str] = []
     try:  # under torchrun every rank gets here; one of them says which checkpoint was skipped
         state, ckpt_path = load_latest(path / "checkpoints", problems=skipped, warn=is_main())
     except CheckpointError as e:
-        return fail(str(e))
-    from expkit.dist import world_size
-    from expkit.launch import inside_worker_group
-
+        raise ConfigError(str(e)) from None
     # Under torchrun the group is torchrun's (trainer.devices is not what launched it).
     saved_world = state.get("world_size", 1)
     world = world_size() if inside_worker_group() else cfg.trainer.get("devices", 1)
     if saved_world != world and not force:
         how = "processes under torchrun" if inside_worker_group() else "process(es) (trainer.devices)"
-        return fail(f"trainer.devices: the run trained with {saved_world} process(es) and would resume with "
-                    f"{world} {how}; the data order and RNG streams would differ. Pass --force to accept that.")
+        raise ConfigError(f"trainer.devices: the run trained with {saved_world} process(es) and would resume "
+                          f"with {world} {how}; the data order and RNG streams would differ. Pass --force to "
+                          "accept that.")
     epochs = cfg.trainer.get("epochs")
     problem = check_epochs(cfg, state, force)
     if problem:
-        return fail(problem)
+        raise ConfigError(problem)
     if meta.get("status") == "completed" and state["epoch"] >= epochs:
-        return fail(f"the run already completed its {epochs} epochs; extend it with trainer.epochs=N "
-                    f"(N > {epochs}).")
+        raise ConfigError(f"the run already completed its {epochs} epochs; extend it with trainer.epochs=N "
+                          f"(N > {epochs}).")
     git_now, git_warning = git_difference(path, meta)
     if git_warning:
         if strict:
-            return fail(f"the code differs from the run's: {git_warning} (refused with --strict).")
+            raise ConfigError(f"the code differs from the run's: {git_warning} (refused with --strict).")
         if is_main():  # once, not once per rank under torchrun
             print(f"expkit resume: warning: the code differs from the run's: {git_warning}", file=sys.stderr)
 
-    def on_start() -> None:
+    def on_resume() -> None:
         """Called by execute once the checkpoint has loaded into the model."""
         entry = {"at": now(), "checkpoint": str(ckpt_path.relative_to(path)), "epoch": state["epoch"],
                  "batch": state["batch"], "step": state["step"], "overrides": overrides, "command": sys.argv,
                  "skipped": skipped, "git": {k: git_now.get(k) for k in ("commit", "dirty")},
                  "git_warning": git_warning, "forced": force}
-        current = rundir.read_meta()
-        for stale in ("interrupted_at_step", "signal", "error"):  # from how the run last ended
-            current.pop(stale, None)
-        current.update(status="running", ended=None, resumes=[*current.get("resumes", []), entry])
-        write_atomic(rundir.meta_path, json.dumps(current, indent=2, default=str) + "\n")
-        if overrides:
-            write_atomic(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        rundir.record_resume(entry, OmegaConf.to_yaml(cfg, resolve=True) if overrides else None)
 
-    try:
-        execute(cfg, path, overrides, discard_on_bad_input=False,
-                resume={"state": state, "path": ckpt_path, "on_start": on_start})
-    except RunFailed as e:
-        print(f"expkit resume: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
+    return execute(cfg, path, overrides, discard_on_bad_input=False, resume=Loaded(state, ckpt_path),
+                   on_resume=on_resume)

@@ -105,7 +105,7 @@ class Schedule:
 def simulate(cfg_sched, cfg_optim, epochs: int, steps_per_epoch: int) -> list[float]:
     """The LR of every step of a run, without training. Plateau sees a metric that never
     improves (its LR then drops every patience + 1 evaluations)."""
-    from expkit.optim import build_optim
+    from expkit.training.optim import build_optim
 
     model = torch.nn.Linear(1, 1)
     optimizer = build_optim(model, cfg_optim)

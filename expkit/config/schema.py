@@ -1,9 +1,11 @@
-"""Every config key in one place: its type, default and a one-line description.
+"""Every config key in one place: its type, its default, the values it allows and a
+one-line description. These dataclasses are the only defaults: they are registered in
+Hydra's ConfigStore as the bases of the YAML files in conf/ (`defaults: [base_sgd,
+_self_]`), which carry only what a choice changes, so a default cannot be written twice.
 
-The YAML files in conf/ pick values; these dataclasses say what is allowed. `validate`
-checks a composed config against them before anything is built, and turns every problem
-into one line that names the key, the value and what is allowed. This module imports no
-torch, so `expkit train --help` can print the reference quickly.
+`validate` checks a composed config against them before anything is built, and turns
+every problem into one line that names the key, the value and what is allowed. This
+module imports no torch.
 
 Groups with several builders (data, model, optim, sched, init) choose their schema by the
 registry key inside the group (`data.name`, `model.arch`, `optim.name`, `sched.name`,
@@ -19,16 +21,48 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
+from expkit.errors import ConfigError
+
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "sigmoid")
 
 
-class ConfigError(ValueError):
-    """A bad config value. The message is what the user sees, without a traceback."""
+@dataclass(frozen=True)
+class Check:
+    """A value check beside its field: `ok(value)` and the words for what is allowed."""
+
+    ok: Any
+    allowed: str
 
 
-def key(default: Any, help: str, choices: tuple | None = None) -> Any:  # noqa: A002
-    """A dataclass field with a one-line description (and optional allowed values)."""
-    meta = {"help": help, "choices": choices}
+def ge(n: float) -> Check:
+    return Check(lambda v: v >= n, f"{'an integer' if isinstance(n, int) else 'a number'} >= {n}")
+
+
+def gt(n: float) -> Check:
+    return Check(lambda v: v > n, f"a number > {n}")
+
+
+def fraction(low_open: bool = False, high_open: bool = True) -> Check:
+    """A number in [0, 1), (0, 1), ..."""
+    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+    return Check(lambda v: (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1),
+                 f"a number in {lo}0, 1{hi}")
+
+
+def positive_ints(what: str = "a non-empty list of integers >= 1") -> Check:
+    return Check(lambda v: len(v) >= 1 and min(v) >= 1, what)
+
+
+SHAPE = Check(lambda v: len(v) in (1, 3) and min(v) >= 1, "[features] or [channels, height, width], each >= 1")
+BETAS = Check(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)")
+MILESTONES = Check(lambda v: len(v) > 0 and v[0] >= 1 and all(a < b for a, b in zip(v, v[1:], strict=False)),
+                   "a non-empty, strictly increasing list of epochs >= 1")
+
+
+def key(default: Any, help: str, choices: tuple | None = None, check: Check | None = None) -> Any:  # noqa: A002
+    """A dataclass field with a one-line description, and what it allows: `choices` (a
+    tuple of values) or `check` (a Check; a null value of an optional key passes)."""
+    meta = {"help": help, "choices": choices, "check": check}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -39,10 +73,10 @@ def key(default: Any, help: str, choices: tuple | None = None) -> Any:  # noqa: 
 class DataConfig:
     name: str = key("digits", "data set: digits, mnist, fashion_mnist, cifar10, folder, synthetic")
     root: str | None = key(None, "where data sets live; null = $EXPKIT_DATA or ~/.cache/expkit/data")
-    batch_size: int = key(64, "examples per step on each device (per-device, not global)")
-    val_fraction: float = key(0.1, "share of the training split held out for validation")
-    sample: int | None = key(None, "null = full mode; N = sample mode: train on N examples")
-    num_workers: int = key(0, "DataLoader worker processes (DataLoader path only)")
+    batch_size: int = key(64, "examples per step on each device (per-device, not global)", check=ge(1))
+    val_fraction: float = key(0.1, "share of the training split held out for validation", check=fraction())
+    sample: int | None = key(None, "null = full mode; N = sample mode: train on N examples", check=ge(1))
+    num_workers: int = key(0, "DataLoader worker processes (DataLoader path only)", check=ge(0))
     augment: bool = key(False, "random crop and horizontal flip on training images")
     download: bool = key(True, "download torchvision data sets that are missing from root")
     split_seed: int = key(0, "seed of the train/val split and the sample (same split every run)")
@@ -58,9 +92,9 @@ class FolderDataConfig(DataConfig):
 
 @dataclass
 class SyntheticDataConfig(DataConfig):
-    shape: list[int] = key([1, 28, 28], "synthetic: shape of one example (C, H, W) or (F,)")
-    num_classes: int = key(10, "synthetic: number of classes")
-    size: int = key(2048, "synthetic: number of training examples (validation adds val_fraction)")
+    shape: list[int] = key([1, 28, 28], "synthetic: shape of one example (C, H, W) or (F,)", check=SHAPE)
+    num_classes: int = key(10, "synthetic: number of classes", check=ge(2))
+    size: int = key(2048, "synthetic: number of training examples (validation adds val_fraction)", check=ge(1))
 
 
 # ---------------------------------------------------------------------------- model
@@ -72,23 +106,23 @@ class ModelConfig:
 
 @dataclass
 class MLPConfig(ModelConfig):
-    depth: int = key(3, "number of hidden layers")
-    width: int = key(256, "units per hidden layer")
+    depth: int = key(3, "number of hidden layers", check=ge(1))
+    width: int = key(256, "units per hidden layer", check=ge(1))
 
 
 @dataclass
 class CNNConfig(ModelConfig):
-    channels: list[int] = key([32, 64], "output channels of each conv stage")
-    convs_per_stage: int = key(2, "3x3 convolutions per stage")
+    channels: list[int] = key([32, 64], "output channels of each conv stage", check=positive_ints())
+    convs_per_stage: int = key(2, "3x3 convolutions per stage", check=ge(1))
     pool: str = key("max", "downsampling after each stage", ("max", "avg", "none"))
     hidden: int = key(128, "units of the hidden linear layer before the classifier (0 = none)")
 
 
 @dataclass
 class ResNetConfig(ModelConfig):
-    width: int = key(16, "channels of the first stage (doubled at each later stage)")
-    stages: int = key(3, "number of stages (stride 2 between stages)")
-    blocks: int = key(2, "residual blocks per stage (each block has two 3x3 convs)")
+    width: int = key(16, "channels of the first stage (doubled at each later stage)", check=ge(1))
+    stages: int = key(3, "number of stages (stride 2 between stages)", check=ge(1))
+    blocks: int = key(2, "residual blocks per stage (each block has two 3x3 convs)", check=ge(1))
     skip: bool = key(True, "use the identity/projection skip connections (false = plain deep CNN)")
 
 
@@ -101,29 +135,29 @@ class TorchvisionModelConfig(ModelConfig):
 @dataclass
 class OptimConfig:
     name: str = key("adamw", "sgd, adam, adamw, rmsprop, or any torch.optim class name")
-    lr: float = key(1e-3, "learning rate (> 0)")
-    weight_decay: float = key(0.0, "weight decay (>= 0), applied to weights only by default")
+    lr: float = key(1e-3, "learning rate", check=gt(0))
+    weight_decay: float = key(0.0, "weight decay, applied to weights only by default", check=ge(0.0))
     decay_norm_and_bias: bool = key(False, "also decay biases and norm parameters")
     kwargs: dict[str, Any] = key({}, "extra keyword arguments for the torch.optim class")
 
 
 @dataclass
 class SGDConfig(OptimConfig):
-    momentum: float = key(0.9, "momentum in [0, 1)")
+    momentum: float = key(0.9, "momentum", check=fraction())
     nesterov: bool = key(False, "Nesterov momentum (needs momentum > 0)")
 
 
 @dataclass
 class AdamConfig(OptimConfig):
-    betas: list[float] = key([0.9, 0.999], "Adam betas, each in [0, 1)")
-    eps: float = key(1e-8, "Adam epsilon (> 0)")
+    betas: list[float] = key([0.9, 0.999], "Adam betas", check=BETAS)
+    eps: float = key(1e-8, "Adam epsilon", check=gt(0))
 
 
 @dataclass
 class RMSpropConfig(OptimConfig):
-    alpha: float = key(0.99, "smoothing constant in (0, 1)")
-    momentum: float = key(0.0, "momentum in [0, 1)")
-    eps: float = key(1e-8, "epsilon (> 0)")
+    alpha: float = key(0.99, "smoothing constant", check=fraction(low_open=True))
+    momentum: float = key(0.0, "momentum", check=fraction())
+    eps: float = key(1e-8, "epsilon", check=gt(0))
 
 
 # ------------------------------------------------------------------------------ sched
@@ -133,32 +167,32 @@ SCHEDULERS = ("none", "step", "multistep", "exponential", "plateau", "cosine", "
 @dataclass
 class SchedConfig:
     name: str = key("none", "LR scheduler", SCHEDULERS)
-    warmup_epochs: float = key(0.0, "linear warmup from ~0 to optim.lr over this many epochs")
+    warmup_epochs: float = key(0.0, "linear warmup from ~0 to optim.lr over this many epochs", check=ge(0.0))
 
 
 @dataclass
 class StepSchedConfig(SchedConfig):
-    step_size: int = key(5, "epochs between LR drops")
-    gamma: float = key(0.1, "LR factor at each drop (> 0)")
+    step_size: int = key(5, "epochs between LR drops", check=ge(1))
+    gamma: float = key(0.1, "LR factor at each drop", check=gt(0))
 
 
 @dataclass
 class MultiStepSchedConfig(SchedConfig):
-    milestones: list[int] = key([10, 15], "epochs (after warmup) at which the LR drops; increasing")
-    gamma: float = key(0.1, "LR factor at each milestone (> 0)")
+    milestones: list[int] = key([10, 15], "epochs (after warmup) at which the LR drops", check=MILESTONES)
+    gamma: float = key(0.1, "LR factor at each milestone", check=gt(0))
 
 
 @dataclass
 class ExponentialSchedConfig(SchedConfig):
-    gamma: float = key(0.9, "LR factor every epoch (> 0)")
+    gamma: float = key(0.9, "LR factor every epoch", check=gt(0))
 
 
 @dataclass
 class PlateauSchedConfig(SchedConfig):
     monitor: str = key("val/loss", "validation metric watched", ("val/loss", "val/acc"))
-    factor: float = key(0.1, "LR factor when the metric stops improving, in (0, 1)")
-    patience: int = key(2, "evaluations without improvement before the LR drops")
-    min_lr: float = key(0.0, "lower bound on the LR")
+    factor: float = key(0.1, "LR factor when the metric stops improving", check=fraction(low_open=True))
+    patience: int = key(2, "evaluations without improvement before the LR drops", check=ge(0))
+    min_lr: float = key(0.0, "lower bound on the LR", check=ge(0.0))
 
 
 @dataclass
@@ -168,11 +202,11 @@ class CosineSchedConfig(SchedConfig):
 
 @dataclass
 class OneCycleSchedConfig(SchedConfig):
-    max_lr: float | None = key(None, "peak LR; null = 10 x optim.lr")
-    pct_start: float = key(0.3, "share of steps spent increasing the LR, in (0, 1)")
+    max_lr: float | None = key(None, "peak LR; null = 10 x optim.lr", check=gt(0))
+    pct_start: float = key(0.3, "share of steps spent increasing the LR", check=fraction(low_open=True))
     anneal_strategy: str = key("cos", "annealing shape", ("cos", "linear"))
-    div_factor: float = key(25.0, "initial LR = max_lr / div_factor")
-    final_div_factor: float = key(1e4, "final LR = initial LR / final_div_factor")
+    div_factor: float = key(25.0, "initial LR = max_lr / div_factor", check=gt(0))
+    final_div_factor: float = key(1e4, "final LR = initial LR / final_div_factor", check=gt(0))
 
 
 # ------------------------------------------------------------------------------- init
@@ -204,35 +238,35 @@ class CustomInitConfig(InitConfig):
 # -------------------------------------------------------------------------------- reg
 @dataclass
 class RegConfig:
-    dropout: float = key(0.0, "dropout before each linear layer, in [0, 1)")
-    dropout_conv: float = key(0.0, "dropout after each conv stage's pooling, in [0, 1)")
+    dropout: float = key(0.0, "dropout before each linear layer", check=fraction())
+    dropout_conv: float = key(0.0, "dropout after each conv stage's pooling", check=fraction())
     batchnorm: bool = key(False, "batchnorm after conv/linear, before the activation")
-    grad_clip: float | None = key(None, "clip gradients at this value (> 0); null = off")
+    grad_clip: float | None = key(None, "clip gradients at this value; null = off", check=gt(0))
     grad_clip_mode: str = key("norm", "clip the global norm or each value", ("norm", "value"))
-    label_smoothing: float = key(0.0, "cross-entropy label smoothing, in [0, 1)")
+    label_smoothing: float = key(0.0, "cross-entropy label smoothing", check=fraction())
 
 
 # ---------------------------------------------------------------------------- trainer
 @dataclass
 class TrainerConfig:
-    epochs: int = key(10, "number of passes over the training data (>= 1)")
-    eval_every: int = key(1, "evaluate every N epochs (and always after the last)")
-    log_every: int = key(10, "log train/loss and train/acc every N steps")
-    devices: int = key(1, "processes/GPUs; > 1 trains with DDP")
+    epochs: int = key(10, "number of passes over the training data", check=ge(1))
+    eval_every: int = key(1, "evaluate every N epochs (and always after the last)", check=ge(1))
+    log_every: int = key(10, "log train/loss and train/acc every N steps", check=ge(1))
+    devices: int = key(1, "processes/GPUs; > 1 trains with DDP", check=ge(1))
     accelerator: str = key("auto", "where to train", ("auto", "cpu", "cuda"))
     precision: str = key("32", "32, bf16 (autocast) or 16 (autocast + GradScaler)", ("32", "bf16", "16"))
     deterministic: bool = key(False, "deterministic algorithms (slower on GPU)")
     checkpoint: bool = key(True, "write checkpoints/last.pt and best.pt")
-    keep_last: int = key(2, "numbered checkpoints kept (>= 1)")
+    keep_last: int = key(2, "numbered checkpoints kept", check=ge(1))
     progress: str = key("auto", "progress bar: auto (only in a terminal), on, off", ("auto", "on", "off"))
-    histogram_every: int = key(0, "weight/gradient histograms every N epochs; 0 = off")
+    histogram_every: int = key(0, "weight/gradient histograms every N epochs; 0 = off", check=ge(0))
     tensorboard: bool = key(True, "write TensorBoard events (false: train.log and metrics.json only)")
     graph: bool = key(True, "write the model graph to TensorBoard once")
     compile: bool = key(False, "torch.compile the model")
     channels_last: bool = key(False, "channels-last memory format for image models")
     num_threads: int | None = key(None, "torch CPU threads per process; null = OMP_NUM_THREADS if set, "
-                                        "else usable cores / processes")
-    max_steps: int | None = key(None, "stop after this many optimizer steps (debugging)")
+                                        "else usable cores / processes", check=ge(1))
+    max_steps: int | None = key(None, "stop after this many optimizer steps (debugging)", check=ge(1))
 
 
 @dataclass
@@ -276,7 +310,7 @@ def register_schema(group: str, name: str, schema: type) -> None:
 def schema_for(group: str, choice: str) -> type | None:
     if choice not in SCHEMAS[group] and group == "model":
         # A user's model registers itself (and its schema) when its plugin module loads.
-        from expkit.registry import MODELS
+        from expkit.config.registry import MODELS
 
         MODELS.names()
     if choice in SCHEMAS[group]:
@@ -331,71 +365,28 @@ def _check_choices(prefix: str, obj: Any) -> list[str]:
     return errors
 
 
-def _range_errors(cfg: dict[str, Any]) -> list[str]:
-    """Value checks that types cannot express. Each entry: (ok, key, value, allowed)."""
-    d, m, o, s, r, t = (cfg[g] for g in ("data", "model", "optim", "sched", "reg", "trainer"))
-    checks = [
-        (d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1"),
-        (0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "a number in [0, 1)"),
-        (d.sample is None or d.sample >= 1, "data.sample", d.sample, "null (full mode) or an integer >= 1"),
-        (d.num_workers >= 0, "data.num_workers", d.num_workers, "an integer >= 0"),
-        (o.lr > 0, "optim.lr", o.lr, "a number > 0"),
-        (o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0"),
-        (0 <= r.dropout < 1, "reg.dropout", r.dropout, "a number in [0, 1)"),
-        (0 <= r.dropout_conv < 1, "reg.dropout_conv", r.dropout_conv, "a number in [0, 1)"),
-        (r.grad_clip is None or r.grad_clip > 0, "reg.grad_clip", r.grad_clip, "null or a number > 0"),
-        (0 <= r.label_smoothing < 1, "reg.label_smoothing", r.label_smoothing, "a number in [0, 1)"),
-        (t.epochs >= 1, "trainer.epochs", t.epochs, "an integer >= 1"),
-        (t.eval_every >= 1, "trainer.eval_every", t.eval_every, "an integer >= 1"),
-        (t.log_every >= 1, "trainer.log_every", t.log_every, "an integer >= 1"),
-        (t.devices >= 1, "trainer.devices", t.devices, "an integer >= 1"),
-        (t.keep_last >= 1, "trainer.keep_last", t.keep_last, "an integer >= 1"),
-        (t.histogram_every >= 0, "trainer.histogram_every", t.histogram_every, "an integer >= 0"),
-        (t.max_steps is None or t.max_steps >= 1, "trainer.max_steps", t.max_steps, "null or an integer >= 1"),
-        (t.num_threads is None or t.num_threads >= 1, "trainer.num_threads", t.num_threads, "null or an integer >= 1"),
-        (s.warmup_epochs >= 0, "sched.warmup_epochs", s.warmup_epochs, "a number >= 0"),
-        # Only worth saying when trainer.epochs itself is valid (otherwise its own error says it).
-        (s.warmup_epochs < t.epochs or t.epochs < 1, "sched.warmup_epochs", s.warmup_epochs,
-         f"a number below trainer.epochs ({t.epochs})"),
-    ]
-    if hasattr(m, "depth"):
-        checks.append((m.depth >= 1, "model.depth", m.depth, "an integer >= 1"))
-    if hasattr(m, "width"):
-        checks.append((m.width >= 1, "model.width", m.width, "an integer >= 1"))
-    if hasattr(m, "channels"):
-        checks.append((len(m.channels) >= 1 and min(m.channels) >= 1, "model.channels", m.channels,
-                       "a non-empty list of integers >= 1"))
-    for name in ("blocks", "stages", "convs_per_stage"):
-        if hasattr(m, name):
-            checks.append((getattr(m, name) >= 1, f"model.{name}", getattr(m, name), "an integer >= 1"))
-    if hasattr(s, "gamma"):
-        checks.append((s.gamma > 0, "sched.gamma", s.gamma, "a number > 0"))
-    if hasattr(s, "step_size"):
-        checks.append((s.step_size >= 1, "sched.step_size", s.step_size, "an integer >= 1"))
-    if hasattr(s, "milestones"):
-        ms = s.milestones
-        ok = len(ms) > 0 and all(a < b for a, b in zip(ms, ms[1:], strict=False)) and ms[0] >= 1
-        checks.append((ok, "sched.milestones", ms, "a non-empty, strictly increasing list of epochs >= 1"))
-    if hasattr(s, "factor"):
-        checks.append((0 < s.factor < 1, "sched.factor", s.factor, "a number in (0, 1)"))
-    if hasattr(s, "pct_start"):
-        checks.append((0 < s.pct_start < 1, "sched.pct_start", s.pct_start, "a number in (0, 1)"))
-    if hasattr(o, "momentum"):
-        checks.append((0 <= o.momentum < 1, "optim.momentum", o.momentum, "a number in [0, 1)"))
-    if hasattr(o, "nesterov"):
-        checks.append((not o.nesterov or o.momentum > 0, "optim.nesterov", o.nesterov,
-                       "false unless optim.momentum > 0"))
-    if hasattr(o, "betas"):
-        ok = len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas)
-        checks.append((ok, "optim.betas", o.betas, "two numbers in [0, 1)"))
-    if hasattr(o, "eps"):
-        checks.append((o.eps > 0, "optim.eps", o.eps, "a number > 0"))
-    if hasattr(d, "size"):
-        checks.append((d.size >= 1, "data.size", d.size, "an integer >= 1"))
-        checks.append((d.num_classes >= 2, "data.num_classes", d.num_classes, "an integer >= 2"))
-        checks.append((len(d.shape) in (1, 3) and min(d.shape) >= 1, "data.shape", d.shape,
-                       "[features] or [channels, height, width], each >= 1"))
-    return [f"{k}: value {v!r} is not allowed; expected {allowed}." for ok, k, v, allowed in checks if not ok]
+def _range_errors(typed: dict[str, Any]) -> list[str]:
+    """Each field's own check (beside it in the dataclass), then the checks that involve
+    two keys."""
+    errors = []
+    for group, obj in typed.items():
+        if not dataclasses.is_dataclass(obj):
+            continue
+        for f in dataclasses.fields(obj):
+            check, value = f.metadata.get("check"), getattr(obj, f.name)
+            if check is not None and value is not None and not check.ok(value):
+                optional = "None" in str(f.type)
+                errors.append(f"{group}.{f.name}: value {value!r} is not allowed; expected "
+                              f"{'null or ' if optional else ''}{check.allowed}.")
+    s, o, t = typed["sched"], typed["optim"], typed["trainer"]
+    # Only worth saying when trainer.epochs itself is valid (otherwise its own error says it).
+    if t.epochs >= 1 and s.warmup_epochs >= t.epochs:
+        errors.append(f"sched.warmup_epochs: value {s.warmup_epochs!r} is not allowed; expected a number below "
+                      f"trainer.epochs ({t.epochs}).")
+    if getattr(o, "nesterov", False) and not o.momentum > 0:
+        errors.append(f"optim.nesterov: value {o.nesterov!r} is not allowed; expected false unless "
+                      "optim.momentum > 0.")
+    return errors
 
 
 def validate(cfg: DictConfig) -> dict[str, Any]:
@@ -446,29 +437,18 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     return typed
 
 
-def key_reference() -> list[tuple[str, str, str, str]]:
-    """(key, type, default, description) rows for `expkit train --help` and the README."""
-    rows: list[tuple[str, str, str, str]] = []
-    seen: set[str] = set()
+def base_name(schema: type) -> str:
+    """The ConfigStore name of a schema: what a YAML file of conf/ lists in its defaults."""
+    return "base_" + schema.__name__.removesuffix("Config").lower()
 
-    def add(prefix: str, schema: type, note: str = "") -> None:
-        for f in dataclasses.fields(schema):
-            full = f"{prefix}.{f.name}"
-            if full in seen:
-                continue
-            seen.add(full)
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            choices = f.metadata.get("choices")
-            allowed = f" ({', '.join(map(str, choices))})" if choices and "(" not in f.metadata["help"] else ""
-            rows.append((full, type_name(f.type), repr(default), f.metadata.get("help", "") + allowed + note))
 
-    for group in CHOICE_KEY:
-        for choice, schema in SCHEMAS[group].items():
-            base = BASES[group]
-            extra = "" if schema is base else f" [{CHOICE_KEY[group]}={choice}]"
-            add(group, schema, extra)
+def store_schemas() -> None:
+    """Register every schema in Hydra's ConfigStore under its group, as `base_<name>`."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for group, by_choice in SCHEMAS.items():
+        for schema in {*by_choice.values(), BASES[group]}:
+            cs.store(group=group, name=base_name(schema), node=schema)
     for group, schema in SINGLE.items():
-        add(group, schema)
-    for k, (typ, help_) in TOP_LEVEL.items():
-        rows.append((k, typ.__name__, "", help_))
-    return rows
+        cs.store(group=group, name=base_name(schema), node=schema)

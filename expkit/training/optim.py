@@ -8,7 +8,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from expkit.schema import ConfigError
+from expkit.errors import ConfigError
 
 OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
 # Keys of optim.* that are not constructor arguments.

@@ -7,7 +7,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from expkit.schema import ConfigError
+from expkit.errors import ConfigError
 
 
 class Registry:

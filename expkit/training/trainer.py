@@ -35,9 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from expkit import checkpoint, dist
-from expkit.logs import Progress
-from expkit.rundir import write_atomic
+from expkit.run import checkpoint
+from expkit.run.folder import write_atomic
+from expkit.training import dist
+from expkit.training.logs import Progress
 
 log = logging.getLogger("expkit")
 # Test hook: EXPKIT_TEST_CRASH="RANK:STEP" makes that rank raise after that step, to test
@@ -315,7 +316,7 @@ class Trainer:
     def before_fit(self) -> None:
         if not self.main:
             return
-        from expkit.tb import write_data_grids, write_graph
+        from expkit.training.tb import write_data_grids, write_graph
 
         write_data_grids(self.writer, self.data)
         if self.t.graph:
@@ -323,7 +324,7 @@ class Trainer:
         self.writer.flush()
 
     def after_fit(self) -> dict[str, float]:
-        from expkit.tb import write_misclassified
+        from expkit.training.tb import write_misclassified
 
         self.last_metrics.update({"epoch": self.epoch, "step": self.step})
         if self.data.test is not None:

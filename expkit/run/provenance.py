@@ -1,51 +1,14 @@
-"""The run folder and its provenance: which code (git commit and uncommitted diff),
-which config and which environment produced a run, and how it ended.
-
-    config.yaml   the resolved config, plain YAML
-    .hydra/       Hydra's config.yaml, hydra.yaml, overrides.yaml
-    meta.json     git, command, overrides, status, times, host, versions, world size
-    git.diff      only when the tree was dirty: `git diff HEAD` + untracked files' names
-"""
+"""Provenance: which code (git commit and uncommitted diff) and which environment
+(host, versions, devices) produced a run."""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import os
 import platform
 import socket
 import sys
 from pathlib import Path
 from typing import Any
-
-STATUSES = ("running", "completed", "failed", "interrupted")
-
-
-def now() -> str:
-    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def unique_dir(path: str) -> str:
-    """Claim `path`, or `path-1`, `path-2`, ... if taken. mkdir is atomic, so two
-    processes starting in the same second never get the same folder."""
-    candidate, n = Path(path), 0
-    candidate.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        try:
-            candidate.mkdir()
-            return str(candidate)
-        except FileExistsError:
-            n += 1
-            candidate = Path(f"{path}-{n}")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def git_info(cwd: str | os.PathLike | None = None) -> tuple[dict[str, Any], str | None]:
@@ -120,40 +83,3 @@ def environment() -> dict[str, Any]:
     if torch.cuda.is_available():
         env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return env
-
-
-class RunDir:
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    @property
-    def meta_path(self) -> Path:
-        return self.path / "meta.json"
-
-    def read_meta(self) -> dict[str, Any]:
-        return json.loads(self.meta_path.read_text())
-
-    def update_meta(self, **fields: Any) -> dict[str, Any]:
-        meta = self.read_meta() if self.meta_path.exists() else {}
-        meta.update(fields)
-        write_atomic(self.meta_path, json.dumps(meta, indent=2, default=str) + "\n")
-        return meta
-
-    def write_provenance(self, resolved_yaml: str, command: list[str], overrides: list[str],
-                         world_size: int, cwd: str | None = None) -> dict[str, Any]:
-        self.path.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path / "config.yaml", resolved_yaml)
-        git, diff = git_info(cwd)
-        if diff is not None:
-            write_atomic(self.path / "git.diff", diff)
-        env = environment()
-        return self.update_meta(
-            git={k: v for k, v in git.items() if k != "untracked"},
-            command=command, overrides=overrides, status="running", started=now(), ended=None,
-            host=env["host"], versions=versions(), environment=env, world_size=world_size,
-            cwd=cwd or os.getcwd(),
-        )
-
-    def finish(self, status: str, **fields: Any) -> None:
-        assert status in STATUSES
-        self.update_meta(status=status, ended=now(), **fields)

@@ -3,27 +3,29 @@ the whole run, drawn into a PNG and printed at a few points, without training.""
 
 from __future__ import annotations
 
-import sys
+import argparse
+
+HELP = "draw the learning rate of a config over the whole run into a PNG, without training"
 
 
-def main(args: list[str]) -> None:
-    out = "lr_schedule.png"
-    if "--out" in args:
-        i = args.index("--out")
-        out = args[i + 1]
-        args = args[:i] + args[i + 2:]
-    from hydra import compose, initialize_config_module
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("sched", help=HELP, description=HELP + ".",
+                              epilog="Example: expkit sched sched=onecycle trainer.epochs=20 --out onecycle.png")
+    p.add_argument("overrides", metavar="OVERRIDES", nargs="*", help="group=choice and key=value, as for train")
+    p.add_argument("--out", metavar="FILE", default="lr_schedule.png", help="the PNG to write (%(default)s)")
+    return p
 
-    from expkit.app import CONFIG_MODULE, task_config
-    from expkit.schema import validate
 
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        cfg = compose("config", overrides=args)
+def run(args: argparse.Namespace) -> int:
+    from expkit.config.compose import check_overrides, task_config
+    from expkit.config.schema import validate
+
+    cfg = check_overrides(args.overrides)
     typed = validate(task_config(cfg))
     steps_per_epoch = steps_per_epoch_of(typed)
     epochs = typed["trainer"].epochs
 
-    from expkit.sched import simulate
+    from expkit.training.sched import simulate
 
     lrs = simulate(typed["sched"], typed["optim"], epochs, steps_per_epoch)
     print(f"sched={typed['sched'].name} warmup_epochs={typed['sched'].warmup_epochs} optim.lr={typed['optim'].lr} "
@@ -32,8 +34,9 @@ def main(args: list[str]) -> None:
                      len(lrs) - 1, *(e * steps_per_epoch for e in range(1, epochs))})
     for p in points:
         print(f"  step {p:>6}  epoch {p / steps_per_epoch:6.2f}  lr {lrs[p]:.6g}")
-    plot(lrs, steps_per_epoch, f"sched={typed['sched'].name}", out)
-    print(f"wrote {out}")
+    plot(lrs, steps_per_epoch, f"sched={typed['sched'].name}", args.out)
+    print(f"wrote {args.out}")
+    return 0
 
 
 def steps_per_epoch_of(typed) -> int:
@@ -61,7 +64,3 @@ def plot(lrs: list[float], steps_per_epoch: int, title: str, out: str) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -33,21 +33,31 @@ import os
 import pickle
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from expkit.run.folder import fsync_dir, write_atomic
+
 log = logging.getLogger("expkit")
 NUMBERED = re.compile(r"^step-(\d+)\.pt$")
 SIDECAR = re.compile(r"^step-(\d+)\.pt\.sha256$")
-CHUNK = 1 << 16
 # What a checkpoint needs to resume from; a file without these is not an expkit checkpoint.
 REQUIRED_KEYS = ("model", "optimizer", "epoch", "batch", "step", "rng")
 
 
 class CheckpointError(RuntimeError):
     pass
+
+
+@dataclass
+class Loaded:
+    """A checkpoint read back to continue from: its contents and the file it came from."""
+
+    state: dict[str, Any]
+    path: Path
 
 
 class UnsafeCheckpoint(CheckpointError):
@@ -64,36 +74,12 @@ def _pause() -> None:
         time.sleep(slow)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Temporary file in the same folder -> fsync -> rename over `path` -> fsync the folder."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    slow = _slow()
-    with open(tmp, "wb") as f:
-        for i in range(0, len(data), CHUNK):
-            f.write(data[i : i + CHUNK])
-            if slow:
-                f.flush()
-                time.sleep(slow)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _link_atomic(target: Path, link: Path) -> None:
@@ -126,15 +112,15 @@ def save(folder: Path, state: dict[str, Any], step: int, best: bool, keep_last: 
     path = folder / f"step-{step:09d}.pt"
     sidecar = folder / f"{path.name}.sha256"
     # The checksum goes in first, so a numbered checkpoint never exists without it.
-    _write_bytes_atomic(sidecar, hashlib.sha256(data).hexdigest().encode())
+    write_atomic(sidecar, hashlib.sha256(data).hexdigest(), slow=_slow())
     _pause()
-    _write_bytes_atomic(path, data)
+    write_atomic(path, data, slow=_slow())
     for name in ("last.pt", "best.pt") if best else ("last.pt",):
         _pause()
         _link_atomic(path, folder / name)
         _pause()
         _link_atomic(sidecar, folder / f"{name}.sha256")
-    _fsync_dir(folder)
+    fsync_dir(folder)
     _pause()
     # Only now that the new one is complete: the numbered ones beyond the newest keep_last.
     # Numbers above this step are left alone: they are from before a resume that fell back

@@ -1,0 +1,186 @@
+"""Compose conf/ with Hydra outside `@hydra.main` (the Python API, `expkit sched`, the
+checks `expkit train` makes before Hydra runs), and the config's plain forms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from expkit.config import resolvers
+from expkit.errors import ConfigError
+
+CONFIG_MODULE = "expkit.conf"
+resolvers.register()
+
+
+def task_config(cfg: DictConfig) -> DictConfig:
+    """The config without Hydra's own `hydra` node."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(task_config(cfg), resolve=True)
+
+
+def compose(overrides: list[str], config_dir: str | None = None, hydra: bool = False) -> DictConfig:
+    """conf/config.yaml with `overrides` (and a user's extra config folder), as Hydra
+    composes it for `expkit train`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose("config", overrides=[*overrides, *extra], return_hydra_config=hydra)
+
+
+# ------------------------------------------------------------------ checking overrides
+MAX_CHECKED_JOBS = 64  # a sweep's jobs composed before it starts; the rest are checked as they run
+
+
+def is_multirun(args: list[str]) -> bool:
+    return any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in args)
+
+
+def hydra_overrides(args: list[str]) -> list[str]:
+    """The overrides of a Hydra command line (what is not a flag or a flag's value)."""
+    from hydra._internal.utils import get_args_parser
+
+    known, _ = get_args_parser().parse_known_args(args)
+    return list(known.overrides)
+
+
+def check_overrides(overrides: list[str], config_dirs: list[str] | tuple[str, ...] = (), multirun: bool = False,
+                    hydra: bool = False) -> DictConfig:
+    """Compose and validate what `expkit train OVERRIDES` would run, before anything is made;
+    the first job's config. Raises ConfigError naming the key, the value and what is
+    allowed: a malformed override, an unknown choice, a key the chosen option does not
+    have, a value of the wrong type or (one run) out of range. A sweep has each value of
+    each swept override composed once (up to MAX_CHECKED_JOBS jobs)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    from expkit.config.groups import list_choices
+    from expkit.config.schema import validate
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as e:
+        reason = (getattr(e, "message", "") or str(e)).splitlines()[0]
+        override = getattr(e, "override", "") or ""
+        raise ConfigError(f"override {override!r} is malformed: {reason}. Write key=value, group=choice, or "
+                          "key=a,b with -m; quote values that hold brackets or commas.") from None
+    choices = list_choices(config_dirs)
+    jobs: list[list[str]] = [[]]
+    for o in parsed:
+        if o.is_sweep_override() and not multirun:
+            raise ConfigError(f"{o.key_or_group}: value {o.input_line.split('=', 1)[-1]!r} is a sweep; add -m to run "
+                              "one job per value, or give one value.")
+        values = _values(o)
+        if o.key_or_group in choices and not o.is_delete() and values is not None:
+            unknown = [v for v in values if v not in choices[o.key_or_group]]
+            if unknown:
+                raise ConfigError(f"{o.key_or_group}: value {unknown[0]!r} is not a known {o.key_or_group} choice; "
+                                  f"choose one of {', '.join(choices[o.key_or_group])}.")
+        if values is None or not o.is_sweep_override():
+            jobs = [[*job, o.input_line] for job in jobs]
+            continue
+        key = o.get_key_element()
+        first = [[*job, f"{key}={_quote(values[0])}"] for job in jobs]
+        others = [[*jobs[0], f"{key}={_quote(v)}"] for v in values[1:]]
+        jobs = first + others
+    first_cfg = None
+    for job in jobs[:MAX_CHECKED_JOBS]:
+        cfg = _compose_checked(job, config_dirs, hydra)
+        if not multirun:  # a sweep job with a bad value fails on its own; the other jobs still run
+            validate(task_config(cfg))
+        first_cfg = first_cfg if first_cfg is not None else cfg
+    return first_cfg
+
+
+def _values(o) -> list[str] | None:
+    """The values an override stands for as strings (several for a sweep); None when they
+    cannot be listed before the sweeper runs (interval(), glob())."""
+    if not o.is_sweep_override():
+        value = o.value()
+        return [value] if isinstance(value, str) else [o.get_value_element_as_str()]
+    try:
+        return [str(v) for v in o.sweep_string_iterator()]
+    except Exception:
+        return None
+
+
+def _quote(value: str) -> str:
+    if value == "" or any(c in value for c in " ,[]{}()'\"=:\\$"):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return value
+
+
+def _compose_checked(overrides: list[str], config_dirs, hydra: bool) -> DictConfig:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    config_dir = config_dirs[-1] if config_dirs else None
+    try:
+        return compose(overrides, config_dir, hydra=hydra)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(explain_compose_error(e, overrides, config_dir)) from None
+
+
+def explain_compose_error(error: Exception, overrides: list[str], config_dir: str | None) -> str:
+    """One line from Hydra's composition error: the key, the value and what is allowed."""
+    import re
+
+    cause = error.__cause__ or error.__context__
+    text = f"{error}\n{cause or ''}"
+    m = (re.search(r"Could not override '([^']+)'", text) or re.search(r"Error merging override ([^=\s]+)=", text)
+         or re.search(r"Could not append to config\. An item is already at '([^']+)'", text))
+    if m:
+        key = m.group(1)
+        value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == key), "?")
+        reason = (str(cause).splitlines() or [""])[0] if cause is not None else ""
+        if "not in struct" in text or re.search(r"Key '[^']+' not in '", text):
+            return missing_key_message(key, value, overrides, config_dir)
+        if "already at" in text:
+            return f"{key}: already a key (value {value!r}); set it with {key}={value} (without +)."
+        typed = re.search(r"could not be converted to (\w+)", text)
+        if typed:
+            names = {"Integer": "int", "Float": "float", "Boolean": "bool", "String": "str"}
+            return f"{key}: value {value!r} is not of type {names.get(typed.group(1), typed.group(1))}."
+        return f"{key}: value {value!r} is not allowed: {reason or text.splitlines()[-1]}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return "; ".join(lines[:2]) if lines else type(error).__name__
+
+
+def missing_key_message(key: str, value: str, overrides: list[str], config_dir: str | None) -> str:
+    """`optim.momentum=0.9` with optim=adam: which choices of the group have that key."""
+    import dataclasses
+
+    from expkit.config.schema import CHOICE_KEY, SCHEMAS, SINGLE
+
+    group, _, name = key.partition(".")
+    if group in CHOICE_KEY and name and "." not in name:
+        groups_only = [o for o in overrides if "." not in o.split("=", 1)[0].lstrip("+~")]
+        try:
+            chosen = compose(groups_only, config_dir, hydra=True).hydra.runtime.choices.get(group)
+        except Exception:
+            chosen = None
+        having = sorted(c for c, schema in SCHEMAS[group].items()
+                        if name in {f.name for f in dataclasses.fields(schema)})
+        schema = SCHEMAS[group].get(chosen)
+        keys = sorted(f.name for f in dataclasses.fields(schema)) if schema else []
+        if having:
+            return (f"{key}: not a key of {group}={chosen} (value {value!r}); {group}={', '.join(having)} "
+                    f"{'has' if len(having) == 1 else 'have'} it. Keys of {group}={chosen}: {', '.join(keys)}.")
+        return f"{key}: unknown key (value {value!r}). Keys of {group}={chosen}: {', '.join(keys)}."
+    if group in SINGLE and name and "." not in name:
+        keys = sorted(f.name for f in dataclasses.fields(SINGLE[group]))
+        return f"{key}: unknown key (value {value!r}). Keys of {group}: {', '.join(keys)}."
+    top = sorted([*CHOICE_KEY, *SINGLE, "seed", "name"])
+    if "." not in key:
+        return f"{key}: unknown key (value {value!r}). Top-level keys: {', '.join(top)}."
+    return f"{key}: unknown key (value {value!r}); add a new key with +{key}={value}."

@@ -1,0 +1,170 @@
+"""The run folder on disk: its paths, one atomic-write helper, JSON/YAML read and write,
+and its status. Everything that writes a run's record goes through here.
+
+    config.yaml   the resolved config, plain YAML
+    .hydra/       Hydra's config.yaml, hydra.yaml, overrides.yaml
+    meta.json     git, command, overrides, status, times, host, versions, world size
+    git.diff      only when the tree was dirty: `git diff HEAD` + untracked files' names
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+
+def now() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def unique_dir(path: str) -> str:
+    """Claim `path`, or `path-1`, `path-2`, ... if taken. mkdir is atomic, so two
+    processes starting in the same second never get the same folder."""
+    candidate, n = Path(path), 0
+    candidate.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            candidate.mkdir()
+            return str(candidate)
+        except FileExistsError:
+            n += 1
+            candidate = Path(f"{path}-{n}")
+
+
+CHUNK = 1 << 16
+
+
+def write_atomic(path: Path, data: str | bytes, durable: bool = True, slow: float = 0.0) -> None:
+    """Replace `path` with `data` so that a reader sees the old file or the new one, never
+    half of either: a temp file in the same folder, renamed over `path`. The temp name holds
+    the process id (workers of a parallel launcher may write the same file at once).
+    `durable`: fsync the file before the rename and the folder after it, so the new file
+    survives a crash or power cut (records, checkpoints); summaries that are rewritten
+    anyway skip it. `slow` (a test hook): sleep after every 64 KiB written."""
+    data = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            if slow:
+                for i in range(0, len(data), CHUNK):
+                    f.write(data[i : i + CHUNK])
+                    f.flush()
+                    time.sleep(slow)
+            else:
+                f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; {} when it is missing or unreadable (a run still starting)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def write_json(path: Path, value: Any, durable: bool = True) -> None:
+    write_atomic(path, json.dumps(value, indent=2, default=str) + "\n", durable)
+
+
+def read_yaml(path: Path) -> Any:
+    """Plain YAML (no OmegaConf interpolation); None when missing or malformed."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+
+
+
+
+
+
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path / "meta.json"
+
+    def read_meta(self) -> dict[str, Any]:
+        return json.loads(self.meta_path.read_text())
+
+    def update_meta(self, **fields: Any) -> dict[str, Any]:
+        meta = self.read_meta() if self.meta_path.exists() else {}
+        meta.update(fields)
+        write_json(self.meta_path, meta)
+        return meta
+
+    def write_provenance(self, resolved_yaml: str, command: list[str], overrides: list[str],
+                         world_size: int, cwd: str | None = None) -> dict[str, Any]:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path / "config.yaml", resolved_yaml)
+        from expkit.run.provenance import environment, git_info, versions
+
+        git, diff = git_info(cwd)
+        if diff is not None:
+            write_atomic(self.path / "git.diff", diff)
+        env = environment()
+        return self.update_meta(
+            git={k: v for k, v in git.items() if k != "untracked"},
+            command=command, overrides=overrides, status="running", started=now(), ended=None,
+            host=env["host"], versions=versions(), environment=env, world_size=world_size,
+            cwd=cwd or os.getcwd(),
+        )
+
+    def finish(self, status: str, **fields: Any) -> None:
+        assert status in STATUSES
+        self.update_meta(status=status, ended=now(), **fields)
+
+    def record_resume(self, entry: dict[str, Any], config_yaml: str | None) -> None:
+        """A resume has started: status running again, the resume listed under `resumes`,
+        the new config when overrides changed it."""
+        meta = self.read_meta()
+        for stale in ("interrupted_at_step", "signal", "error"):  # from how the run last ended
+            meta.pop(stale, None)
+        meta.update(status="running", ended=None, resumes=[*meta.get("resumes", []), entry])
+        write_json(self.meta_path, meta)
+        if config_yaml is not None:
+            write_atomic(self.path / "config.yaml", config_yaml)
+
+    def restart(self) -> None:
+        """Empty the folder (but Hydra's .hydra/) to train a job again from scratch, keeping
+        how the earlier attempt ended under `restarts`."""
+        import shutil
+
+        meta = self.read_meta()
+        previous = {k: meta.get(k) for k in ("status", "started", "ended", "error") if meta.get(k) is not None}
+        for child in self.path.iterdir():
+            if child.name != ".hydra":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        self.update_meta(restarts=[*meta.get("restarts", []), previous])

@@ -1,0 +1,70 @@
+"""Reading run folders back: one reader for every command that lists runs or jobs
+(`expkit summary`, `expkit report`). A folder still being written, or killed half-way,
+reads as far as it got: missing files are empty, never an error."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from expkit.run.folder import read_json, read_yaml
+
+
+@dataclass
+class JobRecord:
+    path: Path
+    number: int | None  # a sweep job's number (its folder name starts with it)
+    status: str | None  # meta.json's status; None when the job has not written one yet
+    meta: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    hydra: dict[str, Any] | None = None  # .hydra/hydra.yaml, plain YAML
+
+
+def job_number(name: str) -> int | None:
+    m = re.match(r"(\d+)(_|$)", name)
+    return int(m.group(1)) if m else None
+
+
+def job_folders(sweep_dir: Path, with_meta_only: bool = False) -> list[Path]:
+    """The job folders of a sweep, by job number: those with a meta.json, and (unless
+    `with_meta_only`) those Hydra has made for a job that has not written one yet. A run
+    folder given as the sweep is its own only job."""
+    if (sweep_dir / "meta.json").exists():
+        return [sweep_dir]
+    found = {p.parent for p in sweep_dir.glob("*/meta.json")}
+    found |= {p.parent for p in sweep_dir.glob("*/*/meta.json") if p.parent.parent not in found}
+    if not with_meta_only:
+        found |= {p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and (p / ".hydra").is_dir()}
+    return sorted(found, key=lambda p: (job_number(p.name) is None, job_number(p.name) or 0, p.name))
+
+
+def read_job(folder: Path) -> JobRecord:
+    meta = read_json(folder / "meta.json")
+    overrides = meta.get("overrides")
+    if overrides is None:
+        overrides = read_yaml(folder / ".hydra" / "overrides.yaml") or []
+    metrics = read_json(folder / "metrics.json") or dict(meta.get("metrics") or {})
+    config = read_yaml(folder / "config.yaml") or read_yaml(folder / ".hydra" / "config.yaml") or {}
+    hydra = read_yaml(folder / ".hydra" / "hydra.yaml")
+    return JobRecord(path=folder, number=job_number(folder.name), status=meta.get("status"), meta=meta,
+                     metrics=metrics, overrides=[str(o) for o in overrides],
+                     config=config if isinstance(config, dict) else {},
+                     hydra=hydra if isinstance(hydra, dict) else None)
+
+
+def split_override(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def varying_keys(jobs: list[dict[str, str]]) -> list[str]:
+    """The keys whose values differ between jobs (each job: key -> value), in first-seen order."""
+    keys: list[str] = []
+    for job in jobs:
+        keys += [k for k in job if k not in keys]
+    return [k for k in keys if len({job.get(k) for job in jobs}) > 1]

@@ -1,0 +1,162 @@
+"""Build everything a run trains with, from a validated config, in the order the course
+teaches it: device and threads -> seed -> data -> model -> init -> optimizer -> schedule
+-> (DDP, compile) -> Trainer. Also what the run's log and TensorBoard say about them."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from expkit.config.compose import plain, task_config
+from expkit.errors import ConfigError
+from expkit.run.folder import RunDir
+
+if TYPE_CHECKING:
+    from expkit.run.checkpoint import Loaded
+
+log = logging.getLogger("expkit")
+
+
+def pick_device(accelerator: str):
+    import torch
+
+    from expkit.training import dist
+
+    if accelerator == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.accelerator: value 'cuda' is not available on this machine "
+                          "(torch sees no GPU); use auto or cpu.")
+    if accelerator == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", dist.local_rank())
+
+
+def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: Loaded | None = None):
+    """Everything the Trainer needs, in the order the course teaches it."""
+    import torch
+
+    from expkit.data import build_data
+    from expkit.models import build_model
+    from expkit.training import dist
+    from expkit.training.init import apply_init
+    from expkit.training.optim import build_optim
+    from expkit.training.sched import Schedule
+    from expkit.training.tb import NullWriter, make_writer
+    from expkit.training.trainer import Trainer, seed_everything
+
+    t = typed["trainer"]
+    device = pick_device(t.accelerator)
+    # The node's cores shared among its processes, so DDP workers do not oversubscribe the CPU.
+    torch.set_num_threads(t.num_threads or dist.default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    if t.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not t.deterministic
+    dist.setup(device)
+    seed_everything(typed["seed"] + dist.rank())  # dropout masks differ per rank, as they should
+    log_header(typed, cfg, run_dir, device)
+
+    data = build_data(typed["data"], typed["seed"], dist.rank(), dist.world_size(), device)
+    log.info("data %s (%s, %s loader) from %s: %s; input %s; mean %s std %s",
+             data.info["name"], data.info["mode"], data.info["loader"], data.info["location"],
+             ", ".join(f"{k} {v}" for k, v in data.info["sizes"].items()), data.info["input_shape"],
+             _short(data.mean), _short(data.std))
+    log.info("class counts: %s", data.info["class_counts"])
+
+    try:
+        model = build_model(typed["model"], typed["reg"], data.input_shape, data.num_classes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    apply_init(model, typed["init"], typed["model"].activation)
+    log_model(model)
+    model.to(device)
+    if t.channels_last and len(data.input_shape) == 3:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optim(model, typed["optim"])
+    schedule = Schedule(optimizer, typed["sched"], t.epochs, len(data.train))
+    if dist.world_size() > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if t.compile:
+        model = torch.compile(model)
+
+    state = resume.state if resume else None
+    # On resume the TensorBoard writer opens only once the checkpoint fits (a refused resume
+    # leaves no event file), purging what the run logged after the checkpoint's step.
+    writer = NullWriter() if state else make_writer(run_dir, dist.is_main() and t.tensorboard)
+    trainer = Trainer(cfg=typed, model=model, optimizer=optimizer, schedule=schedule, data=data,
+                      device=device, run_dir=run_dir, writer=writer, config_plain=plain(cfg))
+    if state:
+        try:
+            trainer.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise ConfigError(f"checkpoint {resume.path} does not fit this model/config: "
+                              f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+        trainer.writer = make_writer(run_dir, dist.is_main() and t.tensorboard, purge_step=state["step"] + 1)
+        log.info("resumed from %s: epoch %d, batch %d, step %d", resume.path, trainer.epoch,
+                 trainer.batch, trainer.step)
+    elif dist.is_main():
+        write_text_summaries(writer, cfg, run_dir, model)
+    return trainer
+
+
+def _short(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
+
+
+def log_header(typed, cfg: DictConfig, run_dir: Path, device) -> None:
+    import json
+
+    meta = RunDir(run_dir).read_meta() if (run_dir / "meta.json").exists() else {}
+    log.info("run folder: %s", run_dir)
+    log.info("config:\n%s", OmegaConf.to_yaml(task_config(cfg), resolve=True).rstrip())
+    log.info("git: %s", json.dumps(meta.get("git", {})))
+    log.info("environment: %s; versions: %s; device %s; threads %d", json.dumps(meta.get("environment", {})),
+             json.dumps(meta.get("versions", {})), device, __import__("torch").get_num_threads())
+
+
+def log_model(model) -> None:
+    lines, total = [], 0
+    for name, module in model.named_modules():
+        if name and not list(module.children()):
+            count = sum(p.numel() for p in module.parameters(recurse=False))
+            total += count
+            lines.append(f"  {name:<24} {type(module).__name__:<14} {count:>10,}  {_describe(module)}")
+    log.info("model: %d parameters\n%s", total, "\n".join(lines))
+
+
+def _describe(module) -> str:
+    text = module.extra_repr()
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+def write_text_summaries(writer, cfg: DictConfig, run_dir: Path, model) -> None:
+    import json
+
+    meta = RunDir(run_dir).read_meta() if (run_dir / "meta.json").exists() else {}
+    writer.text("config", OmegaConf.to_yaml(task_config(cfg), resolve=True))
+    writer.text("git", json.dumps(meta.get("git", {}), indent=2))
+    writer.text("model", str(model))
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    walk("", plain(cfg))
+    return out
+
+
+def write_hparams(trainer, typed, cfg: DictConfig) -> None:
+    m = trainer.last_metrics
+    metrics = {f"hparams/{k.replace('/', '_')}": float(m[k])
+               for k in ("val/acc", "val/loss", "best/val/acc", "train/loss", "test/acc") if k in m}
+    trainer.writer.hparams(flat_hparams(cfg), metrics, trainer.step)

@@ -1,0 +1,75 @@
+"""Every command's arguments: `--help`/`-h` print and exit 0, and malformed input gets one
+line naming the key, the value and what is allowed, exit 2, no traceback, nothing made.
+In-process through expkit.cli.main (the same code the console script runs)."""
+
+from __future__ import annotations
+
+import pytest
+
+from expkit.cli import COMMANDS, main
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EXPKIT_TRACEBACK", raising=False)
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_every_command_has_help(command, flag, in_tmp, capsys):
+    assert main([command, flag]) == 0
+    out = capsys.readouterr().out
+    assert f"expkit {command}" in out or "usage: expkit" in out
+    assert not list(in_tmp.iterdir())
+
+
+def test_top_level_help_lists_every_command(in_tmp, capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(command in out for command in COMMANDS)
+
+
+BAD = [
+    # (arguments, words the one-line message must hold)
+    (["bogus"], ["invalid choice", "bogus"]),
+    (["train", "sched=bogus"], ["sched", "bogus", "cosine, exponential"]),
+    (["train", "optim=adam", "optim.momentum=0.9"], ["optim.momentum", "optim=adam", "rmsprop, sgd"]),
+    (["train", "model.depth=3"], ["model.depth", "model=cnn", "model=mlp"]),
+    (["train", "x=[1,"], ["x=[1,", "malformed"]),
+    (["train", "foo=1"], ["foo", "unknown key", "trainer"]),
+    (["train", "trainer.foo=1"], ["trainer.foo", "unknown key", "epochs"]),
+    (["train", "optim.lr=abc"], ["optim.lr", "abc", "not of type float"]),
+    (["train", "optim.lr=-1"], ["optim.lr", "-1", "> 0"]),
+    (["train", "trainer.epochs=0"], ["trainer.epochs", "0", ">= 1"]),
+    (["train", "optim.lr=0.1,0.2"], ["optim.lr", "sweep", "-m"]),
+    (["train", "-m", "optim=sgd,adam", "optim.momentum=0.5"], ["optim.momentum", "optim=adam"]),
+    (["train", "-m", "model=cnn,nosuch"], ["model", "nosuch"]),
+    (["train", "data.val_fraction=1.5"], ["data.val_fraction", "[0, 1)"]),
+    (["train", "optim=sgd", "optim.nesterov=true", "optim.momentum=0"], ["optim.nesterov"]),
+    (["resume"], ["RUN_DIR"]),
+    (["resume", "nowhere"], ["nowhere", "does not exist"]),
+    (["resume", ".", "--bogus"], ["--bogus"]),
+    (["sched", "--out"], ["--out", "expected one argument"]),
+    (["sched", "sched=bogus"], ["sched", "bogus"]),
+    (["sched", "sched=step", "sched.gamma=-1"], ["sched.gamma", "> 0"]),
+    (["summary", "nowhere"], ["nowhere", "not a folder"]),
+    (["summary", "--metric"], ["--metric", "expected one argument"]),
+    (["summary", "a", "b"], ["unrecognized arguments"]),
+    (["report"], ["SWEEP_DIR"]),
+    (["report", "nowhere"], ["nowhere", "not a folder"]),
+    (["report", ".", "--lesson"], ["--lesson", "expected one argument"]),
+    (["list", "extra"], ["unrecognized arguments"]),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_message_and_exit_2(args, words, in_tmp, capsys):
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "Traceback" not in err + captured.out
+    for word in words:
+        assert word in err, (word, err)
+    assert not (in_tmp / "runs").exists(), "bad input left a folder"
