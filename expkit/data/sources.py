@@ -57,7 +57,8 @@ def data_root(cfg) -> Path:
 
 @DATASETS.register("digits")
 def load_digits(cfg) -> Source:
-    # Read scikit-learn's bundled CSV directly: importing sklearn.datasets costs ~1 s.
+    # Read scikit-learn's bundled CSV directly: importing sklearn.datasets is slow (it pulls
+    # in most of scikit-learn).
     # find_spec locates the package without importing it.
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:

@@ -18,8 +18,8 @@ class NullWriter:
 class Writer:
     """Scalars are kept in a list and handed to SummaryWriter's event file in batches (every
     SCALAR_BATCH of them, every SCALAR_BATCH_S seconds, and at flush/close), with the wall
-    time of the call. Each hand-over wakes the writer thread; one wake-up per training step
-    (opt/lr) cost about 5% of the steps/s of a small model on two cores (bench/run.py).
+    time of the call. Each hand-over wakes the writer thread, which is too dear to do once
+    per training step for a small model (bench/README.md has the figures).
     Consecutive scalars of one step, called within a second of each other, go into one event
     (a log step's ~10 values: loss, accuracy, gradient and weight norms): the writer thread
     checksums every record with a pure-Python CRC-32C and holds the GIL while it does, so
