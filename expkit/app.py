@@ -32,7 +32,7 @@ from expkit.config.compose import compose, task_config
 from expkit.config.resolvers import suffix
 from expkit.config.schema import validate
 from expkit.errors import EXIT_BAD_INPUT, EXIT_FAILED, ConfigError, RunFailed
-from expkit.run.folder import RunDir, unique_dir, write_atomic
+from expkit.run.folder import FolderLock, RunDir, unique_dir, write_atomic
 from expkit.training.build import build, write_hparams
 
 if TYPE_CHECKING:
@@ -63,83 +63,148 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
             provenance: bool = True) -> dict[str, float]:
     """Validate, train and record one run in `run_dir`. Raises RunFailed with the
     message for the user; the run folder records the outcome either way. When resuming,
-    `on_resume` records the resume once the checkpoint has loaded into the model."""
+    `on_resume` records the resume once the checkpoint has loaded into the model.
+    `provenance=False`: a worker of expkit's own DDP launch (the launcher writes the
+    record and holds the folder's lock)."""
     from expkit.training import dist
     from expkit.training.logs import close_logging, setup_logging
 
     rundir = RunDir(run_dir)
     rank = dist.rank()
-    setup_logging(run_dir, rank)
-    started_training = False
+    lock = FolderLock(run_dir) if rank == 0 and provenance else None
+    stop = StopSignals()
     trainer = None
-    try:
+    resumed = False  # the run's record says a resume started (on_resume ran)
+    with stop:
         try:
-            typed = validate(task_config(cfg))
-        except ConfigError as e:
-            raise RunFailed(str(e), EXIT_BAD_INPUT) from None
-        if resume is None and rank == 0 and provenance:
-            rundir.write_provenance(OmegaConf.to_yaml(task_config(cfg), resolve=True),
-                                    command=sys.argv, overrides=overrides,
-                                    world_size=max(dist.world_size(), typed["trainer"].devices))
-        from expkit.training.launch import inside_worker_group
+            if lock is not None:
+                lock.acquire()
+            setup_logging(run_dir, rank)
+            try:
+                typed = validate(task_config(cfg))
+            except ConfigError as e:
+                raise RunFailed(str(e), EXIT_BAD_INPUT) from None
+            if resume is None and lock is not None:
+                rundir.write_provenance(OmegaConf.to_yaml(task_config(cfg), resolve=True),
+                                        command=sys.argv, overrides=overrides,
+                                        world_size=max(dist.world_size(), typed["trainer"].devices))
+            from expkit.training.launch import inside_worker_group
 
-        if typed["trainer"].devices > 1 and not inside_worker_group():
-            return launch_and_wait(typed, run_dir, resume, on_resume)
-        trainer = build(typed, cfg, run_dir, resume)
-        started_training = True
-        if on_resume is not None and rank == 0:
-            on_resume()  # the run's record changes only once its checkpoint fits
-        with stop_signals(trainer):
+            if typed["trainer"].devices > 1 and not inside_worker_group():
+                stop.release()  # torch elastic handles the signals while its workers run
+                resumed = on_resume is not None
+                return launch_and_wait(typed, run_dir, resume, on_resume)
+            trainer = build(typed, cfg, run_dir, resume)
+            if on_resume is not None and rank == 0:
+                on_resume()  # the run's record changes only once its checkpoint fits
+            resumed = on_resume is not None
+            stop.attach(trainer)
             metrics = trainer.fit()
-        if rank == 0:
-            write_hparams(trainer, typed, cfg)
-            rundir.finish("completed", metrics=metrics)
-            log.info("done: val/acc %.4f (best %.4f) in %s", metrics.get("val/acc", float("nan")),
-                     metrics.get("best/val/acc", float("nan")), run_dir)
-            log.info("TensorBoard: tensorboard --logdir %s", run_dir)
-        return metrics
-    except (RunFailed, ConfigError) as e:
-        failure = e if isinstance(e, RunFailed) else RunFailed(str(e), EXIT_BAD_INPUT)
-        if failure.exit_code == EXIT_BAD_INPUT and not started_training and discard_on_bad_input and rank == 0:
-            close_logging()
-            shutil.rmtree(run_dir, ignore_errors=True)  # bad input leaves no run folder behind
-        elif resume is not None and not started_training:
-            pass  # a refused resume leaves the run's record (status, config) as it was
-        elif rank == 0 and not failure.recorded:
-            log.error("%s", failure)
-            rundir.finish("failed", error=str(failure))
-        raise failure from None
-    except KeyboardInterrupt:
-        # A second Ctrl-C/SIGTERM while stopping: leave at once, but say so in the record.
-        step = trainer.step if trainer is not None else None
-        if rank == 0:
-            rundir.finish("interrupted", interrupted_at_step=step,
-                          note="second signal: stopped without writing a checkpoint at this step")
-        raise RunFailed(f"stopped at once by a second signal. Continue from the last checkpoint with: "
-                        f"expkit resume {run_dir}", 130, recorded=True) from None
-    except Exception as e:
-        from expkit.training.trainer import Interrupted, NonFiniteLoss
-
-        if isinstance(e, Interrupted):
+            stop.recording = True
             if rank == 0:
-                rundir.finish("interrupted", interrupted_at_step=e.step, signal=e.signal_name)
-                log.warning("%s; continue with: expkit resume %s", e, run_dir)
-            code = 128 + getattr(signal, e.signal_name, signal.SIGTERM)
-            raise RunFailed(f"{e}. Continue with: expkit resume {run_dir}", code) from None
-        if isinstance(e, NonFiniteLoss):
-            message = str(e)
-        else:
-            message = f"training failed: {type(e).__name__}: {e} (traceback in {run_dir / 'train.log'})"
-            _log_traceback_to_file()
-        log.error("%s", message)  # every rank: a crash on rank 1 shows in train.log too
-        if rank == 0:
-            rundir.finish("failed", error=message)
-        raise RunFailed(message, EXIT_FAILED) from e
-    finally:
-        if trainer is not None:
-            trainer.writer.close()  # flush: a failed or interrupted run still shows its curves
-        dist.teardown()  # DDP: every rank leaves the group it joined in build()
+                write_hparams(trainer, typed, cfg)
+                late = {"signal": stop.received} if stop.received else {}
+                rundir.finish("completed", metrics=metrics, **late)
+                log.info("done: val/acc %.4f (best %.4f) in %s", metrics.get("val/acc", float("nan")),
+                         metrics.get("best/val/acc", float("nan")), run_dir)
+                log.info("TensorBoard: tensorboard --logdir %s", run_dir)
+            if stop.received:  # it came during the last evaluation: the run is complete, but stop
+                raise RunFailed(f"completed, then stopped by {stop.received}", Stopped(stop.received).exit_code,
+                                recorded=True)
+            return metrics
+        except (RunFailed, ConfigError) as e:
+            stop.recording = True
+            failure = e if isinstance(e, RunFailed) else RunFailed(str(e), EXIT_BAD_INPUT)
+            if failure.exit_code == EXIT_BAD_INPUT and trainer is None and not resumed:
+                if resume is None and discard_on_bad_input and rank == 0 and lock is not None and lock.held:
+                    close_logging()
+                    remove_run_folder(run_dir)  # bad input leaves no run folder behind
+                # a refused resume leaves the run's record (status, config) as it was
+            elif rank == 0 and not failure.recorded:
+                log.error("%s", failure)
+                rundir.finish("failed", error=str(failure))
+            raise failure from None
+        except Stopped as e:
+            stop.recording = True
+            raise _stopped(e, rundir, run_dir, trainer, rank, fresh=resume is None, resumed=resumed,
+                           discard=discard_on_bad_input) from None
+        except KeyboardInterrupt:  # Ctrl-C where no handler could be set (not the main thread)
+            stop.recording = True
+            raise _stopped(Stopped("SIGINT", second=trainer is not None), rundir, run_dir, trainer, rank,
+                           fresh=resume is None, resumed=resumed, discard=discard_on_bad_input) from None
+        except Exception as e:
+            stop.recording = True
+            from expkit.run.checkpoint import CheckpointError
+            from expkit.training.trainer import Interrupted, NonFiniteLoss
+
+            if isinstance(e, Interrupted):
+                if rank == 0:
+                    rundir.finish("interrupted", interrupted_at_step=e.step, signal=e.signal_name)
+                    log.warning("%s; continue with: expkit resume %s", e, run_dir)
+                code = 128 + getattr(signal, e.signal_name, signal.SIGTERM)
+                raise RunFailed(f"{e}. Continue with: expkit resume {run_dir}", code, recorded=True) from None
+            if isinstance(e, (NonFiniteLoss, CheckpointError)):
+                message = str(e)
+            else:
+                message = f"training failed: {type(e).__name__}: {e} (traceback in {run_dir / 'train.log'})"
+                _log_traceback_to_file()
+            log.error("%s", message)  # every rank: a crash on rank 1 shows in train.log too
+            if rank == 0:
+                rundir.finish("failed", error=message)
+            raise RunFailed(message, EXIT_FAILED, recorded=True) from e
+        finally:
+            if trainer is not None:
+                trainer.writer.close()  # flush: a failed or interrupted run still shows its curves
+            dist.teardown()  # DDP: every rank leaves the group it joined in build()
+            close_logging()
+            if lock is not None:
+                lock.release()
+
+
+def _stopped(e: Stopped, rundir: RunDir, run_dir: Path, trainer, rank: int, *, fresh: bool, resumed: bool,
+             discard: bool) -> RunFailed:
+    """Record a stop that could not wait for a checkpoint, and say what it means."""
+    from expkit.training.logs import close_logging
+
+    if rank != 0:
+        return RunFailed(f"stopped by {e}", e.exit_code, recorded=True)
+    if e.second and trainer is not None:
+        rundir.finish("interrupted", interrupted_at_step=trainer.step, signal=e.signal_name,
+                      note=f"a second signal ({e.signal_name}) stopped it at once, without a checkpoint at "
+                           "this step")
+        return RunFailed(f"stopped at once by a second signal ({e.signal_name}). Continue from the last "
+                         f"checkpoint with: expkit resume {run_dir}", e.exit_code, recorded=True)
+    if trainer is None and not resumed and not fresh:
+        return RunFailed(f"stopped by {e.signal_name} before the resume started; the run is as it was",
+                         e.exit_code, recorded=True)
+    if trainer is None and fresh and not rundir.meta_path.exists() and discard:
         close_logging()
+        remove_run_folder(run_dir)  # stopped before anything was recorded: leave nothing behind
+        return RunFailed(f"stopped by {e.signal_name} before the run started; nothing was kept",
+                         e.exit_code, recorded=True)
+    if rundir.meta_path.exists():
+        if trainer is None and not resumed:
+            rundir.finish("interrupted", signal=e.signal_name, before_first_checkpoint=True,
+                          note="stopped while starting, before the first checkpoint: nothing to resume; "
+                               "train it again")
+            return RunFailed(f"stopped by {e.signal_name} while starting, before the first checkpoint: "
+                             "nothing to resume; train it again", e.exit_code, recorded=True)
+        rundir.finish("interrupted", signal=e.signal_name,
+                      note=f"stopped by {e.signal_name} while starting the resume; its last checkpoint is "
+                           "unchanged")
+    return RunFailed(f"stopped by {e.signal_name}. Continue with: expkit resume {run_dir}", e.exit_code,
+                     recorded=True)
+
+
+def remove_run_folder(run_dir: Path) -> None:
+    """Remove a run folder that holds no run, and the date folder above it when that is
+    left empty, so refused input leaves nothing in runs/."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in list(run_dir.parents)[:2]:
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            break
 
 
 def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: Loaded | None,
@@ -161,6 +226,11 @@ def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: Loaded | None,
     if t.accelerator == "auto" and 0 < gpus < t.devices:
         raise ConfigError(f"trainer.devices: value {t.devices} is more than the {gpus} GPU(s) here; "
                           "lower it, or set trainer.accelerator=cpu to train with CPU processes.")
+    from expkit.training.dist import usable_cores
+
+    if gpus == 0 and t.devices > usable_cores() and not t.oversubscribe:
+        raise ConfigError(f"trainer.devices: value {t.devices} is more CPU processes than the {usable_cores()} "
+                          "usable core(s) here; lower it, or force it with trainer.oversubscribe=true.")
     rundir = RunDir(run_dir)
     # The workers read config.yaml, so a resume records itself before they start; if they
     # then refuse the checkpoint (exit status 2), the run's record is put back as it was.
@@ -220,29 +290,67 @@ def _log_traceback_to_file() -> None:
             handler.flush()
 
 
-class stop_signals:
-    """SIGTERM, SIGINT and SIGUSR1 (SLURM's warning) ask the trainer to stop after the
-    current step, write a checkpoint and exit; a second signal stops at once."""
+class Stopped(BaseException):  # noqa: N818 - like KeyboardInterrupt, which Hydra also lets through
+    """A stop signal that ends the process at once: one that arrived before there was
+    anything to checkpoint, or a second one while stopping."""
+
+    def __init__(self, signal_name: str, second: bool = False):
+        super().__init__(f"{'second ' if second else ''}{signal_name}")
+        self.signal_name, self.second = signal_name, second
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(getattr(signal, self.signal_name, signal.SIGTERM))
+
+
+class StopSignals:
+    """SIGTERM, SIGINT and SIGUSR1 (SLURM's warning), for the whole life of a run folder:
+    `expkit train` holds it from claiming the folder, execute() until the outcome is
+    recorded. The first signal asks the trainer, once there is one, to stop after the
+    current step and write a checkpoint; before that there is nothing to save, so it
+    stops at once (Stopped). A second signal stops at once. Signal handlers can only be
+    set in the main thread; elsewhere (a notebook's worker thread) this does nothing."""
 
     SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 
-    def __init__(self, trainer):
-        self.trainer, self.previous = trainer, {}
+    def __init__(self):
+        self.received: str | None = None
+        self.trainer = None
+        self.recording = False  # the outcome is being written: a late signal must not cut that short
+        self.previous: dict[int, Any] = {}
+
+    def attach(self, trainer) -> None:
+        self.trainer = trainer
 
     def _handler(self, signum, frame):
         name = signal.Signals(signum).name
-        if self.trainer.stop_signal is not None:
-            raise KeyboardInterrupt(f"second {name}")
+        if self.recording:
+            log.warning("%s received while recording how the run ended; finishing that first", name)
+            self.received = self.received or name
+            return
+        if self.received is not None:
+            raise Stopped(name, second=True)
+        self.received = name
+        if self.trainer is None:
+            raise Stopped(name)
         self.trainer.stop_signal = name
         log.warning("%s received: stopping after this step and writing a checkpoint", name)
 
     def __enter__(self):
-        for name in self.SIGNALS:
-            sig = getattr(signal, name)
-            self.previous[sig] = signal.signal(sig, self._handler)
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self.previous[sig] = signal.signal(sig, self._handler)
         return self
 
-    def __exit__(self, *exc):
+    def release(self) -> None:
+        """Hand the signals back (torch elastic installs its own while it runs workers)."""
         for sig, previous in self.previous.items():
             signal.signal(sig, previous)
+        self.previous = {}
+
+    def __exit__(self, *exc):
+        self.release()
         return False

@@ -41,7 +41,7 @@ def _tracked_diff(text: str | None) -> str:
 
 def git_difference(path: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     """(the git facts now, a warning when the code differs from the run's, else None)."""
-    git_now, diff_now = git_info(meta.get("cwd"))
+    git_now, diff_now = git_info(meta.get("cwd"), exclude=(Path(meta.get("cwd") or ".") / "runs", path))
     recorded = meta.get("git", {})
     problems = []
     if git_now.get("commit") != recorded.get("commit"):
@@ -128,6 +128,9 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
     except Exception as e:
         raise ConfigError(f"overrides {' '.join(overrides)}: {str(e).splitlines()[0]}") from None
+    from expkit.config.schema import validate
+
+    validate(cfg)  # a bad value (trainer.epochs=abc) is refused before anything reads it
 
     from expkit.run.checkpoint import CheckpointError, Loaded, load_latest
     from expkit.training.dist import is_main, world_size
@@ -139,6 +142,10 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
     try:  # under torchrun every rank gets here; one of them says which checkpoint was skipped
         state, ckpt_path = load_latest(path / "checkpoints", problems=skipped, warn=is_main())
     except CheckpointError as e:
+        if meta.get("before_first_checkpoint"):
+            again = " ".join(["expkit train", *meta.get("overrides", [])])
+            raise ConfigError(f"{str(run_dir)!r} was stopped while starting, before its first checkpoint: there "
+                              f"is nothing to continue. Train it again: {again}") from None
         raise ConfigError(str(e)) from None
     # Under torchrun the group is torchrun's (trainer.devices is not what launched it).
     saved_world = state.get("world_size", 1)

@@ -193,12 +193,12 @@ def _relative(path: Path) -> Path:
         return path
 
 
-def collect(sweep_dir: Path, metric: str | None = None) -> Summary:
+def collect(sweep_dir: Path, metric: str | None = None, stopped: bool = False) -> Summary:
     """Read every job folder of a sweep (finished, running or killed) into a sorted Summary."""
     sweep_dir = _relative(Path(sweep_dir))
     info = read_json(sweep_dir / SWEEP_FILE)
     metric = metric or info.get("metric") or "val/acc"
-    alive = _process_alive(info)
+    alive = not stopped and _process_alive(info)
     rows, seen = [], set()
     folders = [] if (sweep_dir / "meta.json").exists() else job_folders(sweep_dir)
     for folder in folders:
@@ -230,8 +230,9 @@ def collect(sweep_dir: Path, metric: str | None = None) -> Summary:
     return Summary(path=sweep_dir, metric=metric, rows=rows, info=info)
 
 
-def write_summary(sweep_dir: Path) -> Summary:
-    summary = collect(sweep_dir)
+def write_summary(sweep_dir: Path, stopped: bool = False) -> Summary:
+    """summary.md and summary.csv; `stopped`: the sweep's process is ending on a signal."""
+    summary = collect(sweep_dir, stopped=stopped)
     write_atomic(summary.path / SUMMARY_CSV, summary.csv(), durable=False)
     write_atomic(summary.path / SUMMARY_MD, summary.markdown(), durable=False)
     return summary

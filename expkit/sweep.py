@@ -143,6 +143,14 @@ def exit_status() -> int:
     return 0
 
 
+def stopped(sweep_dir: Path) -> None:
+    """A signal stopped the sweep: its summary says so (jobs not started are not pending)."""
+    try:
+        write_summary(Path(sweep_dir), stopped=True)
+    except OSError as e:
+        print(f"expkit: could not write the sweep summary: {e}", file=sys.stderr)
+
+
 # ------------------------------------------------------------------------ one job
 def run_job(cfg, run_dir: Path, overrides: list[str], sweep_dir: Path) -> float | None:
     """One job of a multirun (called by commands/train.py's hydra_task): its sweep.metric, or None when it
@@ -154,8 +162,12 @@ def run_job(cfg, run_dir: Path, overrides: list[str], sweep_dir: Path) -> float 
     metric = str(cfg.get("sweep", {}).get("metric", "val/acc"))
     print(f"--- job {run_dir.name}", flush=True)
     try:
-        if truthy(cfg.get("sweep", {}).get("resume")) and (run_dir / "meta.json").exists():
-            return _resume_job(cfg, run_dir, overrides, metric)
+        if (run_dir / "meta.json").exists():
+            if truthy(cfg.get("sweep", {}).get("resume")):
+                return _resume_job(cfg, run_dir, overrides, metric)
+            print(f"expkit: {run_dir} holds a run already; left as it is (continue the sweep with "
+                  "sweep.resume=true, or give it its own hydra.sweep.dir)", file=sys.stderr)
+            return None
         share_cores(cfg)
         return _value(execute(cfg, run_dir, overrides, discard_on_bad_input=False), metric)
     except RunFailed as e:

@@ -109,3 +109,15 @@ def git(repo: Path, *args: str) -> str:
     proc = subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True,
                           env=dict(os.environ, **GIT_ENV))
     return proc.stdout.strip()
+
+
+def assert_strict_json(folder: Path) -> None:
+    """Every JSON file under `folder` parses as strict JSON (no NaN or Infinity)."""
+    def refuse(constant: str):
+        raise AssertionError(f"non-strict JSON constant {constant}")
+
+    for path in folder.rglob("*.json"):
+        try:
+            json.loads(path.read_text(), parse_constant=refuse)
+        except AssertionError as e:
+            raise AssertionError(f"{path}: {e}") from None

@@ -48,6 +48,11 @@ BAD = [
     (["train", "-m", "model=cnn,nosuch"], ["model", "nosuch"]),
     (["train", "data.val_fraction=1.5"], ["data.val_fraction", "[0, 1)"]),
     (["train", "optim=sgd", "optim.nesterov=true", "optim.momentum=0"], ["optim.nesterov"]),
+    (["train", "name=a b/c"], ["name", "a b/c", "folder name"]),
+    (["train", "name=../../x"], ["name", "../../x"]),
+    (["train", "name=" + "n" * 250], ["name", "up to 100"]),
+    (["train", "sweep.metric=nosuch"], ["sweep.metric", "nosuch", "val/acc"]),
+    (["train", "hydra.run.dir=/proc/expkit-test"], ["hydra.run.dir", "cannot make the folder"]),
     (["resume"], ["RUN_DIR"]),
     (["resume", "nowhere"], ["nowhere", "does not exist"]),
     (["resume", ".", "--bogus"], ["--bogus"]),
@@ -73,3 +78,19 @@ def test_bad_input_is_one_message_and_exit_2(args, words, in_tmp, capsys):
     for word in words:
         assert word in err, (word, err)
     assert not (in_tmp / "runs").exists(), "bad input left a folder"
+
+
+def test_resume_with_a_bad_value_changes_nothing(in_tmp, capsys):
+    from omegaconf import OmegaConf
+
+    from expkit.config.compose import compose, task_config
+
+    run = in_tmp / "runs" / "day" / "time"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(task_config(compose([])), resolve=True))
+    (run / "meta.json").write_text('{"status": "interrupted"}\n')
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert main(["resume", str(run), "trainer.epochs=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.epochs" in err and "abc" in err and "int" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before

@@ -32,5 +32,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"expkit summary: {str(path)!r} holds no job folders (a sweep folder has one per job).",
               file=sys.stderr)
         return 2
+    known = sorted({k for row in summary.rows for k in row.metrics})
+    if args.metric and known and args.metric not in known:
+        print(f"expkit summary: --metric: value {args.metric!r} is not a metric of this sweep; choose one of "
+              f"{', '.join(known)}.", file=sys.stderr)
+        return 2
     print(summary.markdown(), end="")
     return 0

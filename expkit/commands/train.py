@@ -45,15 +45,37 @@ def main(args: list[str]) -> int:
     import hydra
 
     from expkit import sweep
+    from expkit.app import Stopped, StopSignals
     from expkit.config.compose import check_overrides, hydra_overrides, is_multirun
 
     args = sweep.prepare_args(args)  # -m ... sweep.resume=true: find the sweep folder to continue
-    if "--help" not in args:
-        cfg = check_overrides(hydra_overrides(args), config_dirs(args), multirun=is_multirun(args), hydra=True)
-        if not print_only:
-            args = [*args, *claim_folder(cfg, args)]
-    sys.argv = [sys.argv[0], *args]  # Hydra reads sys.argv: show it exactly what follows `expkit train`
-    hydra.main(config_path="pkg://expkit.conf", config_name="config", version_base="1.3")(hydra_task)()
+    multirun = is_multirun(args)
+    with StopSignals():  # from the folder's claim on: a signal never leaves a false record
+        folder = None
+        try:
+            if "--help" not in args:
+                cfg = check_overrides(hydra_overrides(args), config_dirs(args), multirun=multirun, hydra=True)
+                if not print_only:
+                    claimed = claim_folder(cfg, args)
+                    folder = Path(claimed[0].split("=", 1)[1].strip("'")) if claimed else None
+                    args = [*args, *claimed]
+                    if folder is None and not multirun:
+                        check_given_run_dir(cfg)
+            sys.argv = [sys.argv[0], *args]  # Hydra reads sys.argv: show it exactly what follows `expkit train`
+            hydra.main(config_path="pkg://expkit.conf", config_name="config", version_base="1.3")(hydra_task)()
+        except (Stopped, SystemExit) as e:
+            code = e.exit_code if isinstance(e, Stopped) else e.code
+            sweep_dir = folder or given_dir(args, "hydra.sweep.dir")
+            if multirun and isinstance(code, int) and code >= 128 and sweep_dir is not None:
+                sweep.stopped(sweep_dir)  # the summary says which jobs will not run
+            elif isinstance(e, Stopped) and folder is not None and not (folder / "meta.json").exists():
+                from expkit.app import remove_run_folder
+
+                remove_run_folder(folder)  # stopped before the run began: nothing to keep
+            if isinstance(e, Stopped):
+                print(f"expkit: stopped by {e.signal_name}", file=sys.stderr)
+                return code
+            raise
     return sweep.exit_status()  # -m: 1 when a job did not complete (after every job ran)
 
 
@@ -82,6 +104,28 @@ def claim_folder(cfg: DictConfig, args: list[str]) -> list[str]:
     else:
         chosen = unique_dir(pattern)
     return [f"{key}={quote(chosen)}"]
+
+
+def given_dir(args: list[str], key: str) -> Path | None:
+    values = [a.split("=", 1)[1].strip("'\"") for a in args if a.lstrip("+").startswith(f"{key}=")]
+    return Path(values[-1]) if values else None
+
+
+def check_given_run_dir(cfg: DictConfig) -> None:
+    """hydra.run.dir=DIR given on the command line: a folder that can be made and written,
+    and that holds no run yet (continue one with `expkit resume DIR`)."""
+    from expkit.errors import ConfigError
+
+    path = Path(str(cfg.hydra.run.dir))
+    if (path / "meta.json").exists():
+        raise ConfigError(f"hydra.run.dir: {str(path)!r} holds a run already; continue it with "
+                          f"`expkit resume {path}`, or choose another folder.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"hydra.run.dir: cannot make the folder {str(path)!r}: {e.strerror or e}.") from None
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"hydra.run.dir: {str(path)!r} is not a folder this user can write to.")
 
 
 def quote(path: str) -> str:

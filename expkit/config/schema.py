@@ -15,6 +15,7 @@ registry key inside the group (`data.name`, `model.arch`, `optim.name`, `sched.n
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,10 @@ from omegaconf import errors as oc_errors
 from expkit.errors import ConfigError
 
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "sigmoid")
+# What metrics.json holds, and so what a sweep can sort by or optimize.
+METRICS = ("val/acc", "val/loss", "best/val/acc", "train/acc", "train/loss", "test/acc", "test/loss")
+# A run's name becomes part of its folder's name: one safe path component.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -267,12 +272,13 @@ class TrainerConfig:
     num_threads: int | None = key(None, "torch CPU threads per process; null = OMP_NUM_THREADS if set, "
                                         "else usable cores / processes", check=ge(1))
     max_steps: int | None = key(None, "stop after this many optimizer steps (debugging)", check=ge(1))
+    oversubscribe: bool = key(False, "allow more CPU processes (trainer.devices) than usable cores")
 
 
 @dataclass
 class SweepConfig:
     resume: bool = key(False, "multirun: skip completed jobs, resume interrupted ones")
-    metric: str = key("val/acc", "metric the sweep summary sorts by and Optuna optimizes")
+    metric: str = key("val/acc", "metric the sweep summary sorts by and Optuna optimizes", METRICS)
 
 
 # ---------------------------------------------------------------------- registries
@@ -427,8 +433,9 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         value = cfg.get(k)
         if k == "seed" and (not isinstance(value, int) or isinstance(value, bool)):
             errors.append(f"seed: value {value!r} is not allowed; expected an integer.")
-        elif k == "name" and value is not None and not isinstance(value, str):
-            errors.append(f"name: value {value!r} is not allowed; expected a string or null.")
+        elif k == "name" and value is not None and not (isinstance(value, str) and NAME.fullmatch(value)):
+            errors.append(f"name: value {value!r} is not allowed; expected null or up to 100 letters, digits "
+                          "and . _ - + = , starting with a letter or digit (it becomes part of the folder name).")
         typed[k] = value
     if not errors:
         errors += _range_errors(typed)

@@ -49,6 +49,12 @@ def split_indices(n: int, val_fraction: float, split_seed: int) -> tuple[torch.T
     return order[n_val:], order[:n_val]
 
 
+def warn_if_sample_too_large(sample: int | None, n_train: int, name: str) -> None:
+    if sample is not None and sample > n_train:
+        log.warning("data.sample: value %d is more than the %d training examples of %s; training on all %d "
+                    "(the sizes used are in the log line below and in meta.json)", sample, n_train, name, n_train)
+
+
 def sample_sizes(n_train: int, n_val: int, sample: int | None) -> tuple[int, int]:
     """Sample mode keeps `sample` training examples and a validation set of the same
     proportion (at least one example)."""
@@ -126,6 +132,7 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
         check_finite(cfg.name, "test", source.test_x)
         check_label_range(cfg.name, "test", source.test_y, source.classes)
     train_idx, val_idx = split_indices(len(source.train_y), cfg.val_fraction, cfg.split_seed)
+    warn_if_sample_too_large(cfg.sample, len(train_idx), cfg.name)
     n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
     train_idx, val_idx = train_idx[:n_train], val_idx[:n_val]
     check_split_sizes(cfg, len(train_idx), len(val_idx))
@@ -180,6 +187,7 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int) ->
     plain = transforms.Compose([*base, transforms.ToTensor()])
     probe = datasets.ImageFolder(train_folder.root, transform=plain)
     train_idx, val_idx = split_indices(len(probe), cfg.val_fraction, cfg.split_seed)
+    warn_if_sample_too_large(cfg.sample, len(train_idx), cfg.name)
     n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
     train_idx, val_idx = train_idx[:n_train], val_idx[:n_val]
     check_split_sizes(cfg, len(train_idx), len(val_idx))

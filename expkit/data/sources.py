@@ -247,6 +247,10 @@ def load_folder(cfg) -> Source:
         test = datasets.ImageFolder(str(root / "test")) if (root / "test").is_dir() else None
     except (FileNotFoundError, RuntimeError) as e:
         raise ConfigError(f"data.root: {cfg.root!r} holds no class folders with images ({e}).") from None
+    if len(train.classes) < 2:
+        raise ConfigError(f"data.root: {cfg.root!r} holds {len(train.classes)} class folder(s) "
+                          f"({', '.join(train.classes) or 'none'}); a classifier needs at least 2 "
+                          "(ROOT/<class>/<images>, one folder per class).")
     return Source(None, torch.tensor(train.targets), None,
                   torch.tensor(test.targets) if test else None,
                   classes=list(train.classes), location=str(train_dir), flip=True, folder=(train, test))

@@ -112,9 +112,20 @@ def save(folder: Path, state: dict[str, Any], step: int, best: bool, keep_last: 
     path = folder / f"step-{step:09d}.pt"
     sidecar = folder / f"{path.name}.sha256"
     # The checksum goes in first, so a numbered checkpoint never exists without it.
-    write_atomic(sidecar, hashlib.sha256(data).hexdigest(), slow=_slow())
-    _pause()
-    write_atomic(path, data, slow=_slow())
+    try:
+        write_atomic(sidecar, hashlib.sha256(data).hexdigest(), slow=_slow())
+        _pause()
+        write_atomic(path, data, slow=_slow())
+    except OSError as e:
+        # Nothing of this checkpoint stays (write_atomic removed its temp file): no checksum
+        # of a file that was never written. last.pt still points at the previous one.
+        sidecar.unlink(missing_ok=True)
+        import shutil
+
+        free = shutil.disk_usage(folder).free
+        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e} (it needs "
+                              f"{len(data) / 1e6:.1f} MB, {free / 1e6:.1f} MB free there); the previous "
+                              "checkpoint is intact") from None
     for name in ("last.pt", "best.pt") if best else ("last.pt",):
         _pause()
         _link_atomic(path, folder / name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -86,8 +87,20 @@ def read_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def strict(value: Any) -> Any:
+    """`value` with every NaN and Inf float as None: strict JSON parsers reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
+
+
 def write_json(path: Path, value: Any, durable: bool = True) -> None:
-    write_atomic(path, json.dumps(value, indent=2, default=str) + "\n", durable)
+    """Strict JSON (null for a missing or non-finite number), written atomically."""
+    write_atomic(path, json.dumps(strict(value), indent=2, default=str, allow_nan=False) + "\n", durable)
 
 
 def read_yaml(path: Path) -> Any:
@@ -131,7 +144,8 @@ class RunDir:
         write_atomic(self.path / "config.yaml", resolved_yaml)
         from expkit.run.provenance import environment, git_info, versions
 
-        git, diff = git_info(cwd)
+        here = Path(cwd or os.getcwd())
+        git, diff = git_info(cwd, exclude=(here / "runs", self.path))
         if diff is not None:
             write_atomic(self.path / "git.diff", diff)
         env = environment()
@@ -165,6 +179,44 @@ class RunDir:
         meta = self.read_meta()
         previous = {k: meta.get(k) for k in ("status", "started", "ended", "error") if meta.get(k) is not None}
         for child in self.path.iterdir():
-            if child.name != ".hydra":
+            if child.name not in (".hydra", ".lock"):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         self.update_meta(restarts=[*meta.get("restarts", []), previous])
+
+
+class FolderLock:
+    """One writer per run folder: an exclusive flock on RUN_DIR/.lock, held for the life of
+    the run. The kernel releases it when the process ends, however it ends (SIGKILL
+    included), so it never stays stuck; the file only names the last holder."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.path = Path(folder) / ".lock"
+        self.fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def acquire(self) -> None:
+        import fcntl
+        import socket
+
+        from expkit.errors import ConfigError
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError(f"{self.path.parent}: another expkit process is writing this run folder "
+                              f"(pid {holder}); wait for it to end or stop it first.") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+

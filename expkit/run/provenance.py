@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 
-def git_info(cwd: str | os.PathLike | None = None) -> tuple[dict[str, Any], str | None]:
-    """(git facts for meta.json, the diff text when the tree is dirty)."""
+def git_info(cwd: str | os.PathLike | None = None,
+             exclude: tuple[str | os.PathLike, ...] = ()) -> tuple[dict[str, Any], str | None]:
+    """(git facts for meta.json, the diff text when the tree is dirty). Untracked files
+    under `exclude` (the runs root, the run folder: expkit's own output) do not make the
+    tree dirty; a note says how many were left out and how to ignore them for good."""
     try:
         import git
     except ImportError:  # gitpython needs the git binary; say so instead of failing
@@ -27,6 +30,13 @@ def git_info(cwd: str | os.PathLike | None = None) -> tuple[dict[str, Any], str 
     info["branch"] = None if repo.head.is_detached else repo.active_branch.name
     info["remote"] = next((r.url for r in repo.remotes), None)
     untracked = repo.untracked_files
+    root = Path(repo.working_tree_dir).resolve()
+    skip = [Path(e).resolve() for e in exclude]
+    output = [u for u in untracked if any((root / u).resolve().is_relative_to(e) for e in skip)]
+    if output:
+        untracked = [u for u in untracked if u not in set(output)]
+        info["note"] = (f"{len(output)} untracked file(s) of expkit's own output left out of the dirty check; "
+                        "add runs/ to .gitignore to ignore them for good")
     # Against the empty tree when there is no commit yet, so the diff shows everything.
     diff = repo.git.diff("HEAD" if has_head else "4b825dc642cb6eb9a060e54bf8d69288fbee4904",
                          "--binary") if has_head or repo.index.entries else ""

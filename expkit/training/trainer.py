@@ -21,7 +21,6 @@ the RNG states (Python, NumPy, torch, CUDA).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -36,7 +35,7 @@ import torch
 from torch import nn
 
 from expkit.run import checkpoint
-from expkit.run.folder import write_atomic
+from expkit.run.folder import write_json
 from expkit.training import dist
 from expkit.training.logs import Progress
 
@@ -58,8 +57,8 @@ class Interrupted(Exception):
 
 
 class NonFiniteLoss(Exception):
-    def __init__(self, step: int):
-        super().__init__(f"the training loss became NaN or Inf at step {step}; stopping "
+    def __init__(self, step: int, what: str = "training loss"):
+        super().__init__(f"the {what} became NaN or Inf at step {step}; stopping without a checkpoint of it "
                          "(try a lower optim.lr, reg.grad_clip, or another init)")
         self.step = step
 
@@ -141,6 +140,8 @@ class Trainer:
                 self.save_checkpoint(best=improved)
             if last:
                 break
+            if self.should_stop(boundary=True):  # a signal during this epoch's evaluation or checkpoint
+                self.interrupt(saved=self.t.checkpoint)
         return self.after_fit()
 
     def reached_max_steps(self) -> bool:
@@ -255,8 +256,9 @@ class Trainer:
         metrics, self.errors = self.evaluate(self.data.val, collect_errors)
         val = {"val/loss": metrics["loss"], "val/acc": metrics["acc"]}
         self.schedule.step_eval(val)
-        improved = val["val/acc"] > self.best_acc
-        self.best_acc = max(self.best_acc, val["val/acc"])
+        # A non-finite loss never makes a checkpoint the best one.
+        improved = val["val/acc"] > self.best_acc and math.isfinite(val["val/loss"])
+        self.best_acc = max(self.best_acc, val["val/acc"]) if improved else self.best_acc
         self.last_metrics.update(val)
         self.last_metrics["best/val/acc"] = self.best_acc
         self.writer.scalars(val, self.step)
@@ -340,8 +342,7 @@ class Trainer:
 
     def write_metrics(self) -> None:
         if self.main:
-            out = dict(self.last_metrics, epoch=self.epoch, step=self.step)
-            write_atomic(self.run_dir / "metrics.json", json.dumps(out, indent=2) + "\n")
+            write_json(self.run_dir / "metrics.json", dict(self.last_metrics, epoch=self.epoch, step=self.step))
 
     # ---------------------------------------------------------------- helpers
     def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -355,20 +356,22 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def should_stop(self) -> bool:
+    def should_stop(self, boundary: bool = False) -> bool:
         """Alone, after any step; under DDP every rank must stop at the same step, so they
-        agree (one tiny all-reduce) only at log steps."""
+        agree (one tiny all-reduce) only at log steps and at epoch boundaries, where every
+        rank asks."""
         if not dist.initialized():
             return self.stop_signal is not None
-        if self.step % self.t.log_every != 0:
+        if not boundary and self.step % self.t.log_every != 0:
             return False
         stop = dist.all_reduce_max_flag(self.stop_signal is not None, self.device)
         self.stop_signal = self.stop_signal or ("SIGTERM" if stop else None)
         return stop
 
-    def interrupt(self) -> None:
+    def interrupt(self, saved: bool = False) -> None:
         # A stop always leaves a checkpoint to resume from, even with trainer.checkpoint=false.
-        self.save_checkpoint(best=False)
+        if not saved:
+            self.save_checkpoint(best=False)
         raise Interrupted(self.stop_signal, self.step)
 
     # ------------------------------------------------------------ checkpoints
@@ -404,6 +407,11 @@ class Trainer:
         set_rng_state(ranks[rank] if ranks and rank < len(ranks) else state["rng"])
 
     def save_checkpoint(self, best: bool) -> None:
+        # Never a checkpoint of broken weights: a resume would start from NaN. (The loss is
+        # checked only at log steps, so the weights may break between two of them.)
+        finite = torch.stack([torch.isfinite(p).all() for p in self.raw_model.parameters()]).all()
+        if dist.all_reduce_max_flag(not bool(finite), self.device):  # every rank decides alike
+            raise NonFiniteLoss(self.step, what="weights")
         rng_ranks = None
         if dist.initialized() and dist.world_size() > 1:  # collective: every rank takes part
             rng_ranks = [None] * dist.world_size()
