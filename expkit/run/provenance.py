@@ -10,7 +10,9 @@ import contextlib
 import hashlib
 import os
 import platform
+import re
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -173,3 +175,27 @@ def environment() -> dict[str, Any]:
     if torch.cuda.is_available():
         env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return env
+
+
+# ------------------------------------------------------------- reading provenance back
+def run_git(repo: str | os.PathLike, *args: str) -> subprocess.CompletedProcess:
+    """`git -C repo ARGS`, its output as text; never raises on git's own failure."""
+    try:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    except OSError as e:  # no git executable
+        return subprocess.CompletedProcess(["git", *args], 127, "", str(e))
+
+
+def repo_root(cwd: str | os.PathLike) -> str | None:
+    """The top folder of the git repository holding `cwd`; None outside one (or without git)."""
+    proc = run_git(cwd, "rev-parse", "--show-toplevel")
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def has_commit(repo: str | os.PathLike, commit: str) -> bool:
+    return run_git(repo, "cat-file", "-e", f"{commit}^{{commit}}").returncode == 0
+
+
+def diff_files(text: str | None) -> list[str]:
+    """The files a git.diff changes (the tracked part)."""
+    return [m.group(2) for m in re.finditer(r"^diff --git a/(.*?) b/(.*)$", tracked_diff(text), re.M)]
