@@ -88,6 +88,32 @@ def row(job: JobRecord, root: Path) -> dict[str, Any]:
     }
 
 
+def _textual(value: str) -> bool:
+    """A --where value that YAML writes as itself: config.yaml holds it verbatim if it matches."""
+    try:
+        float(value)
+        return False
+    except ValueError:
+        return bool(value) and value.lower() not in ("null", "none", "~", "true", "false", "yes", "no", "on", "off")
+
+
+def _read_config(folder: Path, conditions: list[tuple[str, list[str]]]) -> dict[str, Any] | None:
+    """The run's resolved config; None when a condition on a text value (optim=adamw) cannot
+    hold because the text is nowhere in the file, which spares parsing most files."""
+    path = folder / "config.yaml"
+    if not path.is_file():
+        path = folder / ".hydra" / "config.yaml"
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    for _, values in conditions:
+        if all(_textual(v) for v in values) and not any(v in text for v in values):
+            return None
+    config = read_yaml(path)
+    return config if isinstance(config, dict) else {}
+
+
 def list_runs(root: str | os.PathLike = "runs", status: list[str] | None = None, where: list[str] | None = None,
               sort: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """The rows of `expkit runs`: newest first, or best first by `sort` (a metric; losses
@@ -104,14 +130,17 @@ def list_runs(root: str | os.PathLike = "runs", status: list[str] | None = None,
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit: value {limit} is not allowed; expected an integer >= 1.")
     conditions = parse_where(where or [])
-    rows, seen_keys = [], set()
+    rows, seen_keys, skipped = [], set(), False
     for folder in run_folders(path):
         job = read_job(folder, config=False)
         if wanted_status and (job.status or "?") not in wanted_status:
             continue
         if conditions:
-            config = read_yaml(folder / "config.yaml") or read_yaml(folder / ".hydra" / "config.yaml")
-            job.config = config if isinstance(config, dict) else {}
+            config = _read_config(folder, conditions)
+            if config is None:
+                skipped = True
+                continue
+            job.config = config
             ok = True
             for key, values in conditions:
                 found, value = config_value(job.config, key)
@@ -121,7 +150,7 @@ def list_runs(root: str | os.PathLike = "runs", status: list[str] | None = None,
                 continue
         rows.append(row(job, path))
     missing = [key for key, _ in conditions if key not in seen_keys]
-    if missing and not rows:
+    if missing and not rows and not skipped:
         raise ConfigError(f"--where: no run under {str(root)!r} has config key {missing[0]!r} "
                           "(keys are dotted paths of config.yaml, e.g. optim.lr).")
     if sort:

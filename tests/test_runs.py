@@ -72,6 +72,7 @@ def test_status_where_sort_and_limit(root):
     assert len(expkit.runs(str(root), where=["optim=adamw"])) == 4
     assert folders(expkit.runs(str(root), where=["optim.lr=1e-3"])) == ["2026-11-28/14-00-00", "2026-11-28/12-00-00"]
     assert len(expkit.runs(str(root), where=["optim=sgd,adam"])) == 1
+    assert expkit.runs(str(root), where=["optim=adammw"]) == []  # a value no run has: no rows, no error
     assert expkit.runs(str(root), where=["optim=adamw", "model.width=64", "data.sample=null"], status=["completed"],
                        sort="val/acc", limit=2)[0]["val/acc"] == 0.91
     best = expkit.runs(str(root), sort="val/acc")
