@@ -5,8 +5,10 @@ runs/multirun/<date>/<time>/<n>_<overrides>), each with the files a real run lea
 then times, over several rounds (median, min-max):
 
 - `expkit runs ROOT` as a whole command (a new process: Python start-up included)
-- `expkit runs ROOT --where optim=adamw` (reads every config.yaml too)
-- the same two in-process (expkit.runs(...)), without start-up
+- `expkit runs ROOT --where optim=adamw` (reads config.yaml too; parses only the files
+  that contain the text `adamw`)
+- the same two in-process (expkit.runs(...)), without start-up, and `--where
+  optim.lr=0.001` in-process (a number: every config.yaml is parsed)
 
 Target: the plain table under 1 s as a whole command.
 
@@ -166,6 +168,8 @@ def main() -> None:
             "`expkit.runs(ROOT)` (in-process)": lambda: expkit.runs(str(root)),
             "`expkit.runs(ROOT, where=[\"optim=adamw\"])` (in-process)": lambda: expkit.runs(str(root),
                                                                                             where=["optim=adamw"]),
+            "`expkit.runs(ROOT, where=[\"optim.lr=0.001\"])` (in-process; a number: every config.yaml parsed)":
+                lambda: expkit.runs(str(root), where=["optim.lr=0.001"]),
             "`python -c pass` (start-up alone, for reference)": lambda: subprocess.run([sys.executable, "-c", "pass"],
                                                                                        check=True),
         }

@@ -21,7 +21,7 @@ from expkit.errors import ConfigError
 from expkit.run.folder import read_json
 from expkit.run.jobs import JobRecord, read_job
 from expkit.run.provenance import diff_files, has_commit, repo_root, run_git, tracked_diff
-from expkit.runlist import columns
+from expkit.runlist import columns, finite
 
 METRICS = ("val/acc", "best/val/acc", "val/loss", "train/acc", "train/loss", "test/acc", "test/loss",
            "epoch", "step")
@@ -90,7 +90,7 @@ def compare(paths: list[str | os.PathLike]) -> Comparison:
             c.config[key] = values
     metric_keys = [k for k in METRICS if any(k in r.metrics for r in runs)]
     metric_keys += sorted({k for r in runs for k in r.metrics if k not in metric_keys})
-    c.metrics = {k: [r.metrics.get(k) for r in runs] for k in metric_keys}
+    c.metrics = {k: [finite(r.metrics.get(k)) for r in runs] for k in metric_keys}
     _compare_code(c)
     c.data = [dict(r.meta.get("data") or {}) for r in runs]
     prints = [d.get("sha256") for d in c.data]

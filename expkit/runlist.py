@@ -67,7 +67,8 @@ def matches(value: Any, wanted: str) -> bool:
     return str(value) == text
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
+    """NaN and Inf as None: the rows are strict JSON."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
@@ -78,7 +79,7 @@ def row(job: JobRecord, root: Path) -> dict[str, Any]:
         folder = str(job.path.relative_to(root))
     except ValueError:
         folder = str(job.path)
-    metrics = {k: _finite(v) for k, v in job.metrics.items()}
+    metrics = {k: finite(v) for k, v in job.metrics.items()}
     started, ended = meta.get("started"), meta.get("ended")
     return {
         "folder": folder, "path": str(job.path), "status": job.status or "?", "started": started, "ended": ended,
