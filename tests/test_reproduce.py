@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,20 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_the_run_recorded_its_untracked_files_packages_and_data(trained):
+    _, run = trained
+    untracked = json.loads((run / "untracked.json").read_text())
+    assert untracked["max_bytes"] == 256 * 1024
+    assert [(f["path"], f["text"]) for f in untracked["files"]] == [("mynet.py", "WIDTH = 32\n")]
+    assert "notes.txt" in (run / "git.diff").read_text()
+    assert f"torch=={version('torch')}" in (run / "packages.txt").read_text().splitlines()
+    data = json.loads((run / "meta.json").read_text())["data"]
+    assert {k: data[k] for k in ("name", "sizes", "split_seed", "sample", "fingerprint_of")} == {
+        "name": "digits", "sizes": {"train": 128, "val": 32}, "split_seed": 0, "sample": 128,
+        "fingerprint_of": "examples"}
+    assert len(data["sha256"]) == 64 and data["source"].endswith("digits.csv.gz")
 
 
 def test_a_run_reproduces_bit_for_bit(trained, monkeypatch, capsys):
