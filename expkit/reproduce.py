@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,9 +234,11 @@ def _compare_packages(run_dir: Path, rerun: Path, meta: dict[str, Any], new_meta
         result.matched.append(f"{what}: same versions ({len(old)})")
 
 
-def reproduce(run_dir: str | os.PathLike, check: bool = False) -> Result:
+def reproduce(run_dir: str | os.PathLike, check: bool = False,
+              on_rerun: Callable[[Path], None] | None = None) -> Result:
     """Rebuild the run's code, re-run it and compare (see the module's docstring). Raises
-    ConfigError when it cannot (exit status 2); Result.exit_code is 0 or 1 otherwise."""
+    ConfigError when it cannot (exit status 2); Result.exit_code is 0 or 1 otherwise.
+    `on_rerun(folder)` is called as the re-run starts in `folder`."""
     path = Path(run_dir)
     meta, config_yaml = _read_run(path)
     repo, commit = _repository(meta)
@@ -253,6 +256,8 @@ def reproduce(run_dir: str | os.PathLike, check: bool = False) -> Result:
 
         rerun = tmp / "run"
         rerun.mkdir()
+        if on_rerun is not None:
+            on_rerun(rerun)
         OmegaConf.save(cfg, tmp / "config.yaml")
         git = meta.get("git") or {}
         rel = os.path.relpath(meta.get("cwd") or git.get("repo") or ".", git.get("repo") or ".")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "rebuild a run's recorded code in a git worktree, re-run it on CPU and compare"
 
@@ -24,6 +25,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from expkit.reproduce import reproduce
 
-    result = reproduce(args.run_dir, check=args.check)
+    def say(folder) -> None:
+        print(f"expkit reproduce: code rebuilt; re-running on CPU in {folder} (its log: {folder}/train.log)",
+              file=sys.stderr, flush=True)
+
+    result = reproduce(args.run_dir, check=args.check, on_rerun=say)
     print(result.text(), end="")
     return result.exit_code
