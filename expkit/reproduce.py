@@ -144,7 +144,7 @@ def _rebuild_tree(repo: str, commit: str, run_dir: Path, tree: Path, result: Res
     """The recorded code in `tree`: worktree at the commit, git.diff applied, untracked files."""
     proc = run_git(repo, "worktree", "add", "--detach", str(tree), commit)
     if proc.returncode != 0:
-        raise ConfigError(f"git worktree add failed: {proc.stderr.strip().splitlines()[-1:]}")
+        raise ConfigError(f"git worktree add failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     diff_path = run_dir / "git.diff"
     patch = tracked_diff(diff_path.read_text()) if diff_path.is_file() else ""
     if patch:
