@@ -277,7 +277,8 @@ def reproduce(run_dir: str | os.PathLike, check: bool = False,
         write_json(path / "reproduce.json", result.as_dict())
         return result
     finally:
-        run_git(repo, "worktree", "remove", "--force", str(tree))
-        run_git(repo, "worktree", "prune")
+        if run_git(repo, "worktree", "remove", "--force", str(tree)).returncode != 0 and tree.exists():
+            shutil.rmtree(tree, ignore_errors=True)  # then only our entry is stale; the user's are left alone
+            run_git(repo, "worktree", "prune")
         if not (result.rerun_dir and result.differed):
             shutil.rmtree(tmp, ignore_errors=True)
