@@ -87,7 +87,8 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
             if resume is None and lock is not None:
                 rundir.write_provenance(OmegaConf.to_yaml(task_config(cfg), resolve=True),
                                         command=sys.argv, overrides=overrides,
-                                        world_size=max(dist.world_size(), typed["trainer"].devices))
+                                        world_size=max(dist.world_size(), typed["trainer"].devices),
+                                        untracked_max_bytes=typed["trainer"].untracked_max_kb * 1024)
             from expkit.training.launch import inside_worker_group
 
             if typed["trainer"].devices > 1 and not inside_worker_group():

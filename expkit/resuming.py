@@ -23,20 +23,13 @@ from omegaconf import OmegaConf
 from expkit.errors import ConfigError
 from expkit.run.folder import RunDir, now
 from expkit.run.provenance import git_info
+from expkit.run.provenance import tracked_diff as _tracked_diff
 
 SAFE_KEYS = {
     "trainer.epochs", "trainer.eval_every", "trainer.log_every", "trainer.devices",
     "trainer.progress", "trainer.keep_last", "trainer.checkpoint", "trainer.histogram_every",
     "trainer.max_steps", "trainer.num_threads", "trainer.graph", "trainer.tensorboard", "data.num_workers",
 }
-UNTRACKED_HEADER = "# Untracked files"
-
-
-def _tracked_diff(text: str | None) -> str:
-    """The `git diff HEAD` part of a git.diff text (without the untracked files' names)."""
-    if not text:
-        return ""
-    return text.split(UNTRACKED_HEADER, 1)[0].strip()
 
 
 def git_difference(path: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], str | None]:

@@ -273,6 +273,9 @@ class TrainerConfig:
                                         "else usable cores / processes", check=ge(1))
     max_steps: int | None = key(None, "stop after this many optimizer steps (debugging)", check=ge(1))
     oversubscribe: bool = key(False, "allow more CPU processes (trainer.devices) than usable cores")
+    untracked_max_kb: int = key(256, "untracked text files up to this size (KiB) are copied into the run folder "
+                                     "(untracked.json); larger or binary ones are listed with size and sha256",
+                                check=ge(0))
 
 
 @dataclass

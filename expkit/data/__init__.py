@@ -7,8 +7,11 @@ same in every run and on every rank; the shuffling order comes from the run's se
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -120,6 +123,30 @@ def check_finite(name: str, split: str, x: torch.Tensor) -> None:
         )
 
 
+def fingerprint_tensors(splits: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> str:
+    """sha256 over the examples used, split by split, as read (before normalization): their
+    dtype, shape and bytes, labels included. Two runs on different data never share it."""
+    digest = hashlib.sha256()
+    for split, (x, y) in splits.items():
+        for t in (x, y):
+            t = t.detach().cpu().contiguous()
+            digest.update(f"{split} {t.dtype} {tuple(t.shape)}\n".encode())
+            digest.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def fingerprint_files(splits: dict[str, list[tuple[str, int]]], root: str) -> str:
+    """sha256 over the files used, split by split: each one's path below `root`, its label
+    and its bytes."""
+    digest = hashlib.sha256()
+    for split, samples in splits.items():
+        for path, label in samples:
+            digest.update(f"{split} {os.path.relpath(path, root)} {label}\n".encode())
+            with open(path, "rb") as f:
+                digest.update(hashlib.sha256(f.read()).digest())
+    return digest.hexdigest()
+
+
 def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
                device: torch.device | None = None) -> Data:
     source: Source = DATASETS.get(cfg.name)(cfg)
@@ -170,6 +197,8 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
         "class_counts": {s: class_counts(y, num_classes) for s, (_, y) in splits.items()},
         "input_shape": list(source.train_x.shape[1:]), "mean": mean, "std": std,
     }
+    if rank == 0:  # what meta.json records; the other ranks use the same examples
+        info["sha256"], info["fingerprint_of"] = fingerprint_tensors(splits), "examples"
     for split, counts in info["class_counts"].items():
         check_labels(cfg.name, split, counts, source.classes)
     return Data(loaders["train"], loaders["val"], loaders.get("test"), tuple(source.train_x.shape[1:]),
@@ -234,6 +263,11 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int) ->
         "class_counts": {s: class_counts(y, num_classes) for s, (_, y) in subsets.items()},
         "input_shape": [cfg.channels, size, size], "mean": mean, "std": std,
     }
+    if rank == 0:  # what meta.json records; the other ranks read the same files
+        used = {"train": [probe.samples[int(i)] for i in train_idx], "val": [probe.samples[int(i)] for i in val_idx]}
+        if test_folder is not None:
+            used["test"] = test_folder.samples[:n_test]
+        info["sha256"], info["fingerprint_of"] = fingerprint_files(used, str(Path(train_folder.root).parent)), "files"
     for split, counts in info["class_counts"].items():
         check_labels(cfg.name, split, counts, source.classes)
     return Data(loaders["train"], loaders["val"], loaders.get("test"), (cfg.channels, size, size),

@@ -5,6 +5,8 @@ and its status. Everything that writes a run's record goes through here.
     .hydra/       Hydra's config.yaml, hydra.yaml, overrides.yaml
     meta.json     git, command, overrides, status, times, host, versions, world size
     git.diff      only when the tree was dirty: `git diff HEAD` + untracked files' names
+    untracked.json  the untracked files: text up to a size cap, size and sha256 of all
+    packages.txt  every installed distribution, `name==version`
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ def read_yaml(path: Path) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(path.read_text())
+        # libyaml's loader where PyYAML has it: `expkit runs --where` reads thousands of configs.
+        return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, yaml.YAMLError):
         return None
 
@@ -139,15 +142,21 @@ class RunDir:
         return meta
 
     def write_provenance(self, resolved_yaml: str, command: list[str], overrides: list[str],
-                         world_size: int, cwd: str | None = None) -> dict[str, Any]:
+                         world_size: int, cwd: str | None = None,
+                         untracked_max_bytes: int = 256 * 1024) -> dict[str, Any]:
         self.path.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path / "config.yaml", resolved_yaml)
-        from expkit.run.provenance import environment, git_info, versions
+        from expkit.run.provenance import environment, git_info, packages, packages_text, untracked_files, versions
 
         here = Path(cwd or os.getcwd())
         git, diff = git_info(cwd, exclude=(here / "runs", self.path))
         if diff is not None:
             write_atomic(self.path / "git.diff", diff)
+        if git.get("untracked"):
+            files = untracked_files(git["repo"], git["untracked"], untracked_max_bytes, exclude=self.path)
+            if files:
+                write_json(self.path / "untracked.json", {"max_bytes": untracked_max_bytes, "files": files})
+        write_atomic(self.path / "packages.txt", packages_text(packages()))
         env = environment()
         return self.update_meta(
             git={k: v for k, v in git.items() if k != "untracked"},

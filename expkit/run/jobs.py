@@ -1,9 +1,11 @@
 """Reading run folders back: one reader for every command that lists runs or jobs
-(`expkit summary`, `expkit report`). A folder still being written, or killed half-way,
-reads as far as it got: missing files are empty, never an error."""
+(`expkit summary`, `expkit report`, `expkit runs`, `expkit compare`). A folder still being
+written, or killed half-way, reads as far as it got: missing files are empty, never an
+error."""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +45,36 @@ def job_folders(sweep_dir: Path, with_meta_only: bool = False) -> list[Path]:
     return sorted(found, key=lambda p: (job_number(p.name) is None, job_number(p.name) or 0, p.name))
 
 
-def read_job(folder: Path) -> JobRecord:
+def run_folders(root: Path) -> list[Path]:
+    """Every run folder (one holding meta.json) at or below `root`, sweep jobs included,
+    sorted by path. A run folder is not searched further; hidden folders are skipped."""
+    found: list[Path] = []
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                entries = list(entries)
+        except OSError:
+            continue
+        if any(e.name == "meta.json" and e.is_file() for e in entries):
+            found.append(Path(folder))
+            continue
+        stack += [e.path for e in entries if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
+    return sorted(found)
+
+
+def read_job(folder: Path, config: bool = True) -> JobRecord:
+    """A job or run folder read back; `config=False` skips config.yaml and Hydra's files
+    (listing thousands of runs reads meta.json and metrics.json only)."""
     meta = read_json(folder / "meta.json")
     overrides = meta.get("overrides")
     if overrides is None:
         overrides = read_yaml(folder / ".hydra" / "overrides.yaml") or []
     metrics = read_json(folder / "metrics.json") or dict(meta.get("metrics") or {})
+    if not config:
+        return JobRecord(path=folder, number=job_number(folder.name), status=meta.get("status"), meta=meta,
+                         metrics=metrics, overrides=[str(o) for o in overrides])
     config = read_yaml(folder / "config.yaml") or read_yaml(folder / ".hydra" / "config.yaml") or {}
     hydra = read_yaml(folder / ".hydra" / "hydra.yaml")
     return JobRecord(path=folder, number=job_number(folder.name), status=meta.get("status"), meta=meta,

@@ -1,14 +1,24 @@
-"""Provenance: which code (git commit and uncommitted diff) and which environment
-(host, versions, devices) produced a run."""
+"""Provenance: which code (git commit, uncommitted diff, untracked files) and which
+environment (host, versions of every installed distribution, devices) produced a run.
+
+The commit, `git.diff` and `untracked.json` together rebuild the exact tree a run ran
+from (`expkit reproduce` does), except other run folders, which are outputs, not code."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import platform
+import re
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+UNTRACKED_HEADER = "# Untracked files"  # git.diff: what follows names the untracked files
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # git's id of the empty tree
 
 
 def git_info(cwd: str | os.PathLike | None = None,
@@ -38,7 +48,7 @@ def git_info(cwd: str | os.PathLike | None = None,
         info["note"] = (f"{len(output)} untracked file(s) of expkit's own output left out of the dirty check; "
                         "add runs/ to .gitignore to ignore them for good")
     # Against the empty tree when there is no commit yet, so the diff shows everything.
-    diff = repo.git.diff("HEAD" if has_head else "4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+    diff = repo.git.diff("HEAD" if has_head else EMPTY_TREE,
                          "--binary") if has_head or repo.index.entries else ""
     info["dirty"] = bool(diff) or bool(untracked) or not has_head
     info["untracked"] = untracked
@@ -46,8 +56,79 @@ def git_info(cwd: str | os.PathLike | None = None,
         return info, None
     text = diff + ("\n" if diff and not diff.endswith("\n") else "")
     if untracked:
-        text += "# Untracked files (not in the diff above):\n" + "".join(f"#   {u}\n" for u in untracked)
+        text += f"{UNTRACKED_HEADER} (not in the diff above; their content: untracked.json):\n"
+        text += "".join(f"#   {u}\n" for u in untracked)
     return info, text
+
+
+def tracked_diff(text: str | None) -> str:
+    """The `git diff HEAD` part of a git.diff text (without the untracked files' names)."""
+    if not text:
+        return ""
+    return text.split(UNTRACKED_HEADER, 1)[0].strip()
+
+
+def _in_run_folder(path: Path, root: Path, known: dict[Path, bool]) -> bool:
+    """Whether `path` lies inside an expkit run folder (one holding meta.json) below `root`."""
+    for parent in path.parents:
+        if parent == root or root not in parent.parents:
+            return False
+        if parent not in known:
+            known[parent] = (parent / "meta.json").is_file()
+        if known[parent]:
+            return True
+    return False
+
+
+def untracked_files(repo_root: str | os.PathLike, names: list[str], cap_bytes: int,
+                    exclude: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """What rebuilds the untracked, non-ignored files: each one's path, size and sha256,
+    and the text itself for text files up to `cap_bytes`. Files inside run folders (and
+    inside `exclude`, the run's own folder) are outputs, not code, and are left out."""
+    root = Path(repo_root)
+    skip = Path(exclude).resolve() if exclude is not None else None
+    known: dict[Path, bool] = {}
+    out = []
+    for name in names:
+        path = root / name
+        if skip is not None and (path.resolve() == skip or skip in path.resolve().parents):
+            continue
+        if _in_run_folder(path, root, known) or not path.is_file():
+            continue
+        data = path.read_bytes()
+        entry: dict[str, Any] = {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        if b"\0" in data:
+            entry["not_stored"] = "binary"
+        elif len(data) > cap_bytes:
+            entry["not_stored"] = f"larger than trainer.untracked_max_kb ({cap_bytes} bytes)"
+        else:
+            try:
+                entry["text"] = data.decode("utf-8")
+            except UnicodeDecodeError:
+                entry["not_stored"] = "binary"
+        out.append(entry)
+    return out
+
+
+def packages() -> dict[str, str]:
+    """Every installed distribution -> its version (importlib.metadata), sorted by name."""
+    import importlib.metadata
+
+    found: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and name not in found:
+            found[name] = dist.version
+    return dict(sorted(found.items(), key=lambda kv: kv[0].lower()))
+
+
+def packages_text(found: dict[str, str]) -> str:
+    """The package list as `name==version` lines, a file pip can install from."""
+    return "".join(f"{name}=={version}\n" for name, version in found.items())
+
+
+def read_packages(text: str) -> dict[str, str]:
+    return dict(line.split("==", 1) for line in text.splitlines() if "==" in line)
 
 
 def _unimported_version(module: str) -> str | None:
@@ -72,7 +153,15 @@ def _unimported_version(module: str) -> str | None:
         return getattr(__import__(module), "__version__", "?")
 
 
+# Beside torch & co, the distributions a run's numbers depend on most: scikit-learn ships
+# the default data, pillow decodes folder images, tensorboard writes the curves.
+SHORT_LIST_DISTRIBUTIONS = ("scikit-learn", "pillow", "tensorboard", "optuna")
+
+
 def versions() -> dict[str, Any]:
+    """The short list for meta.json; packages.txt holds every distribution."""
+    import importlib.metadata
+
     import expkit
 
     out = {"python": platform.python_version(), "expkit": expkit.__version__}
@@ -81,6 +170,9 @@ def versions() -> dict[str, Any]:
         version = getattr(mod, "__version__", "?") if mod is not None else _unimported_version(module)
         if version is not None:
             out[module if module != "hydra" else "hydra-core"] = version
+    for dist in SHORT_LIST_DISTRIBUTIONS:  # read from metadata: importing them would be slow
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[dist] = importlib.metadata.version(dist)
     return out
 
 
@@ -93,3 +185,27 @@ def environment() -> dict[str, Any]:
     if torch.cuda.is_available():
         env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return env
+
+
+# ------------------------------------------------------------- reading provenance back
+def run_git(repo: str | os.PathLike, *args: str) -> subprocess.CompletedProcess:
+    """`git -C repo ARGS`, its output as text; never raises on git's own failure."""
+    try:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    except OSError as e:  # no git executable
+        return subprocess.CompletedProcess(["git", *args], 127, "", str(e))
+
+
+def repo_root(cwd: str | os.PathLike) -> str | None:
+    """The top folder of the git repository holding `cwd`; None outside one (or without git)."""
+    proc = run_git(cwd, "rev-parse", "--show-toplevel")
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def has_commit(repo: str | os.PathLike, commit: str) -> bool:
+    return run_git(repo, "cat-file", "-e", f"{commit}^{{commit}}").returncode == 0
+
+
+def diff_files(text: str | None) -> list[str]:
+    """The files a git.diff changes (the tracked part)."""
+    return [m.group(2) for m in re.finditer(r"^diff --git a/(.*?) b/(.*)$", tracked_diff(text), re.M)]

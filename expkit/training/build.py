@@ -65,6 +65,8 @@ def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: Loaded 
              ", ".join(f"{k} {v}" for k, v in data.info["sizes"].items()), data.info["input_shape"],
              _short(data.mean), _short(data.std))
     log.info("class counts: %s", data.info["class_counts"])
+    if dist.is_main() and resume is None and (run_dir / "meta.json").exists():
+        record_data(RunDir(run_dir), typed["data"], data.info)
 
     try:
         model = build_model(typed["model"], typed["reg"], data.input_shape, data.num_classes)
@@ -100,6 +102,17 @@ def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: Loaded 
     elif dist.is_main():
         write_text_summaries(writer, cfg, run_dir, model)
     return trainer
+
+
+def record_data(rundir: RunDir, cfg, info: dict[str, Any]) -> None:
+    """meta.json `data`: which examples the run used, with their fingerprint (added to
+    what the object holds already)."""
+    meta = rundir.read_meta()
+    entry = dict(meta.get("data") or {})
+    entry.update(name=info["name"], source=info["location"], sizes=info["sizes"], split_seed=cfg.split_seed,
+                 val_fraction=cfg.val_fraction, sample=cfg.sample, sha256=info.get("sha256"),
+                 fingerprint_of=info.get("fingerprint_of"))
+    rundir.update_meta(data=entry)
 
 
 def _short(values: list[float]) -> str:

@@ -1,0 +1,34 @@
+"""`expkit reproduce RUN_DIR [--check]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "rebuild a run's recorded code in a git worktree, re-run it on CPU and compare"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "reproduce", help=HELP, description=HELP + ": the recorded commit + git.diff + untracked files, the "
+        "same config, then final weights (bitwise), metrics, package versions and data fingerprint compared. "
+        "Run it inside the run's git repository.",
+        epilog="Exit status: 0 reproduces, 1 differs, 2 cannot (not a run folder, no git, the commit is not in "
+               "this repository, the data changed). Example: expkit reproduce runs/2026-11-28/12-00-00")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a completed run folder")
+    p.add_argument("--check", action="store_true",
+                   help="only check that the run can be made again (commit present, code rebuilds, data "
+                        "unchanged); no training")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from expkit.reproduce import reproduce
+
+    def say(folder) -> None:
+        print(f"expkit reproduce: code rebuilt; re-running on CPU in {folder} (its log: {folder}/train.log)",
+              file=sys.stderr, flush=True)
+
+    result = reproduce(args.run_dir, check=args.check, on_rerun=say)
+    print(result.text(), end="")
+    return result.exit_code

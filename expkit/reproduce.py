@@ -1,0 +1,284 @@
+"""`expkit reproduce RUN_DIR [--check]`: make a recorded run again and compare.
+
+    check     a completed run folder; its commit in the repository that holds the
+              current folder; the data it read still has the recorded fingerprint
+    rebuild   a temporary git worktree at the recorded commit + git.diff + the untracked
+              files of untracked.json (binary or large ones copied from the repository
+              when their sha256 matches)
+    re-run    the run's config.yaml, on CPU, in a new process whose current folder is
+              the worktree (so the project's own code, and expkit's when the repository
+              is expkit, is the recorded one)
+    compare   final weights (bitwise), metrics (exactly), package versions, data
+              fingerprint; the report is also written to RUN_DIR/reproduce.json
+
+Exit status: 0 reproduces, 1 differs, 2 cannot (not a run folder, no git, the commit is
+not in this repository, the data changed, the tree cannot be rebuilt): a one-line
+message, and nothing changed. With --check only the first two steps run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from expkit.errors import ConfigError
+from expkit.run.folder import now, read_json, write_json
+from expkit.run.provenance import has_commit, read_packages, repo_root, run_git, tracked_diff
+
+EXIT_REPRODUCES, EXIT_DIFFERS = 0, 1
+# The re-run: the recorded config in the worktree's code, through the run lifecycle.
+CHILD = """import sys
+from pathlib import Path
+from omegaconf import OmegaConf
+from expkit.app import execute
+from expkit.errors import RunFailed
+try:
+    execute(OmegaConf.load(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:], discard_on_bad_input=False)
+except RunFailed as e:
+    print(e, file=sys.stderr)
+    sys.exit(e.exit_code)
+"""
+
+
+@dataclass
+class Result:
+    run_dir: Path
+    status: str = "reproduces"  # reproduces, differs, ready (--check)
+    matched: list[str] = field(default_factory=list)
+    differed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    rerun_dir: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_DIFFERS if self.differed else EXIT_REPRODUCES
+
+    def text(self) -> str:
+        lines = [f"expkit reproduce {self.run_dir}: {self.status}"]
+        lines += [f"  same:    {m}" for m in self.matched]
+        lines += [f"  differs: {d}" for d in self.differed]
+        lines += [f"  note:    {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": now(), "status": self.status, "matched": self.matched, "differed": self.differed,
+                "notes": self.notes, "rerun_dir": str(self.rerun_dir) if self.rerun_dir else None}
+
+
+def _read_run(run_dir: Path) -> tuple[dict[str, Any], str]:
+    if not run_dir.exists():
+        raise ConfigError(f"RUN_DIR {str(run_dir)!r} does not exist.")
+    if not run_dir.is_dir() or not (run_dir / "meta.json").is_file() or not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not an expkit run folder (it has no meta.json and config.yaml).")
+    meta = read_json(run_dir / "meta.json")
+    if not meta:
+        raise ConfigError(f"{str(run_dir)!r}: its meta.json cannot be read.")
+    if meta.get("status") != "completed":
+        raise ConfigError(f"{str(run_dir)!r} has status {meta.get('status')!r}; only a completed run can be "
+                          "reproduced (its final weights and metrics are what the re-run is compared with).")
+    return meta, (run_dir / "config.yaml").read_text()
+
+
+def _repository(meta: dict[str, Any]) -> tuple[str, str]:
+    """(the repository holding the current folder, the recorded commit), or ConfigError."""
+    git = meta.get("git") or {}
+    commit = git.get("commit")
+    if not commit:
+        raise ConfigError(f"the run recorded no git commit ({git.get('note') or 'no git facts in meta.json'}); "
+                          "its code cannot be rebuilt.")
+    repo = repo_root(os.getcwd())
+    if repo is None:
+        where = "git is not installed" if shutil.which("git") is None else f"{os.getcwd()} is not in a git repository"
+        raise ConfigError(f"{where}; run expkit reproduce inside the repository the run was trained from "
+                          f"({git.get('repo')}).")
+    if not has_commit(repo, commit):
+        raise ConfigError(f"commit {commit[:12]} of the run is not in the repository at {repo}: the run comes "
+                          "from another repository, or the commit is gone (rebased away, or not fetched).")
+    return repo, commit
+
+
+def _rerun_config(config_yaml: str, meta: dict[str, Any]) -> Any:
+    """The recorded config, on CPU, with a relative data.root made absolute (data is rarely
+    in git, so it is read where the run read it)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(config_yaml)
+    root = OmegaConf.select(cfg, "data.root", default=None)
+    if root and not os.path.isabs(os.path.expanduser(str(root))):
+        cfg.data.root = os.path.join(meta.get("cwd") or os.getcwd(), str(root))
+    if "trainer" in cfg:
+        cfg.trainer.accelerator = "cpu"
+        cfg.trainer.progress = "off"
+    return cfg
+
+
+def _check_data(cfg: Any, meta: dict[str, Any], result: Result) -> None:
+    """The data the run read must still be the same examples: recompute the fingerprint."""
+    recorded = (meta.get("data") or {}).get("sha256")
+    if not recorded:
+        result.notes.append("data fingerprint: not recorded by the run (it predates them); not checked")
+        return
+    from expkit.config.schema import validate
+    from expkit.data import build_data
+
+    try:
+        typed = validate(cfg)
+        now_sha = build_data(typed["data"], typed["seed"]).info.get("sha256")
+    except ConfigError as e:
+        raise ConfigError(f"the run's data cannot be read any more: {str(e).splitlines()[0]}") from None
+    if now_sha != recorded:
+        raise ConfigError(f"the data changed: data {typed['data'].name!r} now has fingerprint {now_sha[:12]}, the "
+                          f"run recorded {recorded[:12]} (meta.json data.sha256); the run cannot be made again.")
+    result.matched.append(f"data fingerprint {recorded[:12]} ({typed['data'].name})")
+
+
+def _rebuild_tree(repo: str, commit: str, run_dir: Path, tree: Path, result: Result) -> None:
+    """The recorded code in `tree`: worktree at the commit, git.diff applied, untracked files."""
+    proc = run_git(repo, "worktree", "add", "--detach", str(tree), commit)
+    if proc.returncode != 0:
+        raise ConfigError(f"git worktree add failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    diff_path = run_dir / "git.diff"
+    patch = tracked_diff(diff_path.read_text()) if diff_path.is_file() else ""
+    if patch:
+        patch_file = tree.parent / "git.diff"
+        patch_file.write_text(patch + "\n")
+        proc = run_git(tree, "apply", "--binary", "--whitespace=nowarn", str(patch_file))
+        if proc.returncode != 0:
+            raise ConfigError(f"the run's git.diff does not apply to commit {commit[:12]}: "
+                              f"{(proc.stderr.strip().splitlines() or ['?'])[0]}")
+    untracked = read_json(run_dir / "untracked.json").get("files", [])
+    for entry in untracked:
+        target = tree / entry["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if "text" in entry:
+            target.write_bytes(entry["text"].encode("utf-8"))
+            continue
+        source = Path(repo) / entry["path"]
+        if not source.is_file() or hashlib.sha256(source.read_bytes()).hexdigest() != entry["sha256"]:
+            raise ConfigError(f"untracked file {entry['path']} ({entry.get('not_stored')}, {entry['size']} bytes) "
+                              f"is not stored in the run folder, and {source} is missing or differs from it "
+                              f"(sha256 {entry['sha256'][:12]}).")
+        shutil.copy2(source, target)
+    what = f"commit {commit[:12]}" + (" + git.diff" if patch else "")
+    what += f" + {len(untracked)} untracked file(s)" if untracked else ""
+    result.matched.append(f"code rebuilt: {what}")
+    named = (diff_path.read_text().count("\n#   ") if diff_path.is_file() else 0)
+    if named and not untracked:
+        result.notes.append(f"git.diff names {named} untracked file(s) whose content the run did not record "
+                            "(untracked.json); they are not in the rebuilt tree")
+
+
+def _weights(path: Path) -> dict[str, Any] | None:
+    import torch
+
+    file = path / "checkpoints" / "last.pt"
+    return torch.load(file, map_location="cpu", weights_only=True)["model"] if file.is_file() else None
+
+
+def _compare(run_dir: Path, rerun: Path, meta: dict[str, Any], result: Result) -> None:
+    import torch
+
+    old, new = _weights(run_dir), _weights(rerun)
+    if old is None:
+        result.notes.append("weights: the run wrote no checkpoint (trainer.checkpoint=false); not compared")
+    elif new is None:
+        result.differed.append("weights: the re-run wrote no checkpoint")
+    else:
+        unequal = [k for k in old if k not in new or old[k].dtype != new[k].dtype or old[k].shape != new[k].shape
+                   or not torch.equal(old[k], new[k])]
+        unequal += [k for k in new if k not in old]
+        if unequal:
+            result.differed.append(f"weights: {len(unequal)} of {len(old)} tensors differ ({', '.join(unequal[:5])})")
+        else:
+            result.matched.append(f"final weights bitwise equal ({len(old)} tensors)")
+    old_m, new_m = read_json(run_dir / "metrics.json"), read_json(rerun / "metrics.json")
+    keys = [k for k in old_m if isinstance(old_m[k], (int, float))]
+    bad = [f"{k} {old_m[k]} -> {new_m.get(k)}" for k in keys if new_m.get(k) != old_m[k]]
+    if bad:
+        result.differed.append("metrics: " + "; ".join(bad))
+    else:
+        result.matched.append("metrics: " + ", ".join(f"{k} {old_m[k]:.4g}" for k in keys if "/" in k))
+    new_meta = read_json(rerun / "meta.json")
+    old_sha, new_sha = (meta.get("data") or {}).get("sha256"), (new_meta.get("data") or {}).get("sha256")
+    if old_sha and new_sha and old_sha != new_sha:
+        result.differed.append(f"data fingerprint {old_sha[:12]} -> {new_sha[:12]}")
+    _compare_packages(run_dir, rerun, meta, new_meta, result)
+    if (meta.get("environment") or {}).get("cuda_available") and result.differed:
+        result.notes.append("the run may have trained on a GPU and the re-run trains on CPU: bitwise equal "
+                            "results are only expected for runs trained on CPU")
+
+
+def _compare_packages(run_dir: Path, rerun: Path, meta: dict[str, Any], new_meta: dict[str, Any],
+                      result: Result) -> None:
+    if (run_dir / "packages.txt").is_file():
+        old = read_packages((run_dir / "packages.txt").read_text())
+        new = read_packages((rerun / "packages.txt").read_text()) if (rerun / "packages.txt").is_file() else {}
+        what = "every installed package"
+    else:
+        old, new, what = meta.get("versions") or {}, new_meta.get("versions") or {}, "package versions in meta.json"
+    changed = [f"{k} {old.get(k, '-')} -> {new.get(k, '-')}" for k in sorted({*old, *new}, key=str.lower)
+               if old.get(k) != new.get(k)]
+    if changed:
+        # Reported beside the verdict: they explain a difference, they are not one.
+        result.notes.append(f"package versions differ ({len(changed)}): " + "; ".join(changed[:10])
+                            + ("; ..." if len(changed) > 10 else ""))
+    else:
+        result.matched.append(f"{what}: same versions ({len(old)})")
+
+
+def reproduce(run_dir: str | os.PathLike, check: bool = False,
+              on_rerun: Callable[[Path], None] | None = None) -> Result:
+    """Rebuild the run's code, re-run it and compare (see the module's docstring). Raises
+    ConfigError when it cannot (exit status 2); Result.exit_code is 0 or 1 otherwise.
+    `on_rerun(folder)` is called as the re-run starts in `folder`."""
+    path = Path(run_dir)
+    meta, config_yaml = _read_run(path)
+    repo, commit = _repository(meta)
+    result = Result(run_dir=path)
+    cfg = _rerun_config(config_yaml, meta)
+    _check_data(cfg, meta, result)
+    tmp = Path(tempfile.mkdtemp(prefix="expkit-reproduce-"))
+    tree = tmp / "tree"
+    try:
+        _rebuild_tree(repo, commit, path, tree, result)
+        if check:
+            result.status = "ready: the code rebuilds and the data matches (--check: not re-run)"
+            return result
+        from omegaconf import OmegaConf
+
+        rerun = tmp / "run"
+        rerun.mkdir()
+        if on_rerun is not None:
+            on_rerun(rerun)
+        OmegaConf.save(cfg, tmp / "config.yaml")
+        git = meta.get("git") or {}
+        rel = os.path.relpath(meta.get("cwd") or git.get("repo") or ".", git.get("repo") or ".")
+        cwd = tree / rel if not rel.startswith("..") and (tree / rel).is_dir() else tree
+        proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp / "config.yaml"), str(rerun),
+                               *(meta.get("overrides") or [])], cwd=cwd, capture_output=True, text=True,
+                              env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+        result.rerun_dir = rerun
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            result.differed.append(f"the re-run exited with status {proc.returncode}: {tail}")
+        else:
+            _compare(path, rerun, meta, result)
+        result.status = "reproduces" if not result.differed else "differs"
+        if result.differed:  # kept to look into: the re-run's train.log, checkpoints, meta.json
+            result.notes.append(f"the re-run's folder is kept: {rerun}")
+        write_json(path / "reproduce.json", result.as_dict())
+        return result
+    finally:
+        if run_git(repo, "worktree", "remove", "--force", str(tree)).returncode != 0 and tree.exists():
+            shutil.rmtree(tree, ignore_errors=True)  # then only our entry is stale; the user's are left alone
+            run_git(repo, "worktree", "prune")
+        if not (result.rerun_dir and result.differed):
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,204 @@
+"""`expkit runs`: every run folder under a root in one table, sweep jobs included.
+
+Each row comes from meta.json and metrics.json alone (run/jobs.py reads them), so a root
+with thousands of runs lists in well under a second; config.yaml is read only for
+`--where`, which filters on the resolved config, not only on the overrides.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from expkit.config.resolvers import direction
+from expkit.errors import ConfigError
+from expkit.run.folder import STATUSES, read_yaml
+from expkit.run.jobs import JobRecord, read_job, run_folders
+from expkit.summary import _duration, _seconds
+
+METRICS = ("val/acc", "best/val/acc", "test/acc")
+HEADER = ("folder", "status", "start", "duration", "commit", "overrides", "val/acc", "best", "test/acc")
+
+
+def parse_where(items: list[str]) -> list[tuple[str, list[str]]]:
+    """`KEY=VALUE` (VALUE may list choices: `optim=adam,adamw`) -> (key, allowed values)."""
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--where: {item!r} is not of the form KEY=VALUE (e.g. optim=adamw, optim.lr=0.001).")
+        out.append((key.strip(), value.split(",")))
+    return out
+
+
+def config_value(config: dict[str, Any], key: str) -> tuple[bool, Any]:
+    """(found, value) of a dotted key in a plain config. A group (`optim`) stands for its
+    choice (`optim.name`, `model.arch`)."""
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    if isinstance(node, dict) and "." not in key:
+        from expkit.config.schema import CHOICE_KEY
+
+        choice = CHOICE_KEY.get(key, "name")
+        return (choice in node), node.get(choice)
+    return True, node
+
+
+def matches(value: Any, wanted: str) -> bool:
+    """A config value against the text of a --where value: numbers by value (1e-3 equals
+    0.001), booleans and null by their YAML words, the rest as text."""
+    text = wanted.strip()
+    if value is None:
+        return text.lower() in ("null", "none", "~", "")
+    if isinstance(value, bool):
+        return text.lower() in (("true", "yes", "on", "1") if value else ("false", "no", "off", "0"))
+    if isinstance(value, (int, float)):
+        try:
+            return float(text) == float(value)
+        except ValueError:
+            return False
+    if isinstance(value, list):
+        return text.strip("[]").replace(" ", "") == ",".join(str(v) for v in value)
+    return str(value) == text
+
+
+def finite(value: Any) -> Any:
+    """NaN and Inf as None: the rows are strict JSON."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def row(job: JobRecord, root: Path) -> dict[str, Any]:
+    """One run as plain data: what `expkit runs --json` prints and expkit.runs() returns."""
+    meta, git = job.meta, job.meta.get("git") or {}
+    try:
+        folder = str(job.path.relative_to(root))
+    except ValueError:
+        folder = str(job.path)
+    metrics = {k: finite(v) for k, v in job.metrics.items()}
+    started, ended = meta.get("started"), meta.get("ended")
+    return {
+        "folder": folder, "path": str(job.path), "status": job.status or "?", "started": started, "ended": ended,
+        "duration_s": _seconds(started, ended) if ended else None,
+        "commit": git.get("commit"), "dirty": git.get("dirty"), "overrides": job.overrides,
+        **{k: metrics.get(k) for k in METRICS}, "metrics": metrics,
+    }
+
+
+def _textual(value: str) -> bool:
+    """A --where value that YAML writes as itself: config.yaml holds it verbatim if it matches."""
+    try:
+        float(value)
+        return False
+    except ValueError:
+        return bool(value) and value.lower() not in ("null", "none", "~", "true", "false", "yes", "no", "on", "off")
+
+
+def _read_config(folder: Path, conditions: list[tuple[str, list[str]]]) -> dict[str, Any] | None:
+    """The run's resolved config; None when a condition on a text value (optim=adamw) cannot
+    hold because the text is nowhere in the file, which spares parsing most files."""
+    path = folder / "config.yaml"
+    if not path.is_file():
+        path = folder / ".hydra" / "config.yaml"
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    for _, values in conditions:
+        if all(_textual(v) for v in values) and not any(v in text for v in values):
+            return None
+    config = read_yaml(path)
+    return config if isinstance(config, dict) else {}
+
+
+def list_runs(root: str | os.PathLike = "runs", status: list[str] | None = None, where: list[str] | None = None,
+              sort: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """The rows of `expkit runs`: newest first, or best first by `sort` (a metric; losses
+    ascending); `limit` keeps the first N."""
+    path = Path(root)
+    if not path.exists():
+        raise ConfigError(f"ROOT {str(root)!r} does not exist.")
+    if not path.is_dir():
+        raise ConfigError(f"ROOT {str(root)!r} is not a folder.")
+    wanted_status = [s for item in status or [] for s in item.split(",")]
+    for s in wanted_status:
+        if s not in (*STATUSES, "?"):
+            raise ConfigError(f"--status: value {s!r} is not a run status; choose one of {', '.join(STATUSES)}.")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit: value {limit} is not allowed; expected an integer >= 1.")
+    conditions = parse_where(where or [])
+    rows, seen_keys, skipped = [], set(), False
+    for folder in run_folders(path):
+        job = read_job(folder, config=False)
+        if wanted_status and (job.status or "?") not in wanted_status:
+            continue
+        if conditions:
+            config = _read_config(folder, conditions)
+            if config is None:
+                skipped = True
+                continue
+            job.config = config
+            ok = True
+            for key, values in conditions:
+                found, value = config_value(job.config, key)
+                seen_keys.update([key] if found else [])
+                ok = ok and found and any(matches(value, v) for v in values)
+            if not ok:
+                continue
+        rows.append(row(job, path))
+    missing = [key for key, _ in conditions if key not in seen_keys]
+    if missing and not rows and not skipped:
+        raise ConfigError(f"--where: no run under {str(root)!r} has config key {missing[0]!r} "
+                          "(keys are dotted paths of config.yaml, e.g. optim.lr).")
+    if sort:
+        sign = -1.0 if direction(sort) == "maximize" else 1.0
+
+        def order(r: dict[str, Any]) -> tuple:
+            value = r["metrics"].get(sort)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            return (0, sign * value, r["folder"]) if ok else (1, 0.0, r["folder"])
+
+        rows.sort(key=order)
+    else:
+        rows.sort(key=lambda r: (r["started"] or "", r["folder"]), reverse=True)
+    return rows[:limit] if limit else rows
+
+
+def _commit(r: dict[str, Any]) -> str:
+    if not r["commit"]:
+        return "-"
+    return r["commit"][:7] + ("*" if r["dirty"] else "")
+
+
+def _metric(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _start(started: str | None) -> str:
+    return started[:16].replace("T", " ") if started else "-"
+
+
+def table(rows: list[dict[str, Any]], sort: str | None = None) -> str:
+    """The rows as aligned text columns (a `sort` metric that is not a column of its own
+    gets one)."""
+    extra = [sort] if sort and sort not in METRICS else []
+    head = [*HEADER, *extra]
+    cells = [[r["folder"], r["status"], _start(r["started"]),
+              _duration(r["duration_s"]) or "-", _commit(r), " ".join(r["overrides"]) or "-",
+              *[_metric(r[k]) for k in METRICS], *[_metric(r["metrics"].get(k)) for k in extra]] for r in rows]
+    return columns(head, cells, right_from=HEADER.index("val/acc"))
+
+
+def columns(head: list[str], cells: list[list[str]], right_from: int | None = None) -> str:
+    """Aligned text columns; those from `right_from` on (numbers) aligned right."""
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *cells, strict=False)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if right_from is not None and i >= right_from else v.ljust(w)
+                         for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
+
+    return "\n".join([line(head), *(line(c) for c in cells)]) + "\n"
