@@ -28,6 +28,7 @@ SAFE_KEYS = {
     "trainer.epochs", "trainer.eval_every", "trainer.log_every", "trainer.devices",
     "trainer.progress", "trainer.keep_last", "trainer.checkpoint", "trainer.histogram_every",
     "trainer.max_steps", "trainer.num_threads", "trainer.graph", "trainer.tensorboard", "data.num_workers",
+    "trainer.test_at_end", "trainer.early_stop.patience", "trainer.early_stop.min_delta",
 }
 UNTRACKED_HEADER = "# Untracked files"
 
@@ -155,6 +156,13 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
     if meta.get("status") == "completed" and state["epoch"] >= epochs:
         raise ConfigError(f"the run already completed its {epochs} epochs; extend it with trainer.epochs=N "
                           f"(N > {epochs}).")
+    stopped = (state.get("early_stop") or {}).get("stopped_epoch")
+    patience = cfg.trainer.get("early_stop", {}).get("patience")
+    if meta.get("status") == "completed" and stopped is not None and patience is not None \
+            and state["early_stop"]["wait"] >= patience:
+        raise ConfigError(f"the run stopped early after epoch {stopped} ({state['early_stop']['monitor']} did not "
+                          f"improve for {state['early_stop']['wait']} evaluations); continue it with a larger "
+                          "trainer.early_stop.patience, or with trainer.early_stop.patience=null.")
     git_now, git_warning = git_difference(path, meta)
     if git_warning:
         if strict:
