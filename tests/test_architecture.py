@@ -14,7 +14,7 @@ LAYERS = [
     ("errors",),
     ("config", "run", "data", "models"),
     ("training",),
-    ("app", "resuming", "sweep", "summary", "lessons"),
+    ("app", "resuming", "sweep", "summary", "lessons", "afterwards"),
     ("commands",),
     ("cli", "__init__", "__main__"),
 ]

@@ -61,6 +61,15 @@ BAD = [
     (["report", "nowhere"], ["nowhere", "not a folder"]),
     (["report", ".", "--lesson"], ["--lesson", "expected one argument"]),
     (["list", "extra"], ["unrecognized arguments"]),
+    (["eval"], ["RUN_DIR"]),
+    (["eval", "nowhere"], ["nowhere", "does not exist"]),
+    (["eval", ".", "--split", "holdout"], ["--split", "holdout", "test"]),
+    (["eval", "."], ["not an expkit run folder"]),
+    (["predict", "."], ["PATH"]),
+    (["predict", "nowhere", "x.png"], ["nowhere", "does not exist"]),
+    (["predict", ".", "x.png", "--top", "many"], ["--top", "many"]),
+    (["export", ".", "--format", "onnx"], ["--format", "onnx", "torchscript"]),
+    (["export", "nowhere"], ["nowhere", "does not exist"]),
 ]
 
 
