@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from expkit.config.compose import compose, task_config
+from expkit.config.compose import compose, task_config, upgrade_saved
 from expkit.config.resolvers import suffix
 from expkit.config.schema import validate
 from expkit.errors import EXIT_BAD_INPUT, EXIT_FAILED, ConfigError, RunFailed
@@ -198,7 +198,7 @@ def run_worker(run_dir: str, checkpoint: str | None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
     path = Path(run_dir)
-    cfg = OmegaConf.load(path / "config.yaml")
+    cfg = upgrade_saved(OmegaConf.load(path / "config.yaml"))
     state = None
     if checkpoint:
         from expkit.run.checkpoint import Loaded, load_file

@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from expkit.config.compose import upgrade_saved
 from expkit.errors import ConfigError
 from expkit.run.folder import RunDir, now
 from expkit.run.provenance import git_info
@@ -116,7 +117,7 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
     if not (path / "meta.json").exists() or not (path / "config.yaml").exists():
         raise ConfigError(f"{str(run_dir)!r} is not an expkit run folder (it has no meta.json and config.yaml).")
     try:
-        cfg = OmegaConf.load(path / "config.yaml")
+        cfg = upgrade_saved(OmegaConf.load(path / "config.yaml"))
         rundir = RunDir(path)
         meta = rundir.read_meta()
     except Exception as e:

@@ -212,3 +212,21 @@ def test_resuming_a_run_that_stopped_early_is_refused_unless_patience_grows(run)
     with pytest.raises(ConfigError, match="stopped early after epoch 3 .*trainer.early_stop.patience"):
         resume(run, [])
     assert snapshot(run) == before
+
+
+def test_a_run_from_before_the_test_split_keeps_every_example_out_of_the_test_split(run, tmp_path):
+    """Its config.yaml has no data.test_fraction: it trained on examples a test split would now hold."""
+    import yaml
+
+    from expkit.afterwards.loading import open_run
+    from expkit.errors import ConfigError
+
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    cfg = yaml.safe_load((old / "config.yaml").read_text())
+    del cfg["data"]["test_fraction"]
+    (old / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert open_run(old)[1].data.test_fraction == 0.0
+    with pytest.raises(ConfigError, match="has no test split"):
+        expkit.evaluate(old, save=False)
+    assert expkit.evaluate(old, split="val", save=False)["examples"] == 64

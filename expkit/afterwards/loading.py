@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from expkit.config.compose import upgrade_saved
 from expkit.errors import ConfigError
 from expkit.run.folder import read_json
 
@@ -46,7 +47,7 @@ def open_run(run_dir: str | Path) -> tuple[Path, DictConfig]:
     if not (path / "config.yaml").exists():
         raise ConfigError(f"{str(run_dir)!r} is not an expkit run folder (it has no config.yaml).")
     try:
-        return path, OmegaConf.load(path / "config.yaml")
+        return path, upgrade_saved(OmegaConf.load(path / "config.yaml"))
     except Exception as e:
         raise ConfigError(f"{str(run_dir)!r}: cannot read its config.yaml: {str(e).splitlines()[0]}") from None
 

@@ -27,6 +27,17 @@ def plain(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(task_config(cfg), resolve=True)
 
 
+def upgrade_saved(cfg: DictConfig) -> DictConfig:
+    """A run folder's config.yaml written by an older expkit: keys whose new default would
+    change what that run did get the value it had. Runs from before data.test_fraction
+    trained on every example of a data set without a test split."""
+    data = cfg.get("data")
+    if OmegaConf.is_dict(data) and "test_fraction" not in data:
+        with open_dict(cfg):
+            cfg.data.test_fraction = 0.0
+    return cfg
+
+
 def compose(overrides: list[str], config_dir: str | None = None, hydra: bool = False) -> DictConfig:
     """conf/config.yaml with `overrides` (and a user's extra config folder), as Hydra
     composes it for `expkit train`."""
