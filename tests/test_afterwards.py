@@ -99,15 +99,15 @@ def test_load_gives_the_checkpoint_in_eval_mode_with_its_config(run):
     assert model.expkit_info["classes"] == [str(i) for i in range(10)]
 
 
-def digit_pngs(run: Path, folder: Path, n: int = 6) -> tuple[list[Path], torch.Tensor]:
-    """The first n test examples as 8-bit PNGs, and the same pixels as the model's raw input."""
+def digit_pngs(run: Path, folder: Path, n: int = 6) -> tuple[list[Path], torch.Tensor, list[int]]:
+    """The first n test examples as 8-bit PNGs, the same pixels as the model's raw input, the labels."""
     from PIL import Image
 
     from expkit.config.schema import DataConfig
     from expkit.data import build_data
 
-    data = build_data(DataConfig(name="digits", sample=256), seed=0)
-    x, _ = next(iter(data.test.iterate()))
+    data = build_data(DataConfig(name="digits", val_fraction=0.2, sample=256), seed=0)  # as the run
+    x, y = next(iter(data.test.iterate()))
     raw = (x[:n] * torch.tensor(data.std) + torch.tensor(data.mean)).clamp(0, 1)
     pixels = (raw * 255).round().to(torch.uint8)
     folder.mkdir()
@@ -115,11 +115,11 @@ def digit_pngs(run: Path, folder: Path, n: int = 6) -> tuple[list[Path], torch.T
     for i in range(n):
         paths.append(folder / f"digit{i}.png")
         Image.fromarray(pixels[i, 0].numpy()).save(paths[-1])
-    return paths, pixels.float() / 255
+    return paths, pixels.float() / 255, y[:n].tolist()
 
 
 def test_predict_preprocesses_like_training(run, tmp_path, capsys):
-    paths, raw = digit_pngs(run, tmp_path / "images")
+    paths, raw, _ = digit_pngs(run, tmp_path / "images")
     out = tmp_path / "pred.csv"
     assert main(["predict", str(run), str(paths[0]), str(tmp_path / "images"), "--top", "2", "--out", str(out)]) == 0
     lines = out.read_text().splitlines()
@@ -230,3 +230,26 @@ def test_a_run_from_before_the_test_split_keeps_every_example_out_of_the_test_sp
     with pytest.raises(ConfigError, match="has no test split"):
         expkit.evaluate(old, save=False)
     assert expkit.evaluate(old, split="val", save=False)["examples"] == 64
+
+
+def test_eval_on_another_data_set_of_the_same_shape_gets_its_own_files(run, tmp_path):
+    """The run's 64 test digits as an ImageFolder tree (train/ and test/): scored by eval through
+    torchvision's folder path, and by predict's own image reading, the two agree exactly."""
+    from expkit.afterwards.predict import predict
+
+    paths, _, labels = digit_pngs(run, tmp_path / "flat", n=64)
+    for part in ("train", "test"):
+        for path, label in zip(paths, labels, strict=True):
+            (tmp_path / "tree" / part / str(label)).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, tmp_path / "tree" / part / str(label) / path.name)
+    own = run / "eval" / "test-best.json"
+    expkit.evaluate(run)
+    before = own.read_bytes()
+    args = ["data=folder", f"data.root={tmp_path / 'tree'}", "data.image_size=8", "data.channels=1"]
+    result = expkit.evaluate(run, overrides=args)
+    assert result["data"] == "folder" and result["examples"] == 64 and result["overrides"] == args
+    rows = predict(run, [str(tmp_path / "tree" / "test")])
+    assert result["acc"] == sum(r["class"] == Path(r["path"]).parent.name for r in rows) / 64
+    assert own.read_bytes() == before
+    [written] = (run / "eval").glob("test-best-folder-*.json")
+    assert json.loads(written.read_text())["acc"] == result["acc"]

@@ -1,7 +1,8 @@
 """`expkit eval RUN_DIR` and expkit.evaluate: a checkpoint scored on one split of the run's
 data (or, with overrides, another data set of the same shape), normalized with the run's
-own training statistics. Writes RUN_DIR/eval/<split>-<checkpoint>.json, a confusion-matrix
-PNG beside it, and the same picture as a TensorBoard image in the run."""
+own training statistics. Writes RUN_DIR/eval/<split>-<checkpoint>.json (with overrides:
+<split>-<checkpoint>-<data>-<hash of the overrides>.json), a confusion-matrix PNG beside
+it, and the same picture as a TensorBoard image in the run."""
 
 from __future__ import annotations
 
@@ -100,6 +101,11 @@ def write_outputs(run: RunModel, result: dict[str, Any]) -> list[str]:
     folder = run.path / "eval"
     folder.mkdir(exist_ok=True)
     stem = f"{result['split']}-{run.label}"
+    if result["overrides"]:  # another data set (or setting): its own files, beside the run's own
+        import hashlib
+
+        digest = hashlib.sha1(" ".join(result["overrides"]).encode()).hexdigest()[:6]
+        stem += f"-{result['data']}-{digest}"
     png = confusion_png(result)
     write_atomic(folder / f"{stem}.png", png)
     write_json(folder / f"{stem}.json", result)
