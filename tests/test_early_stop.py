@@ -40,6 +40,11 @@ def test_a_resumed_run_stops_at_the_same_epoch_with_the_same_weights(tmp_path):
     stopped = straight.early_stop.stopped_epoch
     assert stopped is not None and 4 <= stopped < 40 and straight.epoch == stopped
     assert straight.early_stop.wait == 3
+    # best.pt was scored on the test split, then the last weights were put back.
+    last = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, last[k]) for k, v in straight.raw_model.state_dict().items())
+    best = torch.load(tmp_path / "straight" / "checkpoints" / "best.pt", weights_only=True)
+    assert straight.last_metrics["test/step"] == best["step"] < straight.step
 
     cut = build_trainer(tmp_path / "cut", BASE)
     stop_at = 2 * (stopped - 2) + 1  # two steps per epoch: in the middle of the epoch before last
@@ -89,3 +94,20 @@ def test_early_stop_counts_evaluations_without_improvement_beyond_min_delta():
     raised = EarlyStop("val/acc", patience=3, min_delta=0.0)
     raised.load_state_dict(es.state_dict())
     assert not raised.should_stop() and raised.stopped_epoch is None and raised.best == 0.5
+
+
+def test_without_checkpoints_the_last_weights_are_scored(tmp_path, caplog):
+    trainer = build_trainer(tmp_path, ["data.sample=64", "model=mlp", "model.width=8", "trainer.epochs=1",
+                                       "trainer.progress=off", "trainer.graph=false", "trainer.checkpoint=false"])
+    with caplog.at_level("INFO", logger="expkit"):
+        import logging
+
+        logging.getLogger("expkit").addHandler(caplog.handler)
+        try:
+            metrics = trainer.fit()
+        finally:
+            logging.getLogger("expkit").removeHandler(caplog.handler)
+            trainer.writer.close()
+    assert metrics["test/step"] == trainer.step and 0 <= metrics["test/acc"] <= 1
+    assert "test: scored the last weights (trainer.checkpoint=false: no best.pt)" in caplog.text
+    assert not (tmp_path / "checkpoints").exists()
