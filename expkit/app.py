@@ -93,7 +93,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
             metrics = trainer.fit()
         if rank == 0:
             write_hparams(trainer, typed, cfg)
-            stopped = trainer.early_stop.record()
+            stopped = trainer.early_stop.record(typed["trainer"].epochs)
             rundir.finish("completed", metrics=metrics, **({"stopped_early": stopped} if stopped else {}))
             log.info("done: val/acc %.4f (best %.4f) in %s", metrics.get("val/acc", float("nan")),
                      metrics.get("best/val/acc", float("nan")), run_dir)

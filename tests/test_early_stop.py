@@ -89,7 +89,7 @@ def test_early_stop_counts_evaluations_without_improvement_beyond_min_delta():
     assert EarlyStop("val/acc", None, 0.0).should_stop() is False
     es = EarlyStop("val/acc", patience=1, min_delta=0.0)
     assert es.update({"val/acc": 0.5}, 1) and not es.update({"val/acc": float("nan")}, 2)
-    assert es.should_stop() and es.record()["epoch"] == 2
+    assert es.should_stop() and es.record(epochs=3)["epoch"] == 2 and es.record(epochs=2) is None
     # A patience raised on resume lets a stopped run go on.
     raised = EarlyStop("val/acc", patience=3, min_delta=0.0)
     raised.load_state_dict(es.state_dict())

@@ -59,9 +59,9 @@ class EarlyStop:
     def should_stop(self) -> bool:
         return self.patience is not None and self.wait >= self.patience
 
-    def record(self) -> dict[str, Any] | None:
-        """meta.json's `stopped_early`, when training stopped early."""
-        if self.stopped_epoch is None:
+    def record(self, epochs: int) -> dict[str, Any] | None:
+        """meta.json's `stopped_early`, when training stopped before its last epoch."""
+        if self.stopped_epoch is None or self.stopped_epoch >= epochs:
             return None
         return {"epoch": self.stopped_epoch, "best": self.best, "best_epoch": self.best_epoch,
                 "monitor": self.monitor, "patience": self.patience, "min_delta": self.min_delta}

@@ -145,10 +145,11 @@ class Trainer:
                 errors = 64 if last or self.early_stop.enabled else 0
                 improved = self.evaluate_and_record(epoch + 1, collect_errors=errors)
             stop = self.early_stop.should_stop()
-            if stop:
+            if stop and not last:
+                es = self.early_stop
                 log.info("early stop after epoch %d: %s has not improved by more than %g for %d evaluation(s) "
-                         "(best %.4f at epoch %s)", epoch + 1, self.early_stop.monitor, self.early_stop.min_delta,
-                         self.early_stop.wait, self.early_stop.best, self.early_stop.best_epoch)
+                         "(best %s at epoch %s)", epoch + 1, es.monitor, es.min_delta, es.wait,
+                         "none" if es.best is None else f"{es.best:.4f}", es.best_epoch)
             if self.t.checkpoint:
                 self.save_checkpoint(best=improved)
             if last or stop:
@@ -351,13 +352,13 @@ class Trainer:
 
     def score_test(self) -> None:
         """The best checkpoint's weights on the test split, then the last weights back."""
-        best = self.run_dir / "checkpoints" / "best.pt"
+        best_pt = self.run_dir / "checkpoints" / "best.pt"
         dist.barrier()  # rank 0 has written best.pt before any rank reads it
-        if not (self.t.checkpoint and best.exists()):
+        if not (self.t.checkpoint and best_pt.exists()):
             test, _ = self.evaluate(self.data.test)
             scored, step = "the last weights (trainer.checkpoint=false: no best.pt)", self.step
         else:
-            state = checkpoint.load_file(best, map_location=self.device)
+            state = checkpoint.load_file(best_pt, map_location=self.device)
             last = {k: v.detach().clone() for k, v in self.raw_model.state_dict().items()}
             self.raw_model.load_state_dict(state["model"])
             try:
