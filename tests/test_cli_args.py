@@ -63,7 +63,7 @@ BAD = [
     (["list", "extra"], ["unrecognized arguments"]),
     (["train", "trainer.early_stop.patience=0"], ["trainer.early_stop.patience", "null or an integer >= 1"]),
     (["train", "trainer.early_stop.monitor=train/loss"], ["trainer.early_stop.monitor", "val/acc, val/loss"]),
-    (["train", "trainer.early_stop.wait=3"], ["trainer.early_stop.wait"]),
+    (["train", "trainer.early_stop.wait=3"], ["trainer.early_stop.wait", "Keys of trainer.early_stop: min_delta"]),
     (["train", "data.test_fraction=1"], ["data.test_fraction", "[0, 1)"]),
     (["eval"], ["RUN_DIR"]),
     (["eval", "nowhere"], ["nowhere", "does not exist"]),
