@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from expkit.config.compose import compose, task_config
+from expkit.config.compose import compose, task_config, upgrade_saved
 from expkit.config.resolvers import suffix
 from expkit.config.schema import validate
 from expkit.errors import EXIT_BAD_INPUT, EXIT_FAILED, ConfigError, RunFailed
@@ -105,7 +105,8 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
             if rank == 0:
                 write_hparams(trainer, typed, cfg)
                 late = {"signal": stop.received} if stop.received else {}
-                rundir.finish("completed", metrics=metrics, **late)
+                stopped = trainer.early_stop.record(typed["trainer"].epochs)
+                rundir.finish("completed", metrics=metrics, **late, **({"stopped_early": stopped} if stopped else {}))
                 log.info("done: val/acc %.4f (best %.4f) in %s", metrics.get("val/acc", float("nan")),
                          metrics.get("best/val/acc", float("nan")), run_dir)
                 log.info("TensorBoard: tensorboard --logdir %s", run_dir)
@@ -268,7 +269,7 @@ def run_worker(run_dir: str, checkpoint: str | None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
     path = Path(run_dir)
-    cfg = OmegaConf.load(path / "config.yaml")
+    cfg = upgrade_saved(OmegaConf.load(path / "config.yaml"))
     state = None
     if checkpoint:
         from expkit.run.checkpoint import Loaded, load_file

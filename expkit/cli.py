@@ -11,7 +11,8 @@ import sys
 
 from expkit import __version__
 
-COMMANDS = ("train", "resume", "sched", "summary", "report", "list", "runs", "compare", "reproduce")
+COMMANDS = ("train", "resume", "eval", "predict", "export", "runs", "compare", "reproduce", "sched", "summary",
+            "report", "list")
 EPILOG = """examples:
   expkit train model=mlp optim=sgd optim.lr=0.05 trainer.epochs=3
   expkit train -m optim=adam,adamw optim.lr=1e-3,3e-4

@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from expkit.config.compose import upgrade_saved
 from expkit.errors import ConfigError
 from expkit.run.folder import RunDir, now
 from expkit.run.provenance import git_info
@@ -29,6 +30,7 @@ SAFE_KEYS = {
     "trainer.epochs", "trainer.eval_every", "trainer.log_every", "trainer.devices",
     "trainer.progress", "trainer.keep_last", "trainer.checkpoint", "trainer.histogram_every",
     "trainer.max_steps", "trainer.num_threads", "trainer.graph", "trainer.tensorboard", "data.num_workers",
+    "trainer.test_at_end", "trainer.early_stop.patience", "trainer.early_stop.min_delta",
 }
 
 
@@ -108,7 +110,7 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
     if not (path / "meta.json").exists() or not (path / "config.yaml").exists():
         raise ConfigError(f"{str(run_dir)!r} is not an expkit run folder (it has no meta.json and config.yaml).")
     try:
-        cfg = OmegaConf.load(path / "config.yaml")
+        cfg = upgrade_saved(OmegaConf.load(path / "config.yaml"))
         rundir = RunDir(path)
         meta = rundir.read_meta()
     except Exception as e:
@@ -155,6 +157,13 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
     if meta.get("status") == "completed" and state["epoch"] >= epochs:
         raise ConfigError(f"the run already completed its {epochs} epochs; extend it with trainer.epochs=N "
                           f"(N > {epochs}).")
+    stopped = (state.get("early_stop") or {}).get("stopped_epoch")
+    patience = cfg.trainer.get("early_stop", {}).get("patience")
+    if meta.get("status") == "completed" and stopped is not None and patience is not None \
+            and state["early_stop"]["wait"] >= patience:
+        raise ConfigError(f"the run stopped early after epoch {stopped} ({state['early_stop']['monitor']} did not "
+                          f"improve for {state['early_stop']['wait']} evaluations); continue it with a larger "
+                          "trainer.early_stop.patience, or with trainer.early_stop.patience=null.")
     git_now, git_warning = git_difference(path, meta)
     if git_warning:
         if strict:

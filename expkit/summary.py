@@ -22,7 +22,7 @@ from expkit.run.jobs import job_folders, read_job, split_override, varying_keys
 SWEEP_FILE = "sweep.json"
 SUMMARY_MD, SUMMARY_CSV = "summary.md", "summary.csv"
 MULTIRUN_ROOT = Path("runs/multirun")
-METRIC_COLUMNS = ("val/acc", "val/loss", "best/val/acc")
+METRIC_COLUMNS = ("val/acc", "val/loss", "best/val/acc", "test/acc", "test/loss")
 FINISHED_BAD = ("failed", "interrupted", "crashed")
 
 

@@ -14,7 +14,7 @@ LAYERS = [
     ("errors",),
     ("config", "run", "data", "models"),
     ("training",),
-    ("app", "resuming", "sweep", "summary", "lessons", "runlist", "compare", "reproduce"),
+    ("app", "resuming", "sweep", "summary", "lessons", "afterwards", "runlist", "compare", "reproduce"),
     ("commands",),
     ("cli", "__init__", "__main__"),
 ]

@@ -66,6 +66,19 @@ BAD = [
     (["report", "nowhere"], ["nowhere", "not a folder"]),
     (["report", ".", "--lesson"], ["--lesson", "expected one argument"]),
     (["list", "extra"], ["unrecognized arguments"]),
+    (["train", "trainer.early_stop.patience=0"], ["trainer.early_stop.patience", "null or an integer >= 1"]),
+    (["train", "trainer.early_stop.monitor=train/loss"], ["trainer.early_stop.monitor", "val/acc, val/loss"]),
+    (["train", "trainer.early_stop.wait=3"], ["trainer.early_stop.wait", "Keys of trainer.early_stop: min_delta"]),
+    (["train", "data.test_fraction=1"], ["data.test_fraction", "[0, 1)"]),
+    (["eval"], ["RUN_DIR"]),
+    (["eval", "nowhere"], ["nowhere", "does not exist"]),
+    (["eval", ".", "--split", "holdout"], ["--split", "holdout", "test"]),
+    (["eval", "."], ["not an expkit run folder"]),
+    (["predict", "."], ["PATH"]),
+    (["predict", "nowhere", "x.png"], ["nowhere", "does not exist"]),
+    (["predict", ".", "x.png", "--top", "many"], ["--top", "many"]),
+    (["export", ".", "--format", "onnx"], ["--format", "onnx", "torchscript"]),
+    (["export", "nowhere"], ["nowhere", "does not exist"]),
 ]
 
 

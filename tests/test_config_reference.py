@@ -10,7 +10,7 @@ from importlib.resources import files
 import yaml
 from conftest import run_cli
 
-from expkit.config.reference import composed_groups, hydra_composed_groups, key_rows
+from expkit.config.reference import composed_groups, flatten, hydra_composed_groups, key_rows
 from expkit.config.schema import CHOICE_KEY, SCHEMAS, SINGLE, base_name, schema_for
 
 
@@ -28,11 +28,11 @@ def test_every_key_row_states_the_default_choices_value():
     defaults, values = composed_groups()
     rows = {row.key: row for row in key_rows()}
     for group, choice in defaults.items():
-        for key, value in values[group][choice].items():
+        for key, value in flatten(values[group][choice]).items():
             row = rows[f"{group}.{key}"]
             assert row.has_default and row.default == value, row
         for other, composed in values[group].items():
-            for key, value in composed.items():
+            for key, value in flatten(composed).items():
                 row = rows[f"{group}.{key}"]
                 shown = row.others.get(other, row.default if row.has_default else None)
                 assert shown == value or (key == CHOICE_KEY.get(group) and value == other), (other, row)

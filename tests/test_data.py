@@ -263,7 +263,7 @@ def test_synthetic_any_shape_and_class_count(shape):
     cfg = SyntheticDataConfig(name="synthetic", shape=shape, num_classes=4, size=90, batch_size=32)
     data = build_data(cfg, seed=0)
     assert data.input_shape == tuple(shape) and data.num_classes == 4 and len(data.mean) == shape[0]
-    assert data.info["sizes"]["train"] == 90 and "test" not in data.info["sizes"]
+    assert data.info["sizes"] == {"train": 90, "val": 10, "test": 25} and data.info["test_split"] == "generated"
     x, y = collect(data.train)
     assert x.shape == (90, *shape) and set(y.tolist()) == {0, 1, 2, 3}
 
@@ -293,7 +293,44 @@ def test_split_is_the_same_across_builds_and_run_seeds_but_follows_split_seed():
     assert sorted(rows(trains[0])) == sorted(rows(trains[2]))  # ... not the examples
     other = build_data(DataConfig(name="digits", val_fraction=0.2, split_seed=1), seed=1)
     assert not torch.equal(collect(other.val)[0], vals[0])
-    assert builds[0].info["sizes"] == {"train": 1438, "val": 359}
+    # The test split first (20% of 1797), then 20% of the rest for validation.
+    assert builds[0].info["sizes"] == {"train": 1150, "val": 288, "test": 359}
+
+
+def test_a_test_split_is_carved_first_and_never_seen_by_training_or_validation():
+    builds = [build_data(DataConfig(name="digits", val_fraction=v), seed=s) for v, s in ((0.2, 0), (0.2, 3), (0.5, 0))]
+    raw = [{split: set(rows(denormalize(collect(getattr(d, split))[0], d).mul(16).round()))
+            for split in ("train", "val", "test")} for d in builds]
+    assert builds[0].info["test_split"] == "carved" and builds[0].info["test_fraction"] == 0.2
+    # The same test examples whatever the run's seed or val_fraction: it is carved before the train/val split.
+    assert raw[0]["test"] == raw[1]["test"] == raw[2]["test"] and len(raw[0]["test"]) > 300
+    for r in raw:
+        assert not r["test"] & (r["train"] | r["val"])
+    other = build_data(DataConfig(name="digits", split_seed=1), seed=0)
+    assert set(rows(denormalize(collect(other.test)[0], other).mul(16).round())) != raw[0]["test"]
+    none = build_data(DataConfig(name="digits", test_fraction=0.0), seed=0)
+    assert none.test is None and none.info["sizes"] == {"train": 1617, "val": 180}
+    assert none.info["test_split"] is None
+
+
+def test_an_official_test_split_is_kept_and_stats_can_be_given(tmp_path):
+    write_mnist(tmp_path, "MNIST")
+    data = build_data(DataConfig(name="mnist", root=str(tmp_path), download=False), seed=0)
+    assert data.info["test_split"] == "official" and data.info["test_fraction"] is None
+    assert data.info["sizes"] == {"train": 36, "val": 4, "test": 12}
+    given = build_data(DataConfig(name="mnist", root=str(tmp_path), download=False), seed=0, stats=([0.5], [0.25]))
+    assert given.mean == [0.5] and given.std == [0.25]
+    torch.testing.assert_close(collect(given.test)[0] * 0.25 + 0.5, denormalize(collect(data.test)[0], data))
+
+
+def test_a_folder_without_test_gets_a_carved_test_split(tmp_path):
+    write_folder(tmp_path, per_class=(10, 10, 10))
+    cfg = FolderDataConfig(name="folder", root=str(tmp_path), image_size=8, batch_size=4, num_workers=0,
+                           val_fraction=0.2)
+    data = build_data(cfg, seed=0)
+    assert data.info["sizes"] == {"train": 19, "val": 5, "test": 6} and data.info["test_split"] == "carved"
+    used = [set(getattr(data, split).loader.dataset.indices) for split in ("train", "val", "test")]
+    assert not (used[0] & used[2]) and not (used[1] & used[2]) and len(used[0] | used[1] | used[2]) == 30
 
 
 def test_sample_mode_sizes_are_proportional_and_stable():
@@ -301,7 +338,8 @@ def test_sample_mode_sizes_are_proportional_and_stable():
     n_train, n_val = full.info["sizes"]["train"], full.info["sizes"]["val"]
     samples = [build_data(DataConfig(name="digits", val_fraction=0.2, sample=100), seed=s) for s in (0, 5)]
     for d in samples:
-        assert d.info["sizes"] == {"train": 100, "val": round(100 * n_val / n_train)}
+        n_sample_val = round(100 * n_val / n_train)
+        assert d.info["sizes"] == {"train": 100, "val": n_sample_val, "test": n_sample_val}
         assert d.info["mode"] == "sample 100" and len(d.train) == 2  # batch_size 64
     a, b = (collect(d.train)[0] for d in samples)
     assert sorted(rows(a)) == sorted(rows(b))
@@ -370,7 +408,7 @@ def test_missing_or_unbalanced_classes_warn(register_source, expkit_log):
     register_source("unbalanced_test", lambda: Source(torch.rand(210, 4), y, classes=["a", "b", "c"]))
     data = build_data(DataConfig(name="unbalanced_test", val_fraction=0.1), seed=0)
     counts = data.info["class_counts"]
-    assert [a + b for a, b in zip(counts["train"], counts["val"], strict=True)] == [200, 10, 0]
+    assert [sum(c) for c in zip(counts["train"], counts["val"], counts["test"], strict=True)] == [200, 10, 0]
     warnings = [r.getMessage() for r in expkit_log.records if r.levelno == logging.WARNING]
     assert any("unbalanced_test" in w and "no example of class c" in w for w in warnings), warnings
     assert any("unbalanced_test" in w and "train split is badly unbalanced" in w for w in warnings), warnings

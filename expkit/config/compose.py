@@ -27,6 +27,17 @@ def plain(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(task_config(cfg), resolve=True)
 
 
+def upgrade_saved(cfg: DictConfig) -> DictConfig:
+    """A run folder's config.yaml written by an older expkit: keys whose new default would
+    change what that run did get the value it had. Runs from before data.test_fraction
+    trained on every example of a data set without a test split."""
+    data = cfg.get("data")
+    if OmegaConf.is_dict(data) and "test_fraction" not in data:
+        with open_dict(cfg):
+            cfg.data.test_fraction = 0.0
+    return cfg
+
+
 def compose(overrides: list[str], config_dir: str | None = None, hydra: bool = False) -> DictConfig:
     """conf/config.yaml with `overrides` (and a user's extra config folder), as Hydra
     composes it for `expkit train`."""
@@ -177,9 +188,18 @@ def missing_key_message(key: str, value: str, overrides: list[str], config_dir: 
             return (f"{key}: not a key of {group}={chosen} (value {value!r}); {group}={', '.join(having)} "
                     f"{'has' if len(having) == 1 else 'have'} it. Keys of {group}={chosen}: {', '.join(keys)}.")
         return f"{key}: unknown key (value {value!r}). Keys of {group}={chosen}: {', '.join(keys)}."
-    if group in SINGLE and name and "." not in name:
-        keys = sorted(f.name for f in dataclasses.fields(SINGLE[group]))
-        return f"{key}: unknown key (value {value!r}). Keys of {group}: {', '.join(keys)}."
+    if group in SINGLE and name:
+        schema, where = SINGLE[group], group
+        *parents, _ = name.split(".")
+        for part in parents:  # a nested group of keys, e.g. trainer.early_stop
+            f = next((f for f in dataclasses.fields(schema) if f.name == part), None)
+            default = f.default_factory() if f is not None and f.default_factory is not dataclasses.MISSING else None
+            if not dataclasses.is_dataclass(default):
+                break
+            schema, where = type(default), f"{where}.{part}"
+        else:
+            keys = sorted(f.name for f in dataclasses.fields(schema))
+            return f"{key}: unknown key (value {value!r}). Keys of {where}: {', '.join(keys)}."
     top = sorted([*CHOICE_KEY, *SINGLE, "seed", "name"])
     if "." not in key:
         return f"{key}: unknown key (value {value!r}). Top-level keys: {', '.join(top)}."

@@ -92,8 +92,27 @@ def hydra_composed_groups() -> dict[str, dict[str, dict[str, Any]]]:
     return values
 
 
-def _fields(schema: type) -> list[dataclasses.Field]:
-    return list(dataclasses.fields(schema))
+def _fields(schema: type, prefix: str = "") -> list[tuple[str, dataclasses.Field]]:
+    """(dotted name, field) of every key, the keys of a nested group (trainer.early_stop.*) included."""
+    out = []
+    for f in dataclasses.fields(schema):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            out += _fields(type(default), f"{prefix}{f.name}.")
+        else:
+            out.append((prefix + f.name, f))
+    return out
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"early_stop": {"patience": 3}} -> {"early_stop.patience": 3}."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
 
 
 def key_rows() -> list[Row]:
@@ -104,8 +123,8 @@ def key_rows() -> list[Row]:
         schemas = [BASES[group], *SCHEMAS[group].values()] if group in SCHEMAS else [SINGLE[group]]
         seen: dict[str, Row] = {}
         for schema in schemas:
-            for f in _fields(schema):
-                if f.name in seen:
+            for name, f in _fields(schema):
+                if name in seen:
                     continue
                 choices = f.metadata.get("choices")
                 help_ = f.metadata.get("help", "")
@@ -114,13 +133,14 @@ def key_rows() -> list[Row]:
                     help_ += f" ({', '.join(map(str, choices))})"
                 elif check is not None and check.allowed not in help_:
                     help_ += f"; {check.allowed}"
-                seen[f.name] = Row(key=f"{group}.{f.name}", type=type_name(f.type), help=help_)
+                seen[name] = Row(key=f"{group}.{name}", type=type_name(f.type), help=help_)
+        flat = {choice: flatten(composed) for choice, composed in values[group].items()}
         for row in seen.values():
             name = row.key.split(".", 1)[1]
-            default_values = values[group][defaults[group]]
+            default_values = flat[defaults[group]]
             row.has_default = name in default_values
             row.default = default_values.get(name)
-            for choice, composed in values[group].items():
+            for choice, composed in flat.items():
                 if choice == defaults[group] or name not in composed or composed[name] == choice:
                     continue  # the choice key names the choice: nothing to say
                 if not row.has_default or composed[name] != row.default:
@@ -129,10 +149,12 @@ def key_rows() -> list[Row]:
     for group in SINGLE:
         if group in GROUPS:
             continue
-        for f in _fields(SINGLE[group]):
+        for name, f in _fields(SINGLE[group]):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append(Row(key=f"{group}.{f.name}", type=type_name(f.type), help=f.metadata.get("help", ""),
-                            default=default, has_default=True))
+            help_, choices = f.metadata.get("help", ""), f.metadata.get("choices")
+            help_ += f" ({', '.join(map(str, choices))})" if choices else ""
+            rows.append(Row(key=f"{group}.{name}", type=type_name(f.type), help=help_, default=default,
+                            has_default=True))
     for name, (typ, help_) in TOP_LEVEL.items():
         rows.append(Row(key=name, type=typ.__name__, help=help_, default=0 if name == "seed" else None,
                         has_default=True))

@@ -84,7 +84,9 @@ class DataConfig:
     num_workers: int = key(0, "DataLoader worker processes (DataLoader path only)", check=ge(0))
     augment: bool = key(False, "random crop and horizontal flip on training images")
     download: bool = key(True, "download torchvision data sets that are missing from root")
-    split_seed: int = key(0, "seed of the train/val split and the sample (same split every run)")
+    split_seed: int = key(0, "seed of the test, train/val splits and the sample (same split every run)")
+    test_fraction: float = key(0.2, "share held out as the test split where the data set has none of its own, "
+                                    "carved before the train/val split; 0 = no test split", check=fraction())
     loader: str = key("auto", "batching path", ("auto", "tensor", "dataloader"))
     on_device: bool = key(True, "tensor path: keep the data set on the accelerator")
 
@@ -99,7 +101,8 @@ class FolderDataConfig(DataConfig):
 class SyntheticDataConfig(DataConfig):
     shape: list[int] = key([1, 28, 28], "synthetic: shape of one example (C, H, W) or (F,)", check=SHAPE)
     num_classes: int = key(10, "synthetic: number of classes", check=ge(2))
-    size: int = key(2048, "synthetic: number of training examples (validation adds val_fraction)", check=ge(1))
+    size: int = key(2048, "synthetic: number of training examples (validation adds val_fraction, test "
+                          "test_fraction)", check=ge(1))
 
 
 # ---------------------------------------------------------------------------- model
@@ -252,6 +255,17 @@ class RegConfig:
 
 
 # ---------------------------------------------------------------------------- trainer
+MONITORS = ("val/acc", "val/loss")
+
+
+@dataclass
+class EarlyStopConfig:
+    monitor: str | None = key(None, "metric that picks best.pt and stops early; null = sweep.metric", MONITORS)
+    patience: int | None = key(None, "stop after this many evaluations without improvement; null = off",
+                               check=ge(1))
+    min_delta: float = key(0.0, "an improvement smaller than this does not count", check=ge(0.0))
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = key(10, "number of passes over the training data", check=ge(1))
@@ -276,6 +290,9 @@ class TrainerConfig:
     untracked_max_kb: int = key(256, "untracked text files up to this size (KiB) are copied into the run folder "
                                      "(untracked.json); larger or binary ones are listed with size and sha256",
                                 check=ge(0))
+    test_at_end: bool = key(True, "after training, score the best checkpoint on the test split")
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig,
+                                        metadata={"help": "early stopping", "choices": None, "check": None})
 
 
 @dataclass
@@ -355,6 +372,8 @@ def _merge_group(prefix: str, schema: type, values: DictConfig) -> Any:
             OmegaConf.merge(base, {k: values[k]})
         except oc_errors.MissingMandatoryValue:
             raise ConfigError(f"{prefix}.{k}: a value is required here (it is ??? in the config).") from None
+        except (oc_errors.ConfigKeyError, oc_errors.ConfigAttributeError) as e:
+            raise ConfigError(f"{prefix}.{k}: {str(e).splitlines()[0]}") from None
         except oc_errors.ValidationError:
             typ = next(f.type for f in dataclasses.fields(schema) if f.name == k)
             raise ConfigError(
@@ -368,9 +387,24 @@ def _check_choices(prefix: str, obj: Any) -> list[str]:
     for f in dataclasses.fields(obj):
         choices = f.metadata.get("choices")
         value = getattr(obj, f.name)
-        if choices and value is not None and value not in choices:
+        if dataclasses.is_dataclass(value):  # a nested group of keys (trainer.early_stop)
+            errors += _check_choices(f"{prefix}.{f.name}", value)
+        elif choices and value is not None and value not in choices:
             allowed = ", ".join(str(c) for c in choices)
             errors.append(f"{prefix}.{f.name}: value {value!r} is not allowed; choose one of {allowed}.")
+    return errors
+
+
+def _field_errors(prefix: str, obj: Any) -> list[str]:
+    errors = []
+    for f in dataclasses.fields(obj):
+        check, value = f.metadata.get("check"), getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            errors += _field_errors(f"{prefix}.{f.name}", value)
+        elif check is not None and value is not None and not check.ok(value):
+            optional = "None" in str(f.type)
+            errors.append(f"{prefix}.{f.name}: value {value!r} is not allowed; expected "
+                          f"{'null or ' if optional else ''}{check.allowed}.")
     return errors
 
 
@@ -379,14 +413,8 @@ def _range_errors(typed: dict[str, Any]) -> list[str]:
     two keys."""
     errors = []
     for group, obj in typed.items():
-        if not dataclasses.is_dataclass(obj):
-            continue
-        for f in dataclasses.fields(obj):
-            check, value = f.metadata.get("check"), getattr(obj, f.name)
-            if check is not None and value is not None and not check.ok(value):
-                optional = "None" in str(f.type)
-                errors.append(f"{group}.{f.name}: value {value!r} is not allowed; expected "
-                              f"{'null or ' if optional else ''}{check.allowed}.")
+        if dataclasses.is_dataclass(obj):
+            errors += _field_errors(group, obj)
     s, o, t = typed["sched"], typed["optim"], typed["trainer"]
     # Only worth saying when trainer.epochs itself is valid (otherwise its own error says it).
     if t.epochs >= 1 and s.warmup_epochs >= t.epochs:

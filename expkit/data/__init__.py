@@ -1,8 +1,11 @@
-"""Data: sources -> fixed train/val split -> sample or full mode -> normalization ->
-checks -> loaders (the in-memory fast path or a DataLoader).
+"""Data: sources -> fixed test split -> fixed train/val split -> sample or full mode ->
+normalization -> checks -> loaders (the in-memory fast path or a DataLoader).
 
-The split and the sample come from `data.split_seed`, not the run's seed, so they are the
-same in every run and on every rank; the shuffling order comes from the run's seed.
+A data set with an official test split (MNIST, CIFAR-10, a folder with test/) keeps it;
+the others have a `data.test_fraction` share carved out first, so training and model
+selection never see it. The splits and the sample come from `data.split_seed`, not the
+run's seed, so they are the same in every run and on every rank; the shuffling order
+comes from the run's seed.
 """
 
 from __future__ import annotations
@@ -42,6 +45,21 @@ class Data:
     mean: list[float]
     std: list[float]
     info: dict[str, Any] = field(default_factory=dict)
+
+
+    def record(self) -> dict[str, Any]:
+        """What meta.json says about the data: where it came from and how it was split."""
+        keys = ("name", "location", "mode", "sizes", "split_seed", "test_split", "test_fraction",
+                "input_shape", "mean", "std")
+        return {k: self.info.get(k) for k in keys} | {"classes": list(self.classes)}
+
+
+def carve_test(n: int, test_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the rest, test) indices of n examples: a test_fraction share from split_seed alone,
+    taken before the train/val split; the rest keep their order."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    n_test = val_count(n, test_fraction)
+    return order[n_test:].sort().values, order[:n_test].sort().values
 
 
 def split_indices(n: int, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,29 +165,56 @@ def fingerprint_files(splits: dict[str, list[tuple[str, int]]], root: str) -> st
     return digest.hexdigest()
 
 
+def test_info(cfg, origin: str | None) -> dict[str, Any]:
+    """How the test split was made, for the log and meta.json."""
+    return {"split_seed": cfg.split_seed, "test_split": origin,
+            "test_fraction": cfg.test_fraction if origin in ("carved", "generated") else None}
+
+
+def describe_test(info: dict[str, Any]) -> str:
+    origin = info.get("test_split")
+    if origin is None:
+        return "no test split (data.test_fraction=0)"
+    if origin == "official":
+        return "the data set's own test split"
+    return (f"test split {origin}: data.test_fraction {info['test_fraction']} by data.split_seed "
+            f"{info['split_seed']}, before the train/val split")
+
+
 def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
-               device: torch.device | None = None) -> Data:
+               device: torch.device | None = None,
+               stats: tuple[list[float], list[float]] | None = None) -> Data:
+    """The loaders of every split. `stats`: (mean, std) to normalize with instead of the
+    training split's own (scoring a run's model on data it did not train on)."""
     source: Source = DATASETS.get(cfg.name)(cfg)
     if source.folder is not None:
-        return _build_folder(cfg, source, seed, rank, world_size)
+        return _build_folder(cfg, source, seed, rank, world_size, stats)
     device = device or torch.device("cpu")
     check_finite(cfg.name, "train", source.train_x)
     check_label_range(cfg.name, "train", source.train_y, source.classes)
-    if source.test_x is not None:
-        check_finite(cfg.name, "test", source.test_x)
-        check_label_range(cfg.name, "test", source.test_y, source.classes)
-    train_idx, val_idx = split_indices(len(source.train_y), cfg.val_fraction, cfg.split_seed)
+    pool_x, pool_y = source.train_x, source.train_y
+    test_x, test_y, origin = source.test_x, source.test_y, source.test_origin if source.test_x is not None else None
+    if test_x is None and cfg.test_fraction > 0:
+        rest, test_idx = carve_test(len(pool_y), cfg.test_fraction, cfg.split_seed)
+        test_x, test_y, origin = pool_x[test_idx], pool_y[test_idx], "carved"
+        pool_x, pool_y = pool_x[rest], pool_y[rest]
+    if test_x is not None:
+        check_finite(cfg.name, "test", test_x)
+        check_label_range(cfg.name, "test", test_y, source.classes)
+    train_idx, val_idx = split_indices(len(pool_y), cfg.val_fraction, cfg.split_seed)
     warn_if_sample_too_large(cfg.sample, len(train_idx), cfg.name)
     n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
+    sampled = n_train < len(train_idx)
     train_idx, val_idx = train_idx[:n_train], val_idx[:n_val]
     check_split_sizes(cfg, len(train_idx), len(val_idx))
     # Statistics of the training split only: the validation set must not leak into them.
-    mean, std = channel_stats(source.train_x[train_idx])
-    splits = {"train": (source.train_x[train_idx], source.train_y[train_idx]),
-              "val": (source.train_x[val_idx], source.train_y[val_idx])}
-    if source.test_x is not None:
-        n_test = len(source.test_y) if cfg.sample is None else min(len(source.test_y), n_val)
-        splits["test"] = (source.test_x[:n_test], source.test_y[:n_test])
+    mean, std = stats or channel_stats(pool_x[train_idx])
+    splits = {"train": (pool_x[train_idx], pool_y[train_idx]),
+              "val": (pool_x[val_idx], pool_y[val_idx])}
+    if test_x is not None and len(test_y):
+        # Sample mode: the first examples of the test split, as many as the validation split.
+        n_test = min(len(test_y), n_val) if sampled else len(test_y)
+        splits["test"] = (test_x[:n_test], test_y[:n_test])
     num_classes = len(source.classes)
     use_tensor_path = cfg.loader in ("auto", "tensor")
     on_device = device if (cfg.on_device and use_tensor_path) else torch.device("cpu")
@@ -196,6 +241,7 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
         "sizes": {s: len(y) for s, (_, y) in splits.items()},
         "class_counts": {s: class_counts(y, num_classes) for s, (_, y) in splits.items()},
         "input_shape": list(source.train_x.shape[1:]), "mean": mean, "std": std,
+        **test_info(cfg, origin if "test" in splits else None),
     }
     if rank == 0:  # what meta.json records; the other ranks use the same examples
         info["sha256"], info["fingerprint_of"] = fingerprint_tensors(splits), "examples"
@@ -205,7 +251,8 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
                 num_classes, source.classes, mean, std, info)
 
 
-def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int) -> Data:
+def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,
+                  stats: tuple[list[float], list[float]] | None) -> Data:
     from torchvision import datasets, transforms
 
     train_folder, test_folder = source.folder
@@ -215,15 +262,25 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int) ->
         base.append(transforms.Grayscale(1))
     plain = transforms.Compose([*base, transforms.ToTensor()])
     probe = datasets.ImageFolder(train_folder.root, transform=plain)
-    train_idx, val_idx = split_indices(len(probe), cfg.val_fraction, cfg.split_seed)
+    pool = torch.arange(len(probe))
+    carved = None
+    if test_folder is None and cfg.test_fraction > 0:  # no test/ folder: carve one out first
+        rest, carved = carve_test(len(probe), cfg.test_fraction, cfg.split_seed)
+        pool = rest
+    train_idx, val_idx = split_indices(len(pool), cfg.val_fraction, cfg.split_seed)
     warn_if_sample_too_large(cfg.sample, len(train_idx), cfg.name)
+    train_idx, val_idx = pool[train_idx], pool[val_idx]
     n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
+    sampled = n_train < len(train_idx)
     train_idx, val_idx = train_idx[:n_train], val_idx[:n_val]
     check_split_sizes(cfg, len(train_idx), len(val_idx))
-    # Channel statistics from up to 256 training images: cheap and close enough.
-    stats_x = torch.stack([probe[int(i)][0] for i in train_idx[:256]])
-    check_finite(cfg.name, "train", stats_x)
-    mean, std = channel_stats(stats_x)
+    if stats is not None:
+        mean, std = stats
+    else:
+        # Channel statistics from up to 256 training images: cheap and close enough.
+        stats_x = torch.stack([probe[int(i)][0] for i in train_idx[:256]])
+        check_finite(cfg.name, "train", stats_x)
+        mean, std = channel_stats(stats_x)
     norm = transforms.Normalize(mean, std)
     aug = [transforms.RandomCrop(size, padding=max(1, size // 8)), transforms.RandomHorizontalFlip()]
     train_tf = transforms.Compose([*base, *(aug if cfg.augment else []), transforms.ToTensor(), norm])
@@ -242,9 +299,13 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int) ->
             raise ConfigError(f"data.root: the test folder's classes {test_folder.classes} differ from the "
                               f"training folder's {source.classes}; use the same class subfolders in both.")
         # Sample mode: the first examples of the test split, as many as the validation split.
-        n_test = len(test_targets) if cfg.sample is None else min(len(test_targets), n_val)
+        n_test = min(len(test_targets), n_val) if sampled else len(test_targets)
         test_ds = datasets.ImageFolder(test_folder.root, transform=eval_tf)
         subsets["test"] = (torch.utils.data.Subset(test_ds, range(n_test)), test_targets[:n_test])
+    elif carved is not None and len(carved):
+        n_test = min(len(carved), n_val) if sampled else len(carved)
+        subsets["test"] = (torch.utils.data.Subset(datasets.ImageFolder(train_folder.root, transform=eval_tf),
+                                                   carved[:n_test].tolist()), targets[carved[:n_test]])
     num_classes = len(source.classes)
     plain_train = torch.utils.data.Subset(datasets.ImageFolder(train_folder.root, transform=eval_tf),
                                           train_idx.tolist())
@@ -262,6 +323,7 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int) ->
         "sizes": {s: len(ds) for s, (ds, _) in subsets.items()},
         "class_counts": {s: class_counts(y, num_classes) for s, (_, y) in subsets.items()},
         "input_shape": [cfg.channels, size, size], "mean": mean, "std": std,
+        **test_info(cfg, None if "test" not in subsets else "official" if test_folder is not None else "carved"),
     }
     if rank == 0:  # what meta.json records; the other ranks read the same files
         used = {"train": [probe.samples[int(i)] for i in train_idx], "val": [probe.samples[int(i)] for i in val_idx]}

@@ -33,6 +33,7 @@ class Source:
     image: bool = True  # images get crop/flip augmentation
     flip: bool = False  # horizontal flips keep the meaning (not for digits)
     folder: object = None  # folder data: (train ImageFolder, test ImageFolder or None)
+    test_origin: str = "official"  # how test_x was made, when there is one: official, generated
 
 
 def default_root() -> Path:
@@ -278,5 +279,10 @@ def load_synthetic(cfg) -> Source:
     means = torch.rand((cfg.num_classes, *shape), generator=g)
     y = torch.randint(0, cfg.num_classes, (total,), generator=g)
     x = (0.5 * means[y] + 0.5 * torch.rand((total, *shape), generator=g)).clamp_(0, 1)
-    return Source(x, y, classes=[str(i) for i in range(cfg.num_classes)], location="synthetic",
-                  image=len(shape) == 3)
+    # A test split drawn after the others (so they stay as they were), test_fraction of all.
+    n_test = 0 if cfg.test_fraction <= 0 else max(1, round(total * cfg.test_fraction / (1 - cfg.test_fraction)))
+    test_y = torch.randint(0, cfg.num_classes, (n_test,), generator=g)
+    test_x = (0.5 * means[test_y] + 0.5 * torch.rand((n_test, *shape), generator=g)).clamp_(0, 1)
+    return Source(x, y, test_x if n_test else None, test_y if n_test else None,
+                  classes=[str(i) for i in range(cfg.num_classes)], location="synthetic",
+                  image=len(shape) == 3, test_origin="generated")

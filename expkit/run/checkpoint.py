@@ -155,12 +155,14 @@ def numbered(folder: Path) -> list[Path]:
     return sorted(files, key=_number, reverse=True)
 
 
-def load_file(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Verify the checksum, then load with weights_only=True."""
+def load_file(path: Path, map_location: Any = "cpu", require_checksum: bool = True) -> dict[str, Any]:
+    """Verify the checksum, then load with weights_only=True. `require_checksum=False`: a
+    file copied out of its run folder without its .sha256 is loaded unverified."""
     sidecar = Path(f"{path}.sha256")
     if not sidecar.exists():
-        raise CheckpointError(f"{path.name} has no checksum file {sidecar.name} (its write did not finish)")
-    if sidecar.read_text().strip() != _sha256(path):
+        if require_checksum:
+            raise CheckpointError(f"{path.name} has no checksum file {sidecar.name} (its write did not finish)")
+    elif sidecar.read_text().strip() != _sha256(path):
         raise CheckpointError(f"{path.name} does not match its checksum (truncated or damaged)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)

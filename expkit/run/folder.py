@@ -173,7 +173,7 @@ class RunDir:
         """A resume has started: status running again, the resume listed under `resumes`,
         the new config when overrides changed it."""
         meta = self.read_meta()
-        for stale in ("interrupted_at_step", "signal", "error"):  # from how the run last ended
+        for stale in ("interrupted_at_step", "signal", "error", "stopped_early"):  # from how the run last ended
             meta.pop(stale, None)
         meta.update(status="running", ended=None, resumes=[*meta.get("resumes", []), entry])
         write_json(self.meta_path, meta)

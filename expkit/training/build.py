@@ -38,8 +38,7 @@ def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: Loaded 
     """Everything the Trainer needs, in the order the course teaches it."""
     import torch
 
-    from expkit.data import build_data
-    from expkit.models import build_model
+    from expkit.data import build_data, describe_test
     from expkit.training import dist
     from expkit.training.init import apply_init
     from expkit.training.optim import build_optim
@@ -64,14 +63,9 @@ def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: Loaded 
              data.info["name"], data.info["mode"], data.info["loader"], data.info["location"],
              ", ".join(f"{k} {v}" for k, v in data.info["sizes"].items()), data.info["input_shape"],
              _short(data.mean), _short(data.std))
-    log.info("class counts: %s", data.info["class_counts"])
-    if dist.is_main() and resume is None and (run_dir / "meta.json").exists():
-        record_data(RunDir(run_dir), typed["data"], data.info)
+    log.info("%s; class counts: %s", describe_test(data.info), data.info["class_counts"])
 
-    try:
-        model = build_model(typed["model"], typed["reg"], data.input_shape, data.num_classes)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    model = build_model_for(typed, data.input_shape, data.num_classes)
     apply_init(model, typed["init"], typed["model"].activation)
     log_model(model)
     model.to(device)
@@ -101,18 +95,29 @@ def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: Loaded 
                  trainer.batch, trainer.step)
     elif dist.is_main():
         write_text_summaries(writer, cfg, run_dir, model)
+    rundir = RunDir(run_dir)
+    if dist.is_main() and rundir.meta_path.exists():  # once the checkpoint fits: a refused resume changes nothing
+        record_data(rundir, typed["data"], data)
     return trainer
 
 
-def record_data(rundir: RunDir, cfg, info: dict[str, Any]) -> None:
-    """meta.json `data`: which examples the run used, with their fingerprint (added to
-    what the object holds already)."""
-    meta = rundir.read_meta()
-    entry = dict(meta.get("data") or {})
-    entry.update(name=info["name"], source=info["location"], sizes=info["sizes"], split_seed=cfg.split_seed,
-                 val_fraction=cfg.val_fraction, sample=cfg.sample, sha256=info.get("sha256"),
-                 fingerprint_of=info.get("fingerprint_of"))
+def record_data(rundir: RunDir, cfg, data) -> None:
+    """meta.json `data`: where the examples came from, how they were split, and the
+    fingerprint of the ones used (added to what the object holds already)."""
+    entry = dict(rundir.read_meta().get("data") or {})
+    entry.update(data.record(), source=data.info["location"], val_fraction=cfg.val_fraction, sample=cfg.sample,
+                 sha256=data.info.get("sha256"), fingerprint_of=data.info.get("fingerprint_of"))
     rundir.update_meta(data=entry)
+
+
+def build_model_for(typed: dict[str, Any], input_shape, num_classes: int):
+    """The run's model, untrained: the same builder for training, eval, predict and export."""
+    from expkit.models import build_model
+
+    try:
+        return build_model(typed["model"], typed["reg"], tuple(input_shape), num_classes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _short(values: list[float]) -> str:
@@ -171,5 +176,6 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 def write_hparams(trainer, typed, cfg: DictConfig) -> None:
     m = trainer.last_metrics
     metrics = {f"hparams/{k.replace('/', '_')}": float(m[k])
-               for k in ("val/acc", "val/loss", "best/val/acc", "train/loss", "test/acc") if k in m}
+               for k in ("val/acc", "val/loss", "best/val/acc", "train/loss", "test/acc", "test/loss")
+               if isinstance(m.get(k), (int, float))}
     trainer.writer.hparams(flat_hparams(cfg), metrics, trainer.step)

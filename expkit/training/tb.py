@@ -71,6 +71,16 @@ class Writer:
     def images(self, tag: str, grid, step: int) -> None:
         self.w.add_image(tag, grid, step)
 
+    def png(self, tag: str, data: bytes, step: int) -> None:
+        """An image already encoded as PNG (a matplotlib figure), written as it is."""
+        import struct
+
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        width, height = struct.unpack(">II", data[16:24])  # the PNG header's IHDR chunk
+        image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=data)
+        self.w._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
     def text(self, tag: str, text: str, step: int = 0) -> None:
         # Markdown: indent by four spaces so YAML and tables keep their layout.
         self.w.add_text(tag, "    " + text.replace("\n", "\n    "), step)

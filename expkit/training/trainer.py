@@ -10,13 +10,14 @@
           a stop signal: checkpoint mid-epoch, raise Interrupted
         schedule.step_epoch()
         every trainer.eval_every epochs and after the last: evaluate() -> schedule.step_eval()
-                                                             -> metrics.json
-        save_checkpoint()             last.pt every epoch, best.pt when val/acc improved
-      after_fit()                     test split, misclassified grid, HPARAMS
+                                                             -> early_stop.update() -> metrics.json
+        save_checkpoint()             last.pt every epoch, best.pt when the monitored metric improved
+        early_stop.should_stop()      trainer.early_stop.patience evaluations without improvement
+      after_fit()                     best.pt scored on the test split, misclassified grid
 
 Every piece that is checkpointed has state_dict()/load_state_dict(), so resume is exact:
-model, optimizer, schedule, grad scaler, position (epoch, batch, step), best metric and
-the RNG states (Python, NumPy, torch, CUDA).
+model, optimizer, schedule, grad scaler, position (epoch, batch, step), best metric, early
+stopping and the RNG states (Python, NumPy, torch, CUDA).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from torch import nn
 from expkit.run import checkpoint
 from expkit.run.folder import write_json
 from expkit.training import dist
+from expkit.training.early_stop import EarlyStop, resolve_monitor
 from expkit.training.logs import Progress
 
 log = logging.getLogger("expkit")
@@ -112,6 +114,8 @@ class Trainer:
         # Position and results; all restored by load_state_dict.
         self.epoch, self.batch, self.step = 0, 0, 0
         self.best_acc = -math.inf
+        es = self.t.early_stop
+        self.early_stop = EarlyStop(resolve_monitor(cfg), es.patience, es.min_delta)
         self.last_metrics: dict[str, float] = {}
         self.stop_signal: str | None = None  # set by the signal handler in app.py
         self.weight_names = [n for n, p in self.raw_model.named_parameters() if p.ndim >= 2]
@@ -125,6 +129,8 @@ class Trainer:
         if self.step == 0:
             self.before_fit()
         for epoch in range(self.epoch, self.t.epochs):
+            if self.early_stop.should_stop():  # resumed from the checkpoint written as it stopped
+                break
             self.epoch = epoch
             self.train_epoch(epoch, start_batch=self.batch)
             if self.batch >= len(self.data.train):  # not when trainer.max_steps stopped mid-epoch
@@ -135,10 +141,17 @@ class Trainer:
             last = epoch + 1 == self.t.epochs or self.reached_max_steps()
             improved = False
             if (epoch + 1) % self.t.eval_every == 0 or last:
-                improved = self.evaluate_and_record(epoch + 1, collect_errors=64 if last else 0)
+                errors = 64 if last or self.early_stop.enabled else 0
+                improved = self.evaluate_and_record(epoch + 1, collect_errors=errors)
+            stop = self.early_stop.should_stop()
+            if stop and not last:
+                es = self.early_stop
+                log.info("early stop after epoch %d: %s has not improved by more than %g for %d evaluation(s) "
+                         "(best %s at epoch %s)", epoch + 1, es.monitor, es.min_delta, es.wait,
+                         "none" if es.best is None else f"{es.best:.4f}", es.best_epoch)
             if self.t.checkpoint:
                 self.save_checkpoint(best=improved)
-            if last:
+            if last or stop:
                 break
             if self.should_stop(boundary=True):  # a signal during this epoch's evaluation or checkpoint
                 self.interrupt(saved=self.t.checkpoint)
@@ -257,8 +270,8 @@ class Trainer:
         val = {"val/loss": metrics["loss"], "val/acc": metrics["acc"]}
         self.schedule.step_eval(val)
         # A non-finite loss never makes a checkpoint the best one.
-        improved = val["val/acc"] > self.best_acc and math.isfinite(val["val/loss"])
-        self.best_acc = max(self.best_acc, val["val/acc"]) if improved else self.best_acc
+        improved = self.early_stop.update(val, epoch) and math.isfinite(val["val/loss"])
+        self.best_acc = max(self.best_acc, val["val/acc"])
         self.last_metrics.update(val)
         self.last_metrics["best/val/acc"] = self.best_acc
         self.writer.scalars(val, self.step)
@@ -329,16 +342,39 @@ class Trainer:
         from expkit.training.tb import write_misclassified
 
         self.last_metrics.update({"epoch": self.epoch, "step": self.step})
-        if self.data.test is not None:
-            test, _ = self.evaluate(self.data.test)
-            self.last_metrics.update({"test/loss": test["loss"], "test/acc": test["acc"]})
-            self.writer.scalars({"test/loss": test["loss"], "test/acc": test["acc"]}, self.step)
-            log.info("test/loss %.4f  test/acc %.4f", test["loss"], test["acc"])
+        if self.data.test is not None and self.t.test_at_end:
+            self.score_test()
+        elif self.t.test_at_end:
+            log.info("test: no test split to score (data.test_fraction=0)")
         if self.main and len(self.data.input_shape) == 3:
             write_misclassified(self.writer, self.errors, self.data, self.step)
         self.write_metrics()
         self.writer.flush()
         return dict(self.last_metrics)
+
+    def score_test(self) -> None:
+        """The best checkpoint's weights on the test split, then the last weights back."""
+        best_pt = self.run_dir / "checkpoints" / "best.pt"
+        dist.barrier()  # rank 0 has written best.pt before any rank reads it
+        if not (self.t.checkpoint and best_pt.exists()):
+            test, _ = self.evaluate(self.data.test)
+            scored, step = "the last weights (trainer.checkpoint=false: no best.pt)", self.step
+        else:
+            state = checkpoint.load_file(best_pt, map_location=self.device)
+            last = {k: v.detach().clone() for k, v in self.raw_model.state_dict().items()}
+            self.raw_model.load_state_dict(state["model"])
+            try:
+                test, _ = self.evaluate(self.data.test)
+            finally:
+                self.raw_model.load_state_dict(last)
+            step = state["step"]
+            best = self.early_stop.best
+            scored = (f"checkpoints/best.pt (epoch {state['epoch']}, step {step}"
+                      + (f", best {self.early_stop.monitor} {best:.4f})" if best is not None else ")"))
+        self.last_metrics.update({"test/loss": test["loss"], "test/acc": test["acc"], "test/step": step})
+        self.writer.scalars({"test/loss": test["loss"], "test/acc": test["acc"]}, step)
+        log.info("test: scored %s on the test split (%d examples): test/loss %.4f  test/acc %.4f", scored,
+                 self.data.info["sizes"].get("test", 0), test["loss"], test["acc"])
 
     def write_metrics(self) -> None:
         if self.main:
@@ -383,6 +419,11 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
             "best_acc": self.best_acc, "metrics": dict(self.last_metrics),
+            "early_stop": self.early_stop.state_dict(),
+            # What predicting with the weights needs: the input's normalization and the classes.
+            "data": {"name": self.data.info.get("name"), "classes": list(self.data.classes),
+                     "input_shape": list(self.data.input_shape), "mean": list(self.data.mean),
+                     "std": list(self.data.std)},
             "warned_vanishing": self.warned_vanishing,
             "train_sums": [float(v) for v in self.sums.values()] if self.batch and self.sums else None,
             "rng": rng_state(), "world_size": dist.world_size(),
@@ -400,6 +441,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.best_acc, self.last_metrics = state["best_acc"], dict(state["metrics"])
+        self.early_stop.load_state_dict(state.get("early_stop"), self.best_acc)
         self.warned_vanishing = state.get("warned_vanishing", False)
         self.restored_sums = state.get("train_sums")
         # Every rank continues its own streams (dropout masks, augmentation differ per rank).

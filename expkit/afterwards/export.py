@@ -1,0 +1,108 @@
+"""`expkit export RUN_DIR`: the checkpoint's model as one file plain torch loads without
+expkit: TorchScript (`torch.jit.load`) or torch.export (`torch.export.load(...).module()`).
+The normalization of the run's training data is inside, so the file takes raw inputs in
+[0, 1] shaped (N, *input_shape) and returns logits. The file is read back after writing
+and its outputs compared with the checkpoint's on a batch; a JSON file beside it says
+what it takes and returns."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from expkit.afterwards.loading import RunModel, load_run
+from expkit.errors import EXIT_FAILED, ConfigError, RunFailed
+from expkit.run.folder import write_atomic, write_json
+
+FORMATS = {"torchscript": ".torchscript.pt", "exported": ".pt2"}
+ATOL, RTOL = 1e-5, 1e-4
+
+
+def normalized(run: RunModel):
+    """The model with the run's normalization in front of it."""
+    import torch
+    from torch import nn
+
+    class Normalized(nn.Module):
+        def __init__(self, model: nn.Module, mean: list[float], std: list[float], ndim: int):
+            super().__init__()
+            shape = (1, -1) + (1,) * (ndim - 1)
+            self.model = model
+            self.register_buffer("mean", torch.tensor(mean).view(shape))
+            self.register_buffer("std", torch.tensor(std).view(shape))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model((x - self.mean) / self.std)
+
+    return Normalized(run.model, run.mean, run.std, len(run.input_shape)).eval()
+
+
+def example_batch(run: RunModel, n: int = 8):
+    import torch
+
+    return torch.rand((n, *run.input_shape), generator=torch.Generator().manual_seed(0))
+
+
+def to_bytes(module, example, fmt: str, extra: dict[str, str]) -> bytes:
+    import torch
+
+    buffer = io.BytesIO()
+    if fmt == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice, not ours to act on
+            traced = torch.jit.trace(module, example, check_trace=False)
+            torch.jit.save(traced, buffer, _extra_files=extra)
+    else:
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, buffer, extra_files=extra)
+    return buffer.getvalue()
+
+
+def load_exported(path: Path, fmt: str):
+    """How a user loads the file, with plain torch."""
+    import torch
+
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path), map_location="cpu")
+    return torch.export.load(str(path)).module()
+
+
+def export(run_dir: str | Path, checkpoint: str = "best", fmt: str = "torchscript",
+           overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    import torch
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: value {fmt!r} is not allowed; choose one of {', '.join(FORMATS)}.")
+    run = load_run(run_dir, checkpoint, overrides, device="cpu")
+    module = normalized(run)
+    example = example_batch(run)
+    info = {"format": fmt, "checkpoint": run.label, "checkpoint_file": str(run.checkpoint),
+            "step": run.state.get("step"), "epoch": run.state.get("epoch"),
+            "input": f"float32 (N, {', '.join(map(str, run.input_shape))}) in [0, 1]; normalized inside",
+            "output": f"logits (N, {len(run.classes)})", "input_shape": list(run.input_shape),
+            "classes": run.classes, "mean": run.mean, "std": run.std,
+            "load": "torch.jit.load(PATH)" if fmt == "torchscript" else "torch.export.load(PATH).module()"}
+    try:
+        data = to_bytes(module, example, fmt, {"expkit.json": json.dumps(info)})
+    except Exception as e:
+        raise ConfigError(f"--format {fmt}: this model cannot be exported so: {type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0]}") from None
+    folder = run.path / "export"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"model-{run.label}{FORMATS[fmt]}"
+    write_atomic(path, data)
+    # Read back as a user would, and compare with the checkpoint's model (a batch of 1 too).
+    loaded = load_exported(path, fmt)
+    with torch.no_grad():
+        diff = max(float((loaded(x) - module(x)).abs().max()) for x in (example, example[:1]))
+    info.update(file=str(path), max_abs_diff=diff)
+    write_json(folder / f"{path.name}.json", info)
+    if not diff <= ATOL + RTOL:
+        raise RunFailed(f"{path}: its outputs differ from the checkpoint's by up to {diff:.3g}", EXIT_FAILED)
+    return info

@@ -1,0 +1,161 @@
+"""A run folder's checkpoint back in the model it was trained as: the saved config (with
+optional overrides, e.g. another data set of the same shape), the model built by the same
+builder as training, the weights read with weights_only, and what predicting needs (the
+classes and the normalization of the run's training data)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from expkit.config.compose import upgrade_saved
+from expkit.errors import ConfigError
+from expkit.run.folder import read_json
+
+NAMED = ("best", "last")
+
+
+@dataclass
+class RunModel:
+    path: Path  # the run folder
+    cfg: DictConfig  # the run's config, overrides applied
+    typed: dict[str, Any]  # the same, validated
+    model: Any  # the nn.Module, in eval mode, weights loaded
+    state: dict[str, Any]  # the checkpoint
+    label: str  # best, last, or the checkpoint file's stem: names eval/ and export/ outputs
+    checkpoint: Path
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    input_shape: tuple[int, ...]
+    device: Any
+
+    def describe(self) -> str:
+        return f"checkpoint {self.label} (epoch {self.state.get('epoch')}, step {self.state.get('step')})"
+
+
+def open_run(run_dir: str | Path) -> tuple[Path, DictConfig]:
+    path = Path(run_dir)
+    if not path.exists():
+        raise ConfigError(f"RUN_DIR {str(run_dir)!r} does not exist.")
+    if not path.is_dir():
+        raise ConfigError(f"RUN_DIR {str(run_dir)!r} is not a folder.")
+    if not (path / "config.yaml").exists():
+        raise ConfigError(f"{str(run_dir)!r} is not an expkit run folder (it has no config.yaml).")
+    try:
+        return path, upgrade_saved(OmegaConf.load(path / "config.yaml"))
+    except Exception as e:
+        raise ConfigError(f"{str(run_dir)!r}: cannot read its config.yaml: {str(e).splitlines()[0]}") from None
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """`data=folder data.root=DIR` replaces the data group with that choice as conf/ composes
+    it; `key=value` changes one key of the saved config."""
+    from expkit.config.compose import compose, explain_compose_error
+    from expkit.config.schema import CHOICE_KEY, SINGLE
+
+    for item in overrides:
+        if "=" not in item or not item.split("=", 1)[0]:
+            raise ConfigError(f"override {item!r} is not of the form key=value (or group=choice).")
+    groups = {o.split("=", 1)[0] for o in overrides if "." not in o.split("=", 1)[0]} & (set(CHOICE_KEY) | set(SINGLE))
+    in_groups = [o for o in overrides if o.lstrip("+").split("=", 1)[0].split(".")[0] in groups]
+    rest = [o for o in overrides if o not in in_groups]
+    cfg = cfg.copy()
+    if groups:
+        try:
+            composed = compose(in_groups)
+        except Exception as e:
+            raise ConfigError(explain_compose_error(e, in_groups, None)) from None
+        for group in groups:
+            cfg[group] = composed[group]
+    if rest:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in rest]))
+        except Exception as e:
+            raise ConfigError(f"overrides {' '.join(rest)}: {str(e).splitlines()[0]}") from None
+    return cfg
+
+
+def checkpoint_file(path: Path, checkpoint: str) -> tuple[str, Path]:
+    """(label, file) for `--checkpoint best|last|FILE`."""
+    if checkpoint in NAMED:
+        file = path / "checkpoints" / f"{checkpoint}.pt"
+        if not file.exists():
+            raise ConfigError(f"--checkpoint {checkpoint}: {path} has no checkpoints/{checkpoint}.pt (the run wrote "
+                              "no checkpoint: trainer.checkpoint=false, or it stopped before its first epoch ended).")
+        return checkpoint, file
+    file = Path(checkpoint)
+    if not file.exists() and (path / "checkpoints" / checkpoint).exists():
+        file = path / "checkpoints" / checkpoint
+    if not file.is_file():
+        raise ConfigError(f"--checkpoint {checkpoint}: no such file (give best, last, or a checkpoint file).")
+    return file.name.removesuffix(".pt"), file
+
+
+def read_checkpoint(file: Path, own: bool) -> dict[str, Any]:
+    """weights_only; a damaged file or one that is not an expkit checkpoint is bad input."""
+    from expkit.run.checkpoint import CheckpointError, load_file
+
+    try:
+        return load_file(file, map_location="cpu", require_checksum=own)
+    except CheckpointError as e:
+        raise ConfigError(f"checkpoint {file}: {' '.join(str(e).split())}") from None
+
+
+def data_facts(path: Path, state: dict[str, Any], typed: dict[str, Any]) -> dict[str, Any]:
+    """Classes, input shape and normalization of the run's training data: from the
+    checkpoint, else meta.json, else the run's data built again (checkpoints of older runs)."""
+    for facts in (state.get("data"), read_json(path / "meta.json").get("data")):
+        if facts and all(facts.get(k) is not None for k in ("classes", "input_shape", "mean", "std")):
+            return facts
+    from expkit.data import build_data
+
+    data = build_data(typed["data"], typed["seed"])
+    return {"classes": data.classes, "input_shape": list(data.input_shape), "mean": data.mean, "std": data.std}
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str] | tuple[str, ...] = (),
+             device: str | None = None) -> RunModel:
+    """The run's model with the checkpoint's weights, in eval mode, on `device` (default:
+    trainer.accelerator's choice)."""
+    import torch
+
+    from expkit.config.schema import validate
+    from expkit.training.build import build_model_for, pick_device
+    from expkit.training.trainer import model_mismatch
+
+    path, saved = open_run(run_dir)
+    cfg = apply_overrides(saved, list(overrides))
+    typed = validate(cfg)
+    typed["data"] = dataclasses.replace(typed["data"], augment=False)  # scoring sees the plain examples
+    label, file = checkpoint_file(path, checkpoint)
+    own = file.resolve().parent == (path / "checkpoints").resolve()
+    state = read_checkpoint(file, own)
+    facts = data_facts(path, state, validate(saved) if overrides else typed)
+    model = build_model_for(typed, facts["input_shape"], len(facts["classes"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        from expkit.config.compose import plain
+
+        reason = model_mismatch(state.get("config"), plain(cfg), e)
+        raise ConfigError(f"checkpoint {file} does not fit this run's model: {reason}") from None
+    target = torch.device(device) if device else pick_device(typed["trainer"].accelerator)
+    model.to(target).eval()
+    return RunModel(path=path, cfg=cfg, typed=typed, model=model, state=state, label=label, checkpoint=file,
+                    classes=list(facts["classes"]), mean=list(facts["mean"]), std=list(facts["std"]),
+                    input_shape=tuple(facts["input_shape"]), device=target)
+
+
+def normalize(x, run: RunModel):
+    """Raw inputs in [0, 1] -> what the model was trained on."""
+    import torch
+
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mean = torch.tensor(run.mean, dtype=x.dtype, device=x.device).view(shape)
+    std = torch.tensor(run.std, dtype=x.dtype, device=x.device).view(shape)
+    return (x - mean) / std
