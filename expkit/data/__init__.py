@@ -120,27 +120,34 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
     if source.folder is not None:
         return _build_folder(cfg, source, seed, rank, world_size)
     device = device or torch.device("cpu")
-    check_finite(cfg.name, "train", source.train_x)
-    check_label_range(cfg.name, "train", source.train_y, source.classes)
-    if source.test_x is not None:
-        check_finite(cfg.name, "test", source.test_x)
-        check_label_range(cfg.name, "test", source.test_y, source.classes)
-    train_idx, val_idx = split_indices(len(source.train_y), cfg.val_fraction, cfg.split_seed)
-    n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
-    train_idx, val_idx = train_idx[:n_train], val_idx[:n_val]
-    check_split_sizes(cfg, len(train_idx), len(val_idx))
+    if source.rows is not None:  # own data (data=python): its splits, read now
+        splits, classes = own_splits(cfg, source)
+    else:
+        check_finite(cfg.name, "train", source.train_x)
+        check_label_range(cfg.name, "train", source.train_y, source.classes)
+        if source.test_x is not None:
+            check_finite(cfg.name, "test", source.test_x)
+            check_label_range(cfg.name, "test", source.test_y, source.classes)
+        train_idx, val_idx = split_indices(len(source.train_y), cfg.val_fraction, cfg.split_seed)
+        n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
+        train_idx, val_idx = train_idx[:n_train], val_idx[:n_val]
+        check_split_sizes(cfg, len(train_idx), len(val_idx))
+        splits = {"train": (source.train_x[train_idx], source.train_y[train_idx]),
+                  "val": (source.train_x[val_idx], source.train_y[val_idx])}
+        if source.test_x is not None:
+            n_test = len(source.test_y) if cfg.sample is None else min(len(source.test_y), n_val)
+            splits["test"] = (source.test_x[:n_test], source.test_y[:n_test])
+        classes = source.classes
     # Statistics of the training split only: the validation set must not leak into them.
-    mean, std = channel_stats(source.train_x[train_idx])
-    splits = {"train": (source.train_x[train_idx], source.train_y[train_idx]),
-              "val": (source.train_x[val_idx], source.train_y[val_idx])}
-    if source.test_x is not None:
-        n_test = len(source.test_y) if cfg.sample is None else min(len(source.test_y), n_val)
-        splits["test"] = (source.test_x[:n_test], source.test_y[:n_test])
-    num_classes = len(source.classes)
+    mean, std = channel_stats(splits["train"][0])
+    if not getattr(cfg, "normalize", True):
+        mean, std = [0.0] * len(mean), [1.0] * len(std)
+    input_shape = tuple(splits["train"][0].shape[1:])
+    num_classes = len(classes)
     use_tensor_path = cfg.loader in ("auto", "tensor")
     on_device = device if (cfg.on_device and use_tensor_path) else torch.device("cpu")
     augment = None
-    if cfg.augment and source.image:
+    if cfg.augment and source.image and len(input_shape) == 3:
         def augment(x):
             return random_crop_flip(x, flip=source.flip)
     loaders: dict[str, Any] = {}
@@ -161,12 +168,45 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
         "loader": "tensor" if use_tensor_path else "dataloader",
         "sizes": {s: len(y) for s, (_, y) in splits.items()},
         "class_counts": {s: class_counts(y, num_classes) for s, (_, y) in splits.items()},
-        "input_shape": list(source.train_x.shape[1:]), "mean": mean, "std": std,
+        "input_shape": list(input_shape), "mean": mean, "std": std,
     }
     for split, counts in info["class_counts"].items():
-        check_labels(cfg.name, split, counts, source.classes)
-    return Data(loaders["train"], loaders["val"], loaders.get("test"), tuple(source.train_x.shape[1:]),
-                num_classes, source.classes, mean, std, info)
+        check_labels(cfg.name, split, counts, classes)
+    return Data(loaders["train"], loaders["val"], loaders.get("test"), input_shape,
+                num_classes, classes, mean, std, info)
+
+
+def own_splits(cfg, source: Source) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[str]]:
+    """Own data's splits as tensors, and its classes. As for built-in data: a val split held
+    out of train when the factory gives none (data.val_fraction, data.split_seed), and in
+    sample mode data.sample training examples, val and test in proportion; only the
+    examples used are read."""
+    rows = source.rows
+    train, val, test = rows["train"], rows.get("val"), rows.get("test")
+    if val is None:
+        train_idx, val_idx = split_indices(len(train), cfg.val_fraction, cfg.split_seed)
+        val = train
+    else:
+        g = torch.Generator().manual_seed(cfg.split_seed)
+        train_idx, val_idx = torch.randperm(len(train), generator=g), torch.randperm(len(val), generator=g)
+    n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
+    check_split_sizes(cfg, n_train, n_val)
+    splits = {"train": train.take(train_idx[:n_train]), "val": val.take(val_idx[:n_val])}
+    if test is not None:
+        n_test = len(test) if cfg.sample is None else min(len(test), n_val)
+        splits["test"] = test.take(torch.arange(n_test))
+    classes = source.classes
+    if not classes:
+        targets = [t for t in (r.targets() for r in rows.values()) if t is not None and len(t)]
+        largest = max(int(t.max()) for t in [*targets, *(y for _, y in splits.values() if len(y))])
+        classes = [str(i) for i in range(largest + 1)]
+    for split, (x, y) in splits.items():
+        check_finite(cfg.name, split, x)
+        check_label_range(cfg.name, split, y, classes)
+        if x.shape[1:] != splits["train"][0].shape[1:]:
+            raise ConfigError(f"data.factory: the {split} split's examples have shape {list(x.shape[1:])}, the train "
+                              f"split's {list(splits['train'][0].shape[1:])}; expected one shape.")
+    return splits, classes
 
 
 def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int) -> Data:

@@ -33,6 +33,7 @@ class Source:
     image: bool = True  # images get crop/flip augmentation
     flip: bool = False  # horizontal flips keep the meaning (not for digits)
     folder: object = None  # folder data: (train ImageFolder, test ImageFolder or None)
+    rows: dict | None = None  # own data (data=python): split -> rows read on demand (data/python.py)
 
 
 def default_root() -> Path:
