@@ -111,6 +111,10 @@ def resolve(group: str, path: Any) -> Any:
 
 
 def _split(key: str, path: Any) -> tuple[str, str]:
+    if isinstance(path, str) and path.endswith("given to the Python API>"):
+        group = key.split(".")[0]
+        raise ConfigError(f"{key}: value {path!r} stands for objects given to expkit.train, which this process "
+                          f"does not have; pass them again: expkit.resume(RUN_DIR, {group}=...).")
     module_name, sep, attr = str(path).partition(":") if isinstance(path, str) else ("", "", "")
     names = [*module_name.split("."), *attr.split(".")]
     if not sep or not all(n.isidentifier() for n in names):
