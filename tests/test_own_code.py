@@ -140,6 +140,10 @@ def test_tensors_from_a_factory_and_classes_from_the_labels(project):
      "Squares, build_model, init_weights, make_data, tensors; did you mean build_model?"),
     (["model=python", "model.factory=os:system"], "module os is "),
     (["model=python"], "model.factory: a value is required with model=python"),
+    (["model=python", "model.factory=__main__:Net"],
+     "model.factory: value '__main__:Net' names an object of the notebook or script that trained the run, which "
+     "this process does not have; pass the object itself: expkit.train(..., model=...) or "
+     "expkit.resume(RUN_DIR, model=...)."),
     (["model=python", "model.factory=ownmod:build_model", "+model.kwargs.width=2"],
      "model.kwargs.width: ownmod:build_model has no parameter width; its parameters: input_shape, num_classes, "
      "hidden."),
@@ -181,6 +185,8 @@ def test_objects_of_the_caller_train_resume_and_are_recorded(project):
     assert "data.factory: <tuple (TensorDataset, tuple)" in (run_dir / "train.log").read_text()
     with pytest.raises(ConfigError, match="model: Tiny"):
         expkit.train(fast, model=Tiny((1, 3, 3), 4))
+    with pytest.raises(ConfigError, match="trainer.devices: objects given to expkit.train stay in this process"):
+        expkit.train([*fast, "trainer.devices=2"], model=Tiny)
     with pytest.raises(ConfigError, match="data.factory"):  # the Dataset is not in the run folder
         expkit.resume(run_dir, ["trainer.epochs=2"], model=Tiny, init=init_weights)
     assert read_json(run_dir / "meta.json")["status"] == "completed"  # a refused resume changed nothing

@@ -10,9 +10,10 @@ it before anything is built: the module imports, has the name, the object is of 
 kind and its parameters fit what expkit passes; any problem is one ConfigError line.
 
 Only the project's own code can be named: the object must be defined (not just imported)
-in a module whose file is inside the project folder, or in `__main__` (the notebook or
-script that called expkit.train). So a config, even in a stranger's run folder, cannot
-name a function of the standard library or of an installed package (`os:system`).
+in a module whose file is inside the project folder. So a config, even in a stranger's run
+folder, cannot name a function of the standard library or of an installed package
+(`os:system`). A notebook's objects (config.yaml records them as `__main__:NAME`) are
+never looked up by path: they must be given again to expkit.resume.
 
 The Python API passes objects instead of paths: `using(objects={"model": Net})` makes
 `resolve` return them for the duration of a run; config.yaml keeps a description.
@@ -91,11 +92,11 @@ def resolve(group: str, path: Any) -> Any:
         return ctx.objects[group]
     key = key_of(group)
     module_name, attr = _split(key, path)
-    if module_name == "__main__":
-        module, directory = sys.modules.get("__main__"), None
-    else:
-        directory = project_dir()
-        module = _import(key, path, module_name, directory)
+    if module_name == "__main__":  # a notebook's or script's object: only the object itself will do
+        raise ConfigError(f"{key}: value {path!r} names an object of the notebook or script that trained the run, "
+                          f"which this process does not have; pass the object itself: expkit.train(..., {group}=...) "
+                          f"or expkit.resume(RUN_DIR, {group}=...).")
+    module = _import(key, path, module_name, project_dir())
     obj: Any = module
     for i, part in enumerate(attr.split(".")):
         if not hasattr(obj, part):
@@ -167,10 +168,6 @@ def _modules_in(directory: Path, missing: str) -> str:
 
 
 def _missing_attribute(key: str, path: str, module_name: str, module: Any, parts: list[str], obj: Any) -> str:
-    if module_name == "__main__":
-        return (f"{key}: value {path!r} names an object of the notebook or script that trained the run, which "
-                f"this process does not have; pass the object itself: expkit.train(..., {key.split('.')[0]}=...) "
-                f"or expkit.resume(RUN_DIR, {key.split('.')[0]}=...).")
     defined = sorted(n for n, v in vars(obj).items() if not n.startswith("_")
                      and (inspect.isfunction(v) or inspect.isclass(v))
                      and getattr(v, "__module__", None) == module_name)
