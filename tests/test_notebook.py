@@ -64,7 +64,7 @@ def test_quickstart_notebook_runs_in_a_kernel(tmp_path):
     code = [c for c in nb.cells if c.cell_type == "code"]
     setup, _, train, tensorboard, resume = (text_of(c) for c in code)
     assert f"Colab: False; runs go to {tmp_path / 'runs'}" in setup
-    assert "epoch 1/1 batch 4/4" in train and "val/acc" in train  # progress, in the cell
+    assert "epoch 1/1 batch 8/8" in train and "val/acc" in train  # progress, in the cell
     # The iframe shows once the server answers (a failed launch prints an error instead). The
     # server stops with the kernel (its process group), else in `finally` above.
     assert "<iframe" in tensorboard and "const port = " in tensorboard and "ERROR" not in tensorboard, tensorboard

@@ -222,3 +222,27 @@ def test_cli_imports_from_the_current_directory(project):
         expkit train: model.factory: value 'ownmod:nope': ownmod ({project}/ownmod.py) has no nope; it defines Net, \
 Squares, build_model, init_weights, make_data, tensors.""")]
     assert len(list((project / "runs").rglob("meta.json"))) == 1
+
+
+def test_the_readmes_examples_work_as_its_commands_say(tmp_path, monkeypatch):
+    """README.md's own model, Dataset and init function, each with the overrides in its comment."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Your own model, data and init function", 1)[1].split("\n## ", 1)[0]
+    overrides = []
+    for block in re.findall(r"```python\n(.*?)```", section, re.S):
+        name, command = re.match(r"# (\w+)\.py +expkit train (.*)\n", block).groups()
+        (tmp_path / f"{name}.py").write_text(block)
+        overrides += command.split()
+    assert len(overrides) == 8, overrides
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    try:
+        trainer = build_trainer(tmp_path / "run", overrides)
+    finally:
+        for name in ("mymodels", "mydata", "myinit"):
+            sys.modules.pop(name, None)
+    assert trainer.data.info["sizes"] == {"train": 500, "val": 100}
+    linears = [m for m in trainer.model.modules() if isinstance(m, nn.Linear)]
+    assert linears[0].out_features == 64 and all(float(m.bias.abs().sum()) == 0 for m in linears)
