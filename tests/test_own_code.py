@@ -246,3 +246,12 @@ def test_the_readmes_examples_work_as_its_commands_say(tmp_path, monkeypatch):
     assert trainer.data.info["sizes"] == {"train": 500, "val": 100}
     linears = [m for m in trainer.model.modules() if isinstance(m, nn.Linear)]
     assert linears[0].out_features == 64 and all(not m.bias.detach().any() for m in linears)
+
+
+def test_a_dataset_with_one_hot_labels_is_refused_by_name(project):
+    from expkit.data import build_data
+
+    one_hot = torch.utils.data.TensorDataset(torch.rand(20, 3), torch.eye(2)[torch.randint(0, 2, (20,))])
+    with using(objects={"data": lambda: one_hot}), pytest.raises(ConfigError) as e:
+        build_data(PythonDataConfig(name="python", factory="x:y"), seed=0)
+    assert "has a label of type Tensor" in str(e.value) and "expected an integer class index" in str(e.value)

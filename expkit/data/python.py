@@ -69,8 +69,12 @@ class DatasetRows:
                 hint = " (add transforms.ToTensor() to its transform)" if "Image" in type(x).__name__ else ""
                 raise ConfigError(f"{KEY}: {self.what}[{i}] has an input of type {type(x).__name__}; expected a "
                                   f"tensor{hint}.")
+            try:
+                ys.append(int(y))
+            except (TypeError, ValueError, RuntimeError):
+                raise ConfigError(f"{KEY}: {self.what}[{i}] has a label of type {type(y).__name__} "
+                                  f"({str(y)[:40]}); expected an integer class index.") from None
             xs.append(torch.as_tensor(x))
-            ys.append(int(y))
         shapes = {tuple(x.shape) for x in xs}
         if len(shapes) > 1:
             raise ConfigError(f"{KEY}: {self.what}'s inputs differ in shape ({', '.join(map(str, sorted(shapes)[:3]))}"
