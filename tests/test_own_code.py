@@ -210,12 +210,14 @@ def test_resume_imports_from_the_folder_the_run_started_in(project, tmp_path_fac
 
 
 @pytest.mark.e2e
-def test_cli_imports_from_the_current_directory(project):
+def test_cli_and_its_ddp_workers_import_from_the_current_directory(project):
     args = ["model=python", "model.factory=ownmod:build_model", "init=function", "init.function=ownmod:init_weights",
-            *FAST]
+            "trainer.devices=2", "trainer.accelerator=cpu", *FAST]
     run_cli(["train", *args], cwd=project, check=True)
-    log = (only_run(project) / "train.log").read_text()
+    run = only_run(project)
+    log = (run / "train.log").read_text()
     assert f"model.factory: ownmod:build_model from {project / 'ownmod.py'}" in log
+    assert read_json(run / "meta.json")["world_size"] == 2 and "in_features=64, out_features=3" in log
     proc = run_cli(["train", "model=python", "model.factory=ownmod:nope", *FAST], cwd=project)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [textwrap.dedent(f"""\
