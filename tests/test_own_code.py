@@ -138,7 +138,8 @@ def test_tensors_from_a_factory_and_classes_from_the_labels(project):
     (["model=python", "model.factory=ownmod:build_modle"],
      "model.factory: value 'ownmod:build_modle': ownmod ({dir}/ownmod.py) has no build_modle; it defines Net, "
      "Squares, build_model, init_weights, make_data, tensors; did you mean build_model?"),
-    (["model=python", "model.factory=os:system"], "module os is "),
+    (["model=python", "model.factory=os:system"], "is in the standard library or an installed package; import "
+     "paths name the project's own code, a module in {dir}."),
     (["model=python"], "model.factory: a value is required with model=python"),
     (["model=python", "model.factory=__main__:Net"],
      "model.factory: value '__main__:Net' names an object of the notebook or script that trained the run, which "
@@ -156,6 +157,19 @@ def test_bad_paths_are_refused_before_anything_is_built(project, overrides, mess
         validate(task_config(check_overrides(overrides)))
     assert message.format(dir=project) in str(e.value)
     assert not (project / "runs").exists()
+
+
+@pytest.mark.parametrize("folder, path, what", [
+    ("/", "torch.nn.modules.linear:Linear", "is in the standard library or an installed package"),
+    (str(Path(__file__).resolve().parents[1]), "expkit.run.folder:write_atomic", "is expkit's own code"),
+])
+def test_installed_code_and_expkits_own_are_refused_even_inside_the_project(monkeypatch, folder, path, what):
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(ConfigError) as e:
+        validate(task_config(check_overrides(["data=python", f"data.factory={path}"])))
+    assert f"data.factory: value {path!r}: module {path.split(':')[0]} (" in str(e.value)
+    assert f") {what}; import paths name the project's own code, a module in {folder}." in str(e.value)
 
 
 def test_objects_of_the_caller_train_resume_and_are_recorded(project):

@@ -10,9 +10,10 @@ it before anything is built: the module imports, has the name, the object is of 
 kind and its parameters fit what expkit passes; any problem is one ConfigError line.
 
 Only the project's own code can be named: the object must be defined (not just imported)
-in a module whose file is inside the project folder. So a config, even in a stranger's run
-folder, cannot name a function of the standard library or of an installed package
-(`os:system`). A notebook's objects (config.yaml records them as `__main__:NAME`) are
+in a module whose file is inside the project folder, and not in the standard library, a
+site-packages folder (a virtual environment inside the project included) or expkit. So a
+config, even in a stranger's run folder, cannot name `os:system`, `torch.hub:load` or
+expkit's own functions. A notebook's objects (config.yaml records them as `__main__:NAME`) are
 never looked up by path: they must be given again to expkit.resume.
 
 The Python API passes objects instead of paths: `using(objects={"model": Net})` makes
@@ -140,11 +141,28 @@ def _import(key: str, path: str, module_name: str, directory: Path) -> Any:
         raise ConfigError(f"{key}: value {path!r}: importing {module_name} raised {type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}{_where(e)}.") from None
     file = getattr(module, "__file__", None)
-    if not file or not Path(file).resolve().is_relative_to(directory):
-        raise ConfigError(f"{key}: value {path!r}: module {module_name} is {file or 'built into Python'}, outside "
-                          f"the project folder {directory}; import paths name the project's own code (a module "
-                          "in that folder), not the standard library or an installed package.")
-    return module
+    where = Path(file).resolve() if file else None
+    if module_name.split(".")[0] == "expkit":
+        problem = "is expkit's own code"
+    elif where is None or _installed(where):
+        problem = "is in the standard library or an installed package"
+    elif not where.is_relative_to(directory):
+        problem = "is outside the project folder"
+    else:
+        return module
+    raise ConfigError(f"{key}: value {path!r}: module {module_name} ({file or 'built into Python'}) {problem}; "
+                      f"import paths name the project's own code, a module in {directory}.")
+
+
+def _installed(path: Path) -> bool:
+    """Inside the standard library or a site-packages folder (a virtual environment that
+    lives in the project folder included)."""
+    import site
+    import sysconfig
+
+    folders = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    folders |= {*site.getsitepackages(), site.getusersitepackages()}
+    return any(path.is_relative_to(Path(f).resolve()) for f in folders if f)
 
 
 def _where(e: BaseException) -> str:
