@@ -70,8 +70,8 @@ def make_data(n_train=500, with_val=True):
 
 def tensors():
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(200, 6, generator=g)
-    return x, (x[:, 0] > 0).long() * 2
+    x = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    return x.numpy(), (x[:, 0] > 0).long() * 2
 '''
 
 
@@ -129,6 +129,7 @@ def test_tensors_from_a_factory_and_classes_from_the_labels(project):
     assert data.info["sizes"] == {"train": 180, "val": 20} and data.input_shape == (6,)
     assert data.num_classes == 3  # labels 0 and 2: the largest label + 1
     assert len(data.train.x) == 180 and abs(float(data.train.x.mean())) < 0.1  # normalized
+    assert data.train.x.dtype == torch.float32  # from a float64 numpy array
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -99,7 +99,8 @@ def _tensor(value: Any, what: str) -> torch.Tensor:
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:
-    return x if x.is_floating_point() else x.float()
+    """Inputs as float32, what the models' weights are (integers and float64 arrays too)."""
+    return x if x.dtype == torch.float32 else x.float()
 
 
 def _rows(value: Any, what: str) -> TensorRows | DatasetRows:
