@@ -93,7 +93,7 @@ class FolderDataConfig(DataConfig):
 @dataclass
 class SyntheticDataConfig(DataConfig):
     shape: list[int] = key([1, 28, 28], "synthetic: shape of one example (C, H, W) or (F,)", check=SHAPE)
-    num_classes: int = key(10, "synthetic: number of classes", check=ge(2))
+    num_classes: int = key(10, "number of classes (synthetic; python: null = from the data)", check=ge(2))
     size: int = key(2048, "synthetic: number of training examples (validation adds val_fraction)", check=ge(1))
 
 
