@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from expkit.config.compose import compose, task_config, upgrade_saved
+from expkit.config.imports import OWN, given, using
+from expkit.config.imports import provenance as own_code
 from expkit.config.resolvers import suffix
 from expkit.config.schema import validate
 from expkit.errors import EXIT_BAD_INPUT, EXIT_FAILED, ConfigError, RunFailed
@@ -41,10 +43,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("expkit")
 
 
-def train_api(overrides: list[str], config_dir: str | None = None,
-              runs_root: str = "runs") -> tuple[Path, dict[str, float]]:
-    """`expkit.train([...])`: Hydra's compose API, for notebooks."""
+def train_api(overrides: list[str], config_dir: str | None = None, runs_root: str = "runs",
+              model: Any = None, data: Any = None, init: Any = None) -> tuple[Path, dict[str, float]]:
+    """`expkit.train([...])`: Hydra's compose API, for notebooks. `model`, `data`, `init`:
+    own code, as import paths or as the objects themselves (imports.given)."""
+    objects, shown = given(model=model, data=data, init=init)
+    chosen = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    for group in shown:
+        if group in chosen:
+            raise ConfigError(f"{group}: given twice, as the override {group}=... and as the {group} argument.")
+    overrides = [*(f"{g}={OWN[g][1]}" for g in shown), *overrides]
     cfg = compose(overrides, config_dir, hydra=True)
+    for group, path in shown.items():
+        cfg[group][OWN[group][2]] = path
+    if objects and cfg.trainer.get("devices", 1) > 1:
+        raise ConfigError("trainer.devices: objects given to expkit.train stay in this process; to train with "
+                          "several processes, name your code by import path (model.factory=MODULE:NAME, ...).")
     run_dir = Path(unique_dir(time.strftime(f"{runs_root}/%Y-%m-%d/%H-%M-%S") + suffix(cfg.get("name"))))
     hydra_dir = run_dir / ".hydra"
     hydra_dir.mkdir(parents=True)
@@ -52,7 +66,8 @@ def train_api(overrides: list[str], config_dir: str | None = None,
     OmegaConf.save(cfg.hydra, hydra_dir / "hydra.yaml", resolve=False)
     OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
     try:
-        metrics = execute(cfg, run_dir, overrides, discard_on_bad_input=True)
+        with using(objects=objects):
+            metrics = execute(cfg, run_dir, overrides, discard_on_bad_input=True)
     except RunFailed as e:
         raise ConfigError(str(e)) if e.exit_code == EXIT_BAD_INPUT else RuntimeError(str(e)) from None
     return run_dir, metrics
@@ -89,6 +104,11 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
                                         command=sys.argv, overrides=overrides,
                                         world_size=max(dist.world_size(), typed["trainer"].devices),
                                         untracked_max_bytes=typed["trainer"].untracked_max_kb * 1024)
+            own = own_code(typed)  # own code: the import path, and the file it came from
+            for key, entry in own.items():
+                log.info("%s: %s from %s", key, entry["path"], entry.get("file") or "the calling process")
+            if own and resume is None and lock is not None:
+                rundir.update_meta(imports=own)
             from expkit.training.launch import inside_worker_group
 
             if typed["trainer"].devices > 1 and not inside_worker_group():
@@ -275,9 +295,10 @@ def run_worker(run_dir: str, checkpoint: str | None) -> int:
         from expkit.run.checkpoint import Loaded, load_file
 
         state = Loaded(load_file(Path(checkpoint)), Path(checkpoint))
-    overrides = RunDir(path).read_meta().get("overrides", [])
+    meta = RunDir(path).read_meta()
     try:
-        execute(cfg, path, overrides, discard_on_bad_input=False, resume=state, provenance=False)
+        with using(directory=meta.get("cwd")):  # own code is imported from where the run started
+            execute(cfg, path, meta.get("overrides", []), discard_on_bad_input=False, resume=state, provenance=False)
     except RunFailed as e:
         # Tell the launching agent why, in its own error-file format; it reports the first failure.
         ErrorHandler().record_exception(e)

@@ -97,10 +97,14 @@ def _has_key(cfg, key: str) -> bool:
     return True
 
 
-def resume(run_dir: str | Path, overrides: list[str], force: bool = False, strict: bool = False) -> dict[str, float]:
+def resume(run_dir: str | Path, overrides: list[str], force: bool = False, strict: bool = False,
+           objects: dict[str, Any] | None = None) -> dict[str, float]:
     """Continue the run in `run_dir`; its final metrics. Raises ConfigError when the resume
-    is refused (nothing in the folder changed) and RunFailed when the run then fails."""
+    is refused (nothing in the folder changed) and RunFailed when the run then fails.
+    Own code (model.factory, ...) is imported again from the folder the run started in;
+    `objects` (group -> object, from the Python API) stand for it instead."""
     from expkit.app import execute
+    from expkit.config.imports import OWN, using
 
     path = Path(run_dir)
     if not path.exists():
@@ -119,13 +123,19 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
     problem = check_overrides(cfg, overrides, force)
     if problem:
         raise ConfigError(problem)
+    for group in objects or {}:
+        choice_key, own, _ = OWN[group]
+        if cfg.get(group, {}).get(choice_key) != own:
+            raise ConfigError(f"{group}: this run's {group} is {cfg.get(group, {}).get(choice_key)!r}, not own code; "
+                              f"the {group} argument is for runs trained with {group}={own}.")
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
     except Exception as e:
         raise ConfigError(f"overrides {' '.join(overrides)}: {str(e).splitlines()[0]}") from None
     from expkit.config.schema import validate
 
-    validate(cfg)  # a bad value (trainer.epochs=abc) is refused before anything reads it
+    with using(directory=meta.get("cwd"), objects=objects):
+        validate(cfg)  # a bad value (trainer.epochs=abc) is refused before anything reads it
 
     from expkit.run.checkpoint import CheckpointError, Loaded, load_latest
     from expkit.training.dist import is_main, world_size
@@ -179,5 +189,25 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
                  "git_warning": git_warning, "forced": force}
         rundir.record_resume(entry, OmegaConf.to_yaml(cfg, resolve=True) if overrides else None)
 
-    return execute(cfg, path, overrides, discard_on_bad_input=False, resume=Loaded(state, ckpt_path),
-                   on_resume=on_resume)
+    with using(directory=meta.get("cwd"), objects=objects):
+        return execute(cfg, path, overrides, discard_on_bad_input=False, resume=Loaded(state, ckpt_path),
+                       on_resume=on_resume)
+
+
+def resume_api(run_dir: str | Path, overrides: list[str], force: bool = False, strict: bool = False,
+               model: Any = None, data: Any = None, init: Any = None) -> tuple[Path, dict[str, float]]:
+    """`expkit.resume(run_dir)`: (the run folder, its final metrics). Raises ConfigError when
+    the resume is refused and RuntimeError when the run fails."""
+    from expkit.config.imports import given
+    from expkit.errors import EXIT_BAD_INPUT, RunFailed
+
+    objects, shown = given(model=model, data=data, init=init)
+    named = [g for g in shown if g not in objects]
+    if named:
+        raise ConfigError(f"{named[0]}: resume imports the run's own {named[0]} code from its config; pass an "
+                          "object (the class or function itself), or nothing.")
+    try:
+        metrics = resume(run_dir, list(overrides), force=force, strict=strict, objects=objects)
+    except RunFailed as e:
+        raise ConfigError(str(e)) if e.exit_code == EXIT_BAD_INPUT else RuntimeError(str(e)) from None
+    return Path(run_dir), metrics

@@ -31,15 +31,31 @@ def compose_typed(overrides: list[str]) -> dict:
 def choice_params():
     for group in ("model", "optim", "sched", "init", "reg", "data", "trainer"):
         for choice in CHOICES[group]:
-            if group == "data" and choice not in OFFLINE_DATA:
+            if group == "data" and choice not in OFFLINE_DATA | {"python"}:
                 continue
             yield pytest.param(group, choice, id=f"{group}={choice}")
+
+
+def _tiny_model(input_shape, num_classes):
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(math.prod(input_shape), num_classes))
+
+
+def _tiny_init(m):
+    if isinstance(m, torch.nn.Linear):
+        torch.nn.init.orthogonal_(m.weight)
+
+
+# Own-code choices (model=python, data=python, init=function), here as the Python API's objects.
+OWN_CODE = {("model", "python"): {"model": _tiny_model}, ("init", "function"): {"init": _tiny_init},
+            ("data", "python"): {"data": (torch.rand(80, 1, 8, 8), torch.randint(0, 3, (80,)))}}
 
 
 @pytest.mark.parametrize("group, choice", list(choice_params()))
 def test_every_choice_composes_builds_and_trains(tmp_path, group, choice):
     extra = ["data.shape=[1,8,8]", "data.size=64"] if choice == "synthetic" else []
-    run_dir, metrics = expkit.train([f"{group}={choice}", *FEW_STEPS, *extra], runs_root=str(tmp_path / "runs"))
+    own = OWN_CODE.get((group, choice), {})
+    pick = [] if own else [f"{group}={choice}"]
+    run_dir, metrics = expkit.train([*pick, *FEW_STEPS, *extra], runs_root=str(tmp_path / "runs"), **own)
     assert metrics["step"] == 2
     assert read_json(run_dir / "meta.json")["status"] == "completed"
     assert OmegaConf.load(run_dir / "config.yaml")[group] is not None

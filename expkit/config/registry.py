@@ -51,6 +51,7 @@ class Registry:
 
 
 MODELS = Registry(
-    "model", ("expkit.models.mlp", "expkit.models.cnn", "expkit.models.resnet", "expkit.models.tv")
+    "model", ("expkit.models.mlp", "expkit.models.cnn", "expkit.models.resnet", "expkit.models.tv",
+              "expkit.models.python")
 )
-DATASETS = Registry("data", ("expkit.data.sources",))
+DATASETS = Registry("data", ("expkit.data.sources", "expkit.data.python"))

@@ -76,7 +76,7 @@ def key(default: Any, help: str, choices: tuple | None = None, check: Check | No
 # ----------------------------------------------------------------------------- data
 @dataclass
 class DataConfig:
-    name: str = key("digits", "data set: digits, mnist, fashion_mnist, cifar10, folder, synthetic")
+    name: str = key("digits", "data set: digits, mnist, fashion_mnist, cifar10, folder, synthetic, python (own)")
     root: str | None = key(None, "where data sets live; null = $EXPKIT_DATA or ~/.cache/expkit/data")
     batch_size: int = key(64, "examples per step on each device (per-device, not global)", check=ge(1))
     val_fraction: float = key(0.1, "share of the training split held out for validation", check=fraction())
@@ -100,15 +100,25 @@ class FolderDataConfig(DataConfig):
 @dataclass
 class SyntheticDataConfig(DataConfig):
     shape: list[int] = key([1, 28, 28], "synthetic: shape of one example (C, H, W) or (F,)", check=SHAPE)
-    num_classes: int = key(10, "synthetic: number of classes", check=ge(2))
+    num_classes: int = key(10, "number of classes (synthetic; python: null = from the data)", check=ge(2))
     size: int = key(2048, "synthetic: number of training examples (validation adds val_fraction, test "
                           "test_fraction)", check=ge(1))
+
+
+@dataclass
+class PythonDataConfig(DataConfig):
+    factory: str | None = key(None, "own data: MODULE:NAME of a function (or class) returning a torch Dataset, "
+                                    "(x, y) tensors, or a tuple (train, val, test) of them")
+    kwargs: dict[str, Any] = key({}, "own data: keyword arguments for the factory (+data.kwargs.NAME=VALUE)")
+    num_classes: int | None = key(None, "own data: number of classes; null = the Dataset's `classes`, "
+                                        "else the largest label + 1", check=ge(2))
+    normalize: bool = key(True, "own data: standardize each channel with the training split's mean and std")
 
 
 # ---------------------------------------------------------------------------- model
 @dataclass
 class ModelConfig:
-    arch: str = key("cnn", "model builder: mlp, cnn, resnet, tv (torchvision) or a registered one")
+    arch: str = key("cnn", "model builder: mlp, cnn, resnet, tv (torchvision), python (own) or a registered one")
     activation: str = key("relu", "nonlinearity", ACTIVATIONS)
 
 
@@ -137,6 +147,13 @@ class ResNetConfig(ModelConfig):
 @dataclass
 class TorchvisionModelConfig(ModelConfig):
     name: str = key("resnet18", "torchvision.models name, adapted to the data's channels/classes")
+
+
+@dataclass
+class PythonModelConfig(ModelConfig):
+    factory: str | None = key(None, "own model: MODULE:NAME of an nn.Module class or a function returning "
+                                    "one; gets input_shape and num_classes if it has parameters of these names")
+    kwargs: dict[str, Any] = key({}, "own model: keyword arguments for it (+model.kwargs.NAME=VALUE)")
 
 
 # ------------------------------------------------------------------------------ optim
@@ -218,10 +235,11 @@ class OneCycleSchedConfig(SchedConfig):
 
 
 # ------------------------------------------------------------------------------- init
-INIT_SCHEMES = (
+LAYER_SCHEMES = (
     "default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
-    "orthogonal", "normal", "zeros", "ones", "custom",
+    "orthogonal", "normal", "zeros", "ones",
 )
+INIT_SCHEMES = (*LAYER_SCHEMES, "custom", "function")
 
 
 @dataclass
@@ -236,11 +254,17 @@ class InitConfig:
 
 @dataclass
 class CustomInitConfig(InitConfig):
-    conv: str = key("kaiming_normal", "scheme for conv weights", INIT_SCHEMES[:-1])
-    linear: str = key("xavier_uniform", "scheme for linear weights", INIT_SCHEMES[:-1])
+    conv: str = key("kaiming_normal", "scheme for conv weights", LAYER_SCHEMES)
+    linear: str = key("xavier_uniform", "scheme for linear weights", LAYER_SCHEMES)
     norm_weight: float = key(1.0, "constant for batchnorm weights")
     norm_bias: float = key(0.0, "constant for batchnorm biases")
     bias: float = key(0.0, "constant for conv/linear biases")
+
+
+@dataclass
+class FunctionInitConfig(InitConfig):
+    function: str | None = key(None, "own init: MODULE:NAME of a function of one module, applied with "
+                                     "model.apply (to every submodule)")
 
 
 # -------------------------------------------------------------------------------- reg
@@ -306,9 +330,11 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "data": {
         "digits": DataConfig, "mnist": DataConfig, "fashion_mnist": DataConfig,
         "cifar10": DataConfig, "folder": FolderDataConfig, "synthetic": SyntheticDataConfig,
+        "python": PythonDataConfig,
     },
     "model": {
         "mlp": MLPConfig, "cnn": CNNConfig, "resnet": ResNetConfig, "tv": TorchvisionModelConfig,
+        "python": PythonModelConfig,
     },
     "optim": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamConfig, "rmsprop": RMSpropConfig},
     "sched": {
@@ -316,8 +342,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "exponential": ExponentialSchedConfig, "plateau": PlateauSchedConfig,
         "cosine": CosineSchedConfig, "onecycle": OneCycleSchedConfig,
     },
-    "init": {name: InitConfig for name in INIT_SCHEMES if name != "custom"}
-    | {"custom": CustomInitConfig},
+    "init": {name: InitConfig for name in LAYER_SCHEMES}
+    | {"custom": CustomInitConfig, "function": FunctionInitConfig},
 }
 # The key inside each group that picks its builder.
 CHOICE_KEY = {"data": "name", "model": "arch", "optim": "name", "sched": "name", "init": "name"}
@@ -423,6 +449,14 @@ def _range_errors(typed: dict[str, Any]) -> list[str]:
     if getattr(o, "nesterov", False) and not o.momentum > 0:
         errors.append(f"optim.nesterov: value {o.nesterov!r} is not allowed; expected false unless "
                       "optim.momentum > 0.")
+    from expkit.config.imports import OWN, own_groups
+
+    for group in own_groups(typed):  # own code: the import path is required
+        choice_key, choice, path_key = OWN[group]
+        if getattr(typed[group], path_key) is None:
+            errors.append(f"{group}.{path_key}: a value is required with {group}={choice}; expected MODULE:NAME, "
+                          f"e.g. {group}.{path_key}=mymodule:my_{'data' if group == 'data' else group} for a "
+                          "function in mymodule.py of the current directory.")
     return errors
 
 
@@ -470,6 +504,10 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         typed[k] = value
     if not errors:
         errors += _range_errors(typed)
+    if not errors:  # own code (model=python, data=python, init=function): import it and check it fits
+        from expkit.config.imports import check_imports
+
+        errors += check_imports(typed)
     if errors:
         raise ConfigError("\n".join(errors))
     return typed

@@ -175,7 +175,7 @@ def describe_test(info: dict[str, Any]) -> str:
     origin = info.get("test_split")
     if origin is None:
         return "no test split (data.test_fraction=0)"
-    if origin == "official":
+    if origin in ("official", "given"):
         return "the data set's own test split"
     return (f"test split {origin}: data.test_fraction {info['test_fraction']} by data.split_seed "
             f"{info['split_seed']}, before the train/val split")
@@ -190,36 +190,44 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
     if source.folder is not None:
         return _build_folder(cfg, source, seed, rank, world_size, stats)
     device = device or torch.device("cpu")
-    check_finite(cfg.name, "train", source.train_x)
-    check_label_range(cfg.name, "train", source.train_y, source.classes)
-    pool_x, pool_y = source.train_x, source.train_y
-    test_x, test_y, origin = source.test_x, source.test_y, source.test_origin if source.test_x is not None else None
-    if test_x is None and cfg.test_fraction > 0:
-        rest, test_idx = carve_test(len(pool_y), cfg.test_fraction, cfg.split_seed)
-        test_x, test_y, origin = pool_x[test_idx], pool_y[test_idx], "carved"
-        pool_x, pool_y = pool_x[rest], pool_y[rest]
-    if test_x is not None:
-        check_finite(cfg.name, "test", test_x)
-        check_label_range(cfg.name, "test", test_y, source.classes)
-    train_idx, val_idx = split_indices(len(pool_y), cfg.val_fraction, cfg.split_seed)
-    warn_if_sample_too_large(cfg.sample, len(train_idx), cfg.name)
-    n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
-    sampled = n_train < len(train_idx)
-    train_idx, val_idx = train_idx[:n_train], val_idx[:n_val]
-    check_split_sizes(cfg, len(train_idx), len(val_idx))
-    # Statistics of the training split only: the validation set must not leak into them.
-    mean, std = stats or channel_stats(pool_x[train_idx])
-    splits = {"train": (pool_x[train_idx], pool_y[train_idx]),
-              "val": (pool_x[val_idx], pool_y[val_idx])}
-    if test_x is not None and len(test_y):
-        # Sample mode: the first examples of the test split, as many as the validation split.
-        n_test = min(len(test_y), n_val) if sampled else len(test_y)
-        splits["test"] = (test_x[:n_test], test_y[:n_test])
-    num_classes = len(source.classes)
+    if source.rows is not None:  # own data (data=python): its splits, read now
+        splits, classes, origin = own_splits(cfg, source)
+        mean, std = stats or channel_stats(splits["train"][0])
+    else:
+        check_finite(cfg.name, "train", source.train_x)
+        check_label_range(cfg.name, "train", source.train_y, source.classes)
+        pool_x, pool_y = source.train_x, source.train_y
+        test_x, test_y, origin = source.test_x, source.test_y, source.test_origin if source.test_x is not None else None
+        if test_x is None and cfg.test_fraction > 0:
+            rest, test_idx = carve_test(len(pool_y), cfg.test_fraction, cfg.split_seed)
+            test_x, test_y, origin = pool_x[test_idx], pool_y[test_idx], "carved"
+            pool_x, pool_y = pool_x[rest], pool_y[rest]
+        if test_x is not None:
+            check_finite(cfg.name, "test", test_x)
+            check_label_range(cfg.name, "test", test_y, source.classes)
+        train_idx, val_idx = split_indices(len(pool_y), cfg.val_fraction, cfg.split_seed)
+        warn_if_sample_too_large(cfg.sample, len(train_idx), cfg.name)
+        n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
+        sampled = n_train < len(train_idx)
+        train_idx, val_idx = train_idx[:n_train], val_idx[:n_val]
+        check_split_sizes(cfg, len(train_idx), len(val_idx))
+        # Statistics of the training split only: the validation set must not leak into them.
+        mean, std = stats or channel_stats(pool_x[train_idx])
+        splits = {"train": (pool_x[train_idx], pool_y[train_idx]),
+                  "val": (pool_x[val_idx], pool_y[val_idx])}
+        if test_x is not None and len(test_y):
+            # Sample mode: the first examples of the test split, as many as the validation split.
+            n_test = min(len(test_y), n_val) if sampled else len(test_y)
+            splits["test"] = (test_x[:n_test], test_y[:n_test])
+        classes = source.classes
+    if not getattr(cfg, "normalize", True):
+        mean, std = [0.0] * len(mean), [1.0] * len(std)
+    input_shape = tuple(splits["train"][0].shape[1:])
+    num_classes = len(classes)
     use_tensor_path = cfg.loader in ("auto", "tensor")
     on_device = device if (cfg.on_device and use_tensor_path) else torch.device("cpu")
     augment = None
-    if cfg.augment and source.image:
+    if cfg.augment and source.image and len(input_shape) == 3:
         def augment(x):
             return random_crop_flip(x, flip=source.flip)
     loaders: dict[str, Any] = {}
@@ -240,15 +248,71 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
         "loader": "tensor" if use_tensor_path else "dataloader",
         "sizes": {s: len(y) for s, (_, y) in splits.items()},
         "class_counts": {s: class_counts(y, num_classes) for s, (_, y) in splits.items()},
-        "input_shape": list(source.train_x.shape[1:]), "mean": mean, "std": std,
+        "input_shape": list(input_shape), "mean": mean, "std": std,
         **test_info(cfg, origin if "test" in splits else None),
     }
     if rank == 0:  # what meta.json records; the other ranks use the same examples
         info["sha256"], info["fingerprint_of"] = fingerprint_tensors(splits), "examples"
     for split, counts in info["class_counts"].items():
-        check_labels(cfg.name, split, counts, source.classes)
-    return Data(loaders["train"], loaders["val"], loaders.get("test"), tuple(source.train_x.shape[1:]),
-                num_classes, source.classes, mean, std, info)
+        check_labels(cfg.name, split, counts, classes)
+    return Data(loaders["train"], loaders["val"], loaders.get("test"), input_shape,
+                num_classes, classes, mean, std, info)
+
+
+def own_splits(cfg, source: Source) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[str], str | None]:
+    """Own data's splits as tensors, its classes and how its test split was made. As for
+    built-in data: a test split carved out of train first when the factory gives none
+    (data.test_fraction), a val split held out of the rest when it gives none
+    (data.val_fraction, both by data.split_seed), and in sample mode data.sample training
+    examples, val and test in proportion; only the examples used are read."""
+    rows = source.rows
+    train, val, test = rows["train"], rows.get("val"), rows.get("test")
+    origin = "given" if test is not None else None
+    pool = torch.arange(len(train))
+    if test is None and cfg.test_fraction > 0:
+        pool, test_idx = carve_test(len(train), cfg.test_fraction, cfg.split_seed)
+        test, origin = _Taken(train, test_idx), "carved"
+    if val is None:
+        train_idx, val_idx = split_indices(len(pool), cfg.val_fraction, cfg.split_seed)
+        train_idx, val_idx = pool[train_idx], pool[val_idx]
+        val = train
+    else:
+        g = torch.Generator().manual_seed(cfg.split_seed)
+        train_idx, val_idx = pool[torch.randperm(len(pool), generator=g)], torch.randperm(len(val), generator=g)
+    n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
+    check_split_sizes(cfg, n_train, n_val)
+    splits = {"train": train.take(train_idx[:n_train]), "val": val.take(val_idx[:n_val])}
+    if test is not None:
+        n_test = len(test) if cfg.sample is None else min(len(test), n_val)
+        splits["test"] = test.take(torch.arange(n_test))
+    classes = source.classes
+    if not classes:
+        targets = [t for t in (r.targets() for r in rows.values()) if t is not None and len(t)]
+        largest = max(int(t.max()) for t in [*targets, *(y for _, y in splits.values() if len(y))])
+        classes = [str(i) for i in range(largest + 1)]
+    for split, (x, y) in splits.items():
+        check_finite(cfg.name, split, x)
+        check_label_range(cfg.name, split, y, classes)
+        if x.shape[1:] != splits["train"][0].shape[1:]:
+            raise ConfigError(f"data.factory: the {split} split's examples have shape {list(x.shape[1:])}, the train "
+                              f"split's {list(splits['train'][0].shape[1:])}; expected one shape.")
+    return splits, classes, origin
+
+
+class _Taken:
+    """Some rows of another split (a test split carved out of train): take() by position."""
+
+    def __init__(self, rows, idx: torch.Tensor):
+        self.rows, self.idx = rows, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rows.take(self.idx[idx])
+
+    def targets(self):
+        return None
 
 
 def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,

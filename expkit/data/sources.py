@@ -34,6 +34,7 @@ class Source:
     flip: bool = False  # horizontal flips keep the meaning (not for digits)
     folder: object = None  # folder data: (train ImageFolder, test ImageFolder or None)
     test_origin: str = "official"  # how test_x was made, when there is one: official, generated
+    rows: dict | None = None  # own data (data=python): split -> rows read on demand (data/python.py)
 
 
 def default_root() -> Path:

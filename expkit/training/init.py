@@ -2,7 +2,8 @@
 
 `default` leaves PyTorch's own initialization. Any other scheme re-initializes conv and
 linear weights (and zeroes their biases unless init.zero_bias=false); `custom` gives one
-rule per layer type: conv, linear, norm (weight and bias constants) and bias.
+rule per layer type: conv, linear, norm (weight and bias constants) and bias; `function`
+applies the user's own function to every submodule with model.apply (init.function).
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def init_weight(weight: torch.Tensor, scheme: str, cfg, activation: str) -> None
 
 def apply_init(model: nn.Module, cfg, activation: str) -> None:
     if cfg.name == "default":
+        return
+    if cfg.name == "function":
+        from expkit.config.imports import target
+
+        model.apply(target("init", cfg))
         return
     custom = cfg.name == "custom"
     for module in model.modules():

@@ -1,0 +1,373 @@
+"""Import paths in config: `MODULE:NAME` names the user's own code.
+
+    model=python   model.factory=mymod:build_model  (+model.kwargs.*)  a function or nn.Module class
+    data=python    data.factory=mymod:make_data     (+data.kwargs.*)   returns Datasets or tensors
+    init=function  init.function=mymod:init_weights                     applied with model.apply
+
+A path is imported with the project folder first on sys.path: the current directory, or,
+for `expkit resume`, the folder the run was started in (meta.json `cwd`). `validate` checks
+it before anything is built: the module imports, has the name, the object is of the right
+kind and its parameters fit what expkit passes; any problem is one ConfigError line.
+
+Only the project's own code can be named: the object must be defined (not just imported)
+in a module whose file is inside the project folder, and not in the standard library, a
+site-packages folder (a virtual environment inside the project included) or expkit. So a
+config, even in a stranger's run folder, cannot name `os:system`, `torch.hub:load` or
+expkit's own functions. A notebook's objects (config.yaml records them as `__main__:NAME`) are
+never looked up by path: they must be given again to expkit.resume.
+
+The Python API passes objects instead of paths: `using(objects={"model": Net})` makes
+`resolve` return them for the duration of a run; config.yaml keeps a description.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import difflib
+import hashlib
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from expkit.errors import ConfigError
+
+# group -> (the choice key, the choice that means own code, the key holding its path)
+OWN = {"model": ("arch", "python", "factory"), "data": ("name", "python", "factory"),
+       "init": ("name", "function", "function")}
+# What expkit passes to a model factory, by name, when it has parameters of these names.
+MODEL_ARGUMENTS = ("input_shape", "num_classes")
+SOURCE_CAP = 20_000  # characters of a notebook object's source kept in meta.json
+GIVEN = "_expkit_given"  # on the function that returns data given to the Python API as objects
+
+
+@dataclass
+class _Context:
+    directory: str | None = None
+    objects: dict[str, Any] = field(default_factory=dict)
+
+
+_context: contextvars.ContextVar[_Context | None] = contextvars.ContextVar("expkit_imports", default=None)
+
+
+@contextlib.contextmanager
+def using(directory: str | os.PathLike | None = None, objects: dict[str, Any] | None = None) -> Iterator[None]:
+    """Within the block, import paths resolve from `directory` (default: the current
+    directory) and `objects` (group -> object) stand for the paths of those groups."""
+    token = _context.set(_Context(str(directory) if directory else None, dict(objects or {})))
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def project_dir() -> Path:
+    ctx = _context.get()
+    return Path(ctx.directory if ctx and ctx.directory else os.getcwd()).resolve()
+
+
+def own_groups(typed: dict[str, Any]) -> list[str]:
+    """The groups of a validated config that name own code."""
+    return [g for g, (choice_key, own, _) in OWN.items()
+            if g in typed and getattr(typed[g], choice_key, None) == own]
+
+
+def path_of(group: str, cfg: Any) -> Any:
+    return getattr(cfg, OWN[group][2])
+
+
+def key_of(group: str) -> str:
+    return f"{group}.{OWN[group][2]}"
+
+
+# ---------------------------------------------------------------------------- resolving
+def resolve(group: str, path: Any) -> Any:
+    """The object `path` (MODULE:NAME) names, or the object the Python API gave for `group`."""
+    ctx = _context.get()
+    if ctx is not None and group in ctx.objects:
+        return ctx.objects[group]
+    key = key_of(group)
+    module_name, attr = _split(key, path)
+    if module_name == "__main__":  # a notebook's or script's object: only the object itself will do
+        raise ConfigError(f"{key}: value {path!r} names an object of the notebook or script that trained the run, "
+                          f"which this process does not have; pass the object itself: expkit.train(..., {group}=...) "
+                          f"or expkit.resume(RUN_DIR, {group}=...).")
+    module = _import(key, path, module_name, project_dir())
+    obj: Any = module
+    for i, part in enumerate(attr.split(".")):
+        if not hasattr(obj, part):
+            raise ConfigError(_missing_attribute(key, path, module_name, module, attr.split(".")[: i + 1], obj))
+        obj = getattr(obj, part)
+    if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+        raise ConfigError(f"{key}: value {path!r} is a {type(obj).__name__}, not a function or class.")
+    defined_in = getattr(obj, "__module__", None)
+    if defined_in != module_name:
+        raise ConfigError(f"{key}: value {path!r} is defined in {defined_in}, not in {module_name}; import paths "
+                          "name the project's own code, where it is defined.")
+    return obj
+
+
+def _split(key: str, path: Any) -> tuple[str, str]:
+    if isinstance(path, str) and path.endswith("given to the Python API>"):
+        group = key.split(".")[0]
+        raise ConfigError(f"{key}: value {path!r} stands for objects given to expkit.train, which this process "
+                          f"does not have; pass them again: expkit.resume(RUN_DIR, {group}=...).")
+    module_name, sep, attr = str(path).partition(":") if isinstance(path, str) else ("", "", "")
+    names = [*module_name.split("."), *attr.split(".")]
+    if not sep or not all(n.isidentifier() for n in names):
+        where = "" if path is None else f"value {path!r} is not an import path; "
+        raise ConfigError(f"{key}: {where}expected MODULE:NAME, e.g. {key}=mymodels:build_model for a function "
+                          f"build_model in mymodels.py of the current directory.")
+    return module_name, attr
+
+
+def _import(key: str, path: str, module_name: str, directory: Path) -> Any:
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))  # as `python -m` puts the current directory first
+    importlib.invalidate_caches()
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise ConfigError(f"{key}: value {path!r}: there is no module {e.name} in {directory} "
+                              f"(found there: {_modules_in(directory, e.name)}).") from None
+        raise ConfigError(f"{key}: value {path!r}: importing {module_name} failed: {e}.") from None
+    except Exception as e:
+        raise ConfigError(f"{key}: value {path!r}: importing {module_name} raised {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}{_where(e)}.") from None
+    file = getattr(module, "__file__", None)
+    where = Path(file).resolve() if file else None
+    if module_name.split(".")[0] == "expkit":
+        problem = "is expkit's own code"
+    elif where is None or _installed(where):
+        problem = "is in the standard library or an installed package"
+    elif not where.is_relative_to(directory):
+        problem = "is outside the project folder"
+    else:
+        return module
+    raise ConfigError(f"{key}: value {path!r}: module {module_name} ({file or 'built into Python'}) {problem}; "
+                      f"import paths name the project's own code, a module in {directory}.")
+
+
+def _installed(path: Path) -> bool:
+    """Inside the standard library or a site-packages folder (a virtual environment that
+    lives in the project folder included)."""
+    import site
+    import sysconfig
+
+    folders = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    folders |= {*site.getsitepackages(), site.getusersitepackages()}
+    return any(path.is_relative_to(Path(f).resolve()) for f in folders if f)
+
+
+def _where(e: BaseException) -> str:
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
+
+
+def _modules_in(directory: Path, missing: str) -> str:
+    parent = directory.joinpath(*missing.split(".")[:-1])
+    found = sorted({p.stem if p.suffix == ".py" else p.name for p in parent.iterdir()
+                    if (p.suffix == ".py" and p.stem.isidentifier())
+                    or (p.is_dir() and p.name.isidentifier() and (p / "__init__.py").exists())}
+                   ) if parent.is_dir() else []
+    prefix = ".".join(missing.split(".")[:-1])
+    found = [f"{prefix}.{f}" if prefix else f for f in found]
+    close = difflib.get_close_matches(missing, found, n=1)
+    text = ", ".join(found[:20]) + (", ..." if len(found) > 20 else "") if found else "no Python modules"
+    return text + (f"; did you mean {close[0]}?" if close else "")
+
+
+def _missing_attribute(key: str, path: str, module_name: str, module: Any, parts: list[str], obj: Any) -> str:
+    defined = sorted(n for n, v in vars(obj).items() if not n.startswith("_")
+                     and (inspect.isfunction(v) or inspect.isclass(v))
+                     and getattr(v, "__module__", None) == module_name)
+    name = ".".join(parts)
+    close = difflib.get_close_matches(parts[-1], defined, n=1)
+    where = getattr(module, "__file__", None) or module_name
+    return (f"{key}: value {path!r}: {module_name} ({where}) has no {name}; it defines "
+            f"{', '.join(defined) if defined else 'no functions or classes'}"
+            f"{f'; did you mean {close[0]}?' if close else '.'}")
+
+
+# ------------------------------------------------------------------ kinds and arguments
+def target(group: str, cfg: Any) -> Callable[..., Any]:
+    """The checked object of an own-code group: its kind, and its parameters against what
+    expkit passes (model: input_shape, num_classes) and `<group>.kwargs`."""
+    path, key = path_of(group, cfg), key_of(group)
+    obj = resolve(group, path)
+    shown = describe_object(obj, path)
+    if group == "model" and inspect.isclass(obj):
+        from torch import nn
+
+        if not issubclass(obj, nn.Module):
+            raise ConfigError(f"{key}: {shown} is a class that is not a torch.nn.Module; give an nn.Module class "
+                              "or a function that returns a model.")
+    if not callable(obj):
+        raise ConfigError(f"{key}: {shown} is a {type(obj).__name__}, not a function or class.")
+    if group == "init":
+        try:
+            inspect.signature(obj).bind(object())
+        except TypeError:
+            raise ConfigError(f"{key}: {shown} must take one argument, the module: model.apply(fn) calls it "
+                              "once for every submodule.") from None
+        except ValueError:
+            pass
+        return obj
+    arguments(group, cfg, obj, dict.fromkeys(MODEL_ARGUMENTS if group == "model" else ()))
+    return obj
+
+
+def arguments(group: str, cfg: Any, obj: Callable[..., Any], offered: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments to call `obj` with: those of `offered` it has parameters of
+    these names for, and every `<group>.kwargs` entry."""
+    kwargs = dict(getattr(cfg, "kwargs", None) or {})
+    shown = describe_object(obj, path_of(group, cfg))
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return {**offered, **kwargs}
+    named = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    call = {k: v for k, v in offered.items() if k in named}
+    for k in kwargs:
+        if k in offered:
+            raise ConfigError(f"{group}.kwargs.{k}: expkit passes {k} itself; remove it from {group}.kwargs.")
+        if k not in named and not takes_any:
+            raise ConfigError(f"{group}.kwargs.{k}: {shown} has no parameter {k}; its parameters: "
+                              f"{', '.join(params) or 'none'}.")
+    call.update(kwargs)
+    try:
+        inspect.signature(obj).bind(**call)
+    except TypeError as e:
+        passes = f"{', '.join(offered)} (by name) and " if offered else ""
+        raise ConfigError(f"{key_of(group)}: {shown} cannot be called with what expkit passes: {e}. expkit passes "
+                          f"{passes}{group}.kwargs.* (set one with +{group}.kwargs.NAME=VALUE).") from None
+    return call
+
+
+def call(group: str, cfg: Any, **offered: Any) -> Any:
+    """Build with own code: the checked object called with its arguments."""
+    obj = target(group, cfg)
+    return obj(**arguments(group, cfg, obj, offered))
+
+
+def check_imports(typed: dict[str, Any]) -> list[str]:
+    """One line per own-code path that does not import or does not fit (validate's last step)."""
+    errors = []
+    for group in own_groups(typed):
+        try:
+            target(group, typed[group])
+        except ConfigError as e:
+            errors.append(str(e))
+    return errors
+
+
+# ---------------------------------------------------------------------------- provenance
+def describe_object(obj: Any, path: Any = None) -> str:
+    """MODULE:NAME when the object can be imported by that path, else what it is."""
+    module, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if isinstance(module, str) and isinstance(name, str) and "<" not in name:
+        return f"{module}:{name}"
+    if isinstance(path, str) and path:
+        return path
+    named = f" {name}" if isinstance(name, str) and not name.endswith("<lambda>") else ""
+    return f"<{type(obj).__name__}{named} given to the Python API>"
+
+
+def provenance(typed: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """For meta.json: per own-code key, the path, the file it was imported from (and its
+    SHA-256), and for code without a file (a notebook's) its source where Python has it."""
+    out: dict[str, dict[str, Any]] = {}
+    for group in own_groups(typed):
+        obj = resolve(group, path_of(group, typed[group]))
+        entry: dict[str, Any] = {"path": path_of(group, typed[group])}
+        if hasattr(obj, GIVEN):  # data given as objects: what they are
+            value = getattr(obj, GIVEN)
+            obj = type(value) if not isinstance(value, (tuple, list)) else None
+            if obj is not None:
+                entry["type"] = f"{obj.__module__}.{obj.__qualname__}"
+        module = sys.modules.get(getattr(obj, "__module__", "") or "")
+        file = getattr(module, "__file__", None) if module is not None and module.__name__ != "__main__" else None
+        if file:
+            entry["file"] = str(Path(file).resolve())
+            with contextlib.suppress(OSError):
+                entry["sha256"] = hashlib.sha256(Path(file).read_bytes()).hexdigest()
+        elif obj is not None and getattr(obj, "__module__", None) == "__main__":
+            entry["source"] = _source(obj)
+        out[key_of(group)] = entry
+    return out
+
+
+def _source(obj: Any) -> str | None:
+    """The source of a notebook's (or script's) function or class; for a class Python
+    cannot find in a notebook, the whole cell that defined one of its methods."""
+    try:
+        return inspect.getsource(obj)[:SOURCE_CAP]
+    except (OSError, TypeError):
+        pass
+    import linecache
+
+    for value in vars(obj).values() if inspect.isclass(obj) else ():
+        code = getattr(value, "__code__", None)
+        if code is not None and linecache.getlines(code.co_filename):
+            return "".join(linecache.getlines(code.co_filename))[:SOURCE_CAP]
+    return None
+
+
+# ---------------------------------------------------------------------------- Python API
+def given(model: Any = None, data: Any = None, init: Any = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """What expkit.train(..., model=, data=, init=) was given: (group -> the object that
+    stands for its path, group -> the path or description config.yaml records). A string
+    is an import path; model: an nn.Module class or a function returning a model; data: a
+    function, or what a data factory returns (a Dataset, (x, y) tensors, a tuple of them);
+    init: a function of one module."""
+    objects: dict[str, Any] = {}
+    shown: dict[str, str] = {}
+    for group, value in (("model", model), ("data", data), ("init", init)):
+        if value is None:
+            continue
+        if isinstance(value, str):
+            shown[group] = value
+            continue
+        if group == "model":
+            from torch import nn
+
+            if isinstance(value, nn.Module):
+                raise ConfigError(f"model: {type(value).__name__}(...) is a model instance; pass its class or a "
+                                  "function that returns a new one (each run builds and initializes its own).")
+        if group == "data" and (not callable(value) or _is_dataset(value)):
+            objects[group] = _returning(value)
+            shown[group] = _describe_data(value)
+            continue
+        if not callable(value):
+            raise ConfigError(f"{group}: a {type(value).__name__} is not a function or class.")
+        objects[group] = value
+        shown[group] = describe_object(value)
+    return objects, shown
+
+
+def _is_dataset(value: Any) -> bool:
+    return hasattr(value, "__getitem__") and hasattr(value, "__len__") and not inspect.isclass(value)
+
+
+def _returning(value: Any) -> Callable[[], Any]:
+    def data() -> Any:
+        return value
+
+    setattr(data, GIVEN, value)
+    return data
+
+
+def _describe_data(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join("None" if v is None else type(v).__name__ for v in value)
+        return f"<{type(value).__name__} ({inner}) given to the Python API>"
+    return f"<{type(value).__name__} given to the Python API>"
