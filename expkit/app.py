@@ -137,12 +137,14 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
         except (RunFailed, ConfigError) as e:
             stop.recording = True
             failure = e if isinstance(e, RunFailed) else RunFailed(str(e), EXIT_BAD_INPUT)
-            if failure.exit_code == EXIT_BAD_INPUT and trainer is None and not resumed:
-                if resume is None and discard_on_bad_input and rank == 0 and lock is not None and lock.held:
+            if failure.exit_code == EXIT_BAD_INPUT and trainer is None and not resumed and (
+                    resume is not None or discard_on_bad_input or lock is None or not lock.held):
+                if resume is None and discard_on_bad_input and lock is not None and lock.held:
                     close_logging()
                     remove_run_folder(run_dir)  # bad input leaves no run folder behind
-                # a refused resume leaves the run's record (status, config) as it was
-            elif rank == 0 and not failure.recorded:
+                # a refused resume leaves the run's record (status, config) as it was; so does a
+                # second writer, which never held the folder
+            elif rank == 0 and not failure.recorded:  # a sweep job keeps its folder: the summary lists it
                 log.error("%s", failure)
                 rundir.finish("failed", error=str(failure))
             raise failure from None
@@ -263,6 +265,11 @@ def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: Loaded | None,
         launch_workers(run_dir, t.devices, resume.path if resume is not None else None)
     except ChildFailedError as e:
         message = describe_failure(e)
+        meta = rundir.read_meta()
+        code = e.get_first_failure()[1].exitcode
+        if code >= 128 and meta.get("status") == "interrupted":  # the workers stopped on a signal, as agreed
+            raise RunFailed(f"stopped by {meta.get('signal')}. Continue with: expkit resume {run_dir}", code,
+                            recorded=True) from None
         if resume is not None and e.get_first_failure()[1].exitcode == EXIT_BAD_INPUT:
             for path, text in record.items():
                 write_atomic(path, text)

@@ -47,7 +47,7 @@ def test_the_run_recorded_its_untracked_files_packages_and_data(trained):
     assert f"torch=={version('torch')}" in (run / "packages.txt").read_text().splitlines()
     data = json.loads((run / "meta.json").read_text())["data"]
     assert {k: data[k] for k in ("name", "sizes", "split_seed", "sample", "fingerprint_of")} == {
-        "name": "digits", "sizes": {"train": 128, "val": 32}, "split_seed": 0, "sample": 128,
+        "name": "digits", "sizes": {"train": 128, "val": 32, "test": 32}, "split_seed": 0, "sample": 128,
         "fingerprint_of": "examples"}
     assert len(data["sha256"]) == 64 and data["source"].endswith("digits.csv.gz")
 

@@ -153,8 +153,6 @@ class Trainer:
                 self.save_checkpoint(best=improved)
             if last or stop:
                 break
-            if self.should_stop(boundary=True):  # a signal during this epoch's evaluation or checkpoint
-                self.interrupt(saved=self.t.checkpoint)
         return self.after_fit()
 
     def reached_max_steps(self) -> bool:
@@ -392,22 +390,24 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def should_stop(self, boundary: bool = False) -> bool:
-        """Alone, after any step; under DDP every rank must stop at the same step, so they
-        agree (one tiny all-reduce) only at log steps and at epoch boundaries, where every
-        rank asks."""
+    def should_stop(self) -> bool:
+        """Alone, after any step (a signal during an evaluation stops after the next one);
+        under DDP every rank must stop at the same step, so they agree (one tiny
+        all-reduce) only at log steps."""
         if not dist.initialized():
             return self.stop_signal is not None
-        if not boundary and self.step % self.t.log_every != 0:
+        if self.step % self.t.log_every != 0:
             return False
         stop = dist.all_reduce_max_flag(self.stop_signal is not None, self.device)
         self.stop_signal = self.stop_signal or ("SIGTERM" if stop else None)
         return stop
 
-    def interrupt(self, saved: bool = False) -> None:
+    def interrupt(self) -> None:
         # A stop always leaves a checkpoint to resume from, even with trainer.checkpoint=false.
-        if not saved:
-            self.save_checkpoint(best=False)
+        self.save_checkpoint(best=False)
+        # Under DDP every rank leaves together, once rank 0 has written the file: a rank that
+        # exits early makes torch elastic stop the others while they still work.
+        dist.barrier()
         raise Interrupted(self.stop_signal, self.step)
 
     # ------------------------------------------------------------ checkpoints
