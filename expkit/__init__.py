@@ -43,25 +43,33 @@ def runs(root="runs", status=None, where=None, sort=None, limit=None):
     return list_runs(root, status=status, where=where, sort=sort, limit=limit)
 
 
-def load(run_dir, checkpoint="best", device="cpu"):
+def load(run_dir, checkpoint="best", device="cpu", *, model=None, data=None, init=None):
     """(the run's model with the checkpoint's weights, in eval mode; the run's config).
     The model takes inputs normalized as in training: `model.expkit_info` holds the mean,
-    std, classes and input shape."""
-    from expkit.afterwards.loading import load_run
+    std, classes and input shape. A run trained with objects of a notebook needs them
+    again (model=Net, ...), as for expkit.resume."""
+    from expkit.afterwards.loading import load_run, run_code
+    from expkit.config.imports import given
 
-    run = load_run(run_dir, checkpoint, device=device)
+    with run_code(run_dir, given(model=model, data=data, init=init)[0]):
+        run = load_run(run_dir, checkpoint, device=device)
     run.model.expkit_info = {"classes": run.classes, "mean": run.mean, "std": run.std,
                              "input_shape": list(run.input_shape), "checkpoint": str(run.checkpoint),
                              "step": run.state.get("step")}
     return run.model, run.cfg
 
 
-def evaluate(run_dir, split="test", checkpoint="best", overrides=None, save=True):
+def evaluate(run_dir, split="test", checkpoint="best", overrides=None, save=True, *, model=None, data=None,
+             init=None):
     """What `expkit eval` computes, as a dict: split, checkpoint, step, loss, acc, per_class,
-    confusion; `save` writes RUN_DIR/eval/ as the command does."""
+    confusion; `save` writes RUN_DIR/eval/ as the command does. Objects of a notebook that
+    trained the run: as for expkit.load."""
     from expkit.afterwards.evaluate import evaluate as evaluate_run
+    from expkit.afterwards.loading import run_code
+    from expkit.config.imports import given
 
-    return evaluate_run(run_dir, split=split, checkpoint=checkpoint, overrides=list(overrides or []), save=save)
+    with run_code(run_dir, given(model=model, data=data, init=init)[0]):
+        return evaluate_run(run_dir, split=split, checkpoint=checkpoint, overrides=list(overrides or []), save=save)
 
 
 def register_model(name, schema=None):

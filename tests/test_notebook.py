@@ -62,15 +62,19 @@ def test_quickstart_notebook_runs_in_a_kernel(tmp_path):
         os.environ["PATH"] = env_path
         stop_tensorboards_started_in(tmp_path)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    setup, _, train, tensorboard, resume = (text_of(c) for c in code)
+    setup, _, train, tensorboard, resume, evaluate, compare = (text_of(c) for c in code)
     assert f"Colab: False; runs go to {tmp_path / 'runs'}" in setup
     assert "epoch 1/1 batch 8/8" in train and "val/acc" in train  # progress, in the cell
     # The iframe shows once the server answers (a failed launch prints an error instead). The
     # server stops with the kernel (its process group), else in `finally` above.
     assert "<iframe" in tensorboard and "const port = " in tensorboard and "ERROR" not in tensorboard, tensorboard
     assert "after epoch 2" in resume
+    assert "test/acc" in evaluate and "with best at step" in evaluate
+    assert "optim.lr" in compare and "0.003" in compare
 
-    (run_dir,) = [p.parent for p in (tmp_path / "runs").rglob("meta.json")]
+    runs = sorted((p.parent for p in (tmp_path / "runs").rglob("meta.json")), key=lambda p: p.stat().st_mtime)
+    assert len(runs) == 2  # the resumed run, and the second run of the comparison
+    run_dir = runs[0]
     meta = read_json(run_dir / "meta.json")
     assert meta["status"] == "completed" and len(meta["resumes"]) == 1
     assert meta["imports"]["model.factory"]["path"] == "__main__:SmallNet"

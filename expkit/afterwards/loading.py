@@ -118,6 +118,15 @@ def data_facts(path: Path, state: dict[str, Any], typed: dict[str, Any]) -> dict
     return {"classes": data.classes, "input_shape": list(data.input_shape), "mean": data.mean, "std": data.std}
 
 
+def run_code(run_dir: str | Path, objects: dict[str, Any] | None = None):
+    """A context in which the run's own code (model.factory=..., data.factory=...,
+    init.function=...) imports from the folder the run was trained in, as `expkit resume`
+    does; `objects` (group -> object, from the Python API) stand for code a notebook defined."""
+    from expkit.config.imports import using
+
+    return using(directory=read_json(Path(run_dir) / "meta.json").get("cwd"), objects=objects)
+
+
 def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str] | tuple[str, ...] = (),
              device: str | None = None) -> RunModel:
     """The run's model with the checkpoint's weights, in eval mode, on `device` (default:

@@ -23,10 +23,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from expkit.afterwards.export import export
+    from expkit.afterwards.loading import run_code
     from expkit.errors import RunFailed
 
     try:
-        info = export(args.run_dir, checkpoint=args.checkpoint, fmt=args.fmt)
+        with run_code(args.run_dir):
+            info = export(args.run_dir, checkpoint=args.checkpoint, fmt=args.fmt)
     except RunFailed as e:
         print(f"expkit export: {e}", file=sys.stderr)
         return e.exit_code

@@ -21,9 +21,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from expkit.afterwards.loading import run_code
     from expkit.afterwards.predict import predict, table
 
-    rows = predict(args.run_dir, args.paths, checkpoint=args.checkpoint, top=args.top, out=args.out)
+    with run_code(args.run_dir):
+        rows = predict(args.run_dir, args.paths, checkpoint=args.checkpoint, top=args.top, out=args.out)
     print(table(rows))
     if args.out:
         print(f"wrote {args.out}")
