@@ -49,9 +49,8 @@ def load(run_dir, checkpoint="best", device="cpu", *, model=None, data=None, ini
     std, classes and input shape. A run trained with objects of a notebook needs them
     again (model=Net, ...), as for expkit.resume."""
     from expkit.afterwards.loading import load_run, run_code
-    from expkit.config.imports import given
 
-    with run_code(run_dir, given(model=model, data=data, init=init)[0]):
+    with run_code(run_dir, _objects(model, data, init)):
         run = load_run(run_dir, checkpoint, device=device)
     run.model.expkit_info = {"classes": run.classes, "mean": run.mean, "std": run.std,
                              "input_shape": list(run.input_shape), "checkpoint": str(run.checkpoint),
@@ -66,10 +65,23 @@ def evaluate(run_dir, split="test", checkpoint="best", overrides=None, save=True
     trained the run: as for expkit.load."""
     from expkit.afterwards.evaluate import evaluate as evaluate_run
     from expkit.afterwards.loading import run_code
-    from expkit.config.imports import given
 
-    with run_code(run_dir, given(model=model, data=data, init=init)[0]):
+    with run_code(run_dir, _objects(model, data, init)):
         return evaluate_run(run_dir, split=split, checkpoint=checkpoint, overrides=list(overrides or []), save=save)
+
+
+def _objects(model, data, init):
+    """The notebook's objects that stand for a run's own code (strings are refused: a run's
+    import paths come from its config)."""
+    from expkit.config.imports import given
+    from expkit.errors import ConfigError
+
+    objects, shown = given(model=model, data=data, init=init)
+    named = [g for g in shown if g not in objects]
+    if named:
+        raise ConfigError(f"{named[0]}: the run imports its own {named[0]} code from its config; pass an object "
+                          "(the class or function itself), or nothing.")
+    return objects
 
 
 def register_model(name, schema=None):

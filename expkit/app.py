@@ -112,6 +112,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
             from expkit.training.launch import inside_worker_group
 
             if typed["trainer"].devices > 1 and not inside_worker_group():
+                check_devices(typed["trainer"])  # before anything records a resume
                 stop.release()  # torch elastic handles the signals while its workers run
                 resumed = on_resume is not None
                 return launch_and_wait(typed, run_dir, resume, on_resume)
@@ -221,28 +222,26 @@ def _stopped(e: Stopped, rundir: RunDir, run_dir: Path, trainer, rank: int, *, f
 
 
 def remove_run_folder(run_dir: Path) -> None:
-    """Remove a run folder that holds no run, and the date folder above it when that is
-    left empty, so refused input leaves nothing in runs/."""
+    """Remove a run folder that holds no run (expkit made it: `expkit train` refuses a
+    given folder that holds files), and the date folders above it in runs/ when that
+    leaves them empty, so refused input leaves nothing behind."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    for parent in list(run_dir.parents)[:2]:
+    runs = (Path.cwd() / "runs").resolve()
+    for parent in list(run_dir.resolve().parents)[:2]:
+        if parent != runs and not parent.is_relative_to(runs):
+            break  # outside runs/: a folder the user named, never ours to remove
         try:
             parent.rmdir()  # only when empty
         except OSError:
             break
 
 
-def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: Loaded | None,
-                    on_resume: Callable[[], None] | None) -> dict[str, float]:
-    """`trainer.devices=N`: this process made the run folder; N workers train in it."""
-    import json
-
+def check_devices(t) -> None:
+    """trainer.devices > 1: that many GPUs, or CPU processes within the usable cores."""
     import torch
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from expkit.training.launch import describe_failure, launch_workers
+    from expkit.training.dist import usable_cores
 
-    t = typed["trainer"]
     gpus = torch.cuda.device_count() if t.accelerator != "cpu" else 0
     if t.accelerator == "cuda" and t.devices > gpus:
         raise ConfigError(f"trainer.devices: value {t.devices} is more than the {gpus} GPU(s) here; "
@@ -250,11 +249,22 @@ def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: Loaded | None,
     if t.accelerator == "auto" and 0 < gpus < t.devices:
         raise ConfigError(f"trainer.devices: value {t.devices} is more than the {gpus} GPU(s) here; "
                           "lower it, or set trainer.accelerator=cpu to train with CPU processes.")
-    from expkit.training.dist import usable_cores
-
     if gpus == 0 and t.devices > usable_cores() and not t.oversubscribe:
         raise ConfigError(f"trainer.devices: value {t.devices} is more CPU processes than the {usable_cores()} "
                           "usable core(s) here; lower it, or force it with trainer.oversubscribe=true.")
+
+
+def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: Loaded | None,
+                    on_resume: Callable[[], None] | None) -> dict[str, float]:
+    """`trainer.devices=N`: this process made the run folder; N workers train in it."""
+    import json
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from expkit.training.launch import describe_failure, launch_workers
+
+    t = typed["trainer"]
     rundir = RunDir(run_dir)
     # The workers read config.yaml, so a resume records itself before they start; if they
     # then refuse the checkpoint (exit status 2), the run's record is put back as it was.
@@ -270,10 +280,12 @@ def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: Loaded | None,
         if code >= 128 and meta.get("status") == "interrupted":  # the workers stopped on a signal, as agreed
             raise RunFailed(f"stopped by {meta.get('signal')}. Continue with: expkit resume {run_dir}", code,
                             recorded=True) from None
-        if resume is not None and e.get_first_failure()[1].exitcode == EXIT_BAD_INPUT:
+        if code == EXIT_BAD_INPUT and resume is not None:
             for path, text in record.items():
                 write_atomic(path, text)
             raise RunFailed(message, EXIT_BAD_INPUT, recorded=True) from None
+        if code == EXIT_BAD_INPUT:  # a worker refused the input (data, model): as for one process
+            raise ConfigError(message) from None
         rundir.finish("failed", error=message)  # the root cause, not a peer's "connection closed"
         if "train.log" not in message:
             message += f" (details in {run_dir / 'train.log'})"

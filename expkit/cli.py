@@ -63,10 +63,10 @@ def _module(name: str):
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] == "train":
-            return _module("train").main(argv[1:])
         if argv and argv[0] == "help":
             argv = [*argv[1:2], "--help"] if len(argv) > 1 else ["--help"]
+        if argv and argv[0] == "train":
+            return _module("train").main(argv[1:])
         parser, commands = build_parser()
         if not argv:
             parser.print_help()
@@ -85,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `expkit train --help | head`: the reader left; nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # a path the command cannot read or write (--out into a missing folder, ...)
+        if os.environ.get("EXPKIT_TRACEBACK"):
+            raise
+        command = argv[0] if argv and argv[0] in COMMANDS else ""
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"expkit{' ' + command if command else ''}: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except Exception as e:
         from expkit.errors import ConfigError
 

@@ -266,6 +266,9 @@ def reproduce(run_dir: str | os.PathLike, check: bool = False,
                                *(meta.get("overrides") or [])], cwd=cwd, capture_output=True, text=True,
                               env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
         result.rerun_dir = rerun
+        if proc.returncode == 2:  # the re-run refused its input (data gone, more devices than here)
+            tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            raise ConfigError(f"cannot re-run {path}: {tail}")
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
             result.differed.append(f"the re-run exited with status {proc.returncode}: {tail}")

@@ -126,8 +126,9 @@ def list_runs(root: str | os.PathLike = "runs", status: list[str] | None = None,
         raise ConfigError(f"ROOT {str(root)!r} is not a folder.")
     wanted_status = [s for item in status or [] for s in item.split(",")]
     for s in wanted_status:
-        if s not in (*STATUSES, "?"):
-            raise ConfigError(f"--status: value {s!r} is not a run status; choose one of {', '.join(STATUSES)}.")
+        if s not in (*STATUSES, "crashed", "?"):
+            raise ConfigError(f"--status: value {s!r} is not a run status; choose one of "
+                              f"{', '.join((*STATUSES, 'crashed'))}.")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit: value {limit} is not allowed; expected an integer >= 1.")
     conditions = parse_where(where or [])

@@ -2,14 +2,14 @@
 
 How `expkit train -m optim=adam,adamw optim.lr=1e-3,3e-4` flows:
 
-    cli.cmd_train -> prepare_args     sweep.resume=true without hydra.sweep.dir=...: pick the newest
+    commands/train.main -> prepare_args     sweep.resume=true without hydra.sweep.dir=...: pick the newest
                                       runs/multirun/... sweep whose sweep.json has the same overrides
     SweepCallback.on_multirun_start   main process: sweep.json (command, overrides, planned jobs)
-    app.hydra_task -> run_job         each job, in this process or a launcher's worker (joblib, SLURM):
+    commands/train.hydra_task -> run_job         each job, in this process or a launcher's worker (joblib, SLURM):
                                       train (or skip / resume, below); a failed job returns None so
                                       the sweep goes on; then write_summary()
     SweepCallback.on_multirun_end     main process: write_summary() once more and print the table
-    cli.cmd_train -> exit_status      1 when any job did not complete, once every job has run
+    commands/train.main -> exit_status      1 when any job did not complete, once every job has run
 
 The summary is rewritten after every job, by whichever process ran it, so a sweep that is
 still running or was killed has an up-to-date summary.md; jobs of a parallel launcher may
@@ -42,7 +42,7 @@ from hydra.experimental.callback import Callback
 
 from expkit.config.resolvers import truthy
 from expkit.errors import ConfigError, RunFailed
-from expkit.run.folder import RunDir, now, read_json, read_yaml, write_atomic
+from expkit.run.folder import FolderLock, RunDir, now, read_json, read_yaml, write_atomic
 from expkit.summary import (
     MULTIRUN_ROOT,
     SUMMARY_CSV,
@@ -206,7 +206,16 @@ def _resume_job(cfg, run_dir: Path, overrides: list[str], metric: str) -> float 
             return None
     # No checkpoint to continue from: train again from scratch in the same folder.
     print(f"expkit: sweep.resume: was {status} without a checkpoint; training it again", flush=True)
-    rundir.restart()
+    lock = FolderLock(run_dir)  # never empty a folder another process still writes
+    try:
+        lock.acquire()
+    except ConfigError as e:
+        print(f"expkit: sweep.resume: {e}", file=sys.stderr)
+        return None
+    try:
+        rundir.restart()
+    finally:
+        lock.release()
     share_cores(cfg)
     return _value(execute(cfg, run_dir, overrides, discard_on_bad_input=False), metric)
 

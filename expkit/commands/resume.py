@@ -14,7 +14,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "resume", help=HELP, description=HELP + ", with the config saved there.",
         epilog="Safe overrides need no flag: trainer.epochs, trainer.eval_every, trainer.log_every, "
-               "trainer.devices, ... Example: expkit resume runs/2026-11-28/12-00-00 trainer.epochs=20")
+               "trainer.devices (the same number of processes unless --force), ... "
+               "Example: expkit resume runs/2026-11-28/12-00-00 trainer.epochs=20")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (it holds meta.json and checkpoints/)")
     p.add_argument("overrides", metavar="OVERRIDES", nargs="*", help="key=value changes to the saved config")
     p.add_argument("--force", action="store_true", help="allow overrides that change what the run trained so far")

@@ -120,6 +120,10 @@ def check_given_run_dir(cfg: DictConfig) -> None:
     if (path / "meta.json").exists():
         raise ConfigError(f"hydra.run.dir: {str(path)!r} holds a run already; continue it with "
                           f"`expkit resume {path}`, or choose another folder.")
+    if path.is_dir() and any(path.iterdir()):
+        # A run folder is expkit's alone: a refused or stopped run removes it again.
+        raise ConfigError(f"hydra.run.dir: {str(path)!r} is a folder that holds files already; give a new "
+                          "or empty folder.")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:

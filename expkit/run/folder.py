@@ -193,6 +193,23 @@ class RunDir:
         self.update_meta(restarts=[*meta.get("restarts", []), previous])
 
 
+def writer_gone(folder: str | os.PathLike) -> bool:
+    """True when the process that last held the folder's lock, on this host, no longer
+    exists: a run still marked running was killed (SIGKILL, the OOM killer, a power cut)."""
+    import socket
+
+    try:
+        pid, _, host = (Path(folder) / ".lock").read_text().strip().partition(" on ")
+        if host != socket.gethostname():
+            return False  # cannot tell from here
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
 class FolderLock:
     """One writer per run folder: an exclusive flock on RUN_DIR/.lock, held for the life of
     the run. The kernel releases it when the process ends, however it ends (SIGKILL

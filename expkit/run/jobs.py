@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expkit.run.folder import read_json, read_yaml
+from expkit.run.folder import read_json, read_yaml, writer_gone
 
 
 @dataclass
@@ -68,16 +68,19 @@ def read_job(folder: Path, config: bool = True) -> JobRecord:
     """A job or run folder read back; `config=False` skips config.yaml and Hydra's files
     (listing thousands of runs reads meta.json and metrics.json only)."""
     meta = read_json(folder / "meta.json")
+    status = meta.get("status")
+    if status == "running" and writer_gone(folder):
+        status = "crashed"  # its process ended without saying how (SIGKILL, the OOM killer, a power cut)
     overrides = meta.get("overrides")
     if overrides is None:
         overrides = read_yaml(folder / ".hydra" / "overrides.yaml") or []
     metrics = read_json(folder / "metrics.json") or dict(meta.get("metrics") or {})
     if not config:
-        return JobRecord(path=folder, number=job_number(folder.name), status=meta.get("status"), meta=meta,
+        return JobRecord(path=folder, number=job_number(folder.name), status=status, meta=meta,
                          metrics=metrics, overrides=[str(o) for o in overrides])
     config = read_yaml(folder / "config.yaml") or read_yaml(folder / ".hydra" / "config.yaml") or {}
     hydra = read_yaml(folder / ".hydra" / "hydra.yaml")
-    return JobRecord(path=folder, number=job_number(folder.name), status=meta.get("status"), meta=meta,
+    return JobRecord(path=folder, number=job_number(folder.name), status=status, meta=meta,
                      metrics=metrics, overrides=[str(o) for o in overrides],
                      config=config if isinstance(config, dict) else {},
                      hydra=hydra if isinstance(hydra, dict) else None)

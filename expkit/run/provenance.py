@@ -80,6 +80,14 @@ def _in_run_folder(path: Path, root: Path, known: dict[Path, bool]) -> bool:
     return False
 
 
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def untracked_files(repo_root: str | os.PathLike, names: list[str], cap_bytes: int,
                     exclude: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """What rebuilds the untracked, non-ignored files: each one's path, size and sha256,
@@ -95,12 +103,15 @@ def untracked_files(repo_root: str | os.PathLike, names: list[str], cap_bytes: i
             continue
         if _in_run_folder(path, root, known) or not path.is_file():
             continue
+        size = path.stat().st_size
+        entry: dict[str, Any] = {"path": name, "size": size, "sha256": _sha256_file(path)}
+        if size > cap_bytes:  # never read whole: an untracked data file may be large
+            entry["not_stored"] = f"larger than trainer.untracked_max_kb ({cap_bytes} bytes)"
+            out.append(entry)
+            continue
         data = path.read_bytes()
-        entry: dict[str, Any] = {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         if b"\0" in data:
             entry["not_stored"] = "binary"
-        elif len(data) > cap_bytes:
-            entry["not_stored"] = f"larger than trainer.untracked_max_kb ({cap_bytes} bytes)"
         else:
             try:
                 entry["text"] = data.decode("utf-8")

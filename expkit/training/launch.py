@@ -36,6 +36,8 @@ def launch_workers(run_dir: Path, nproc: int, checkpoint: Path | None = None) ->
         monitor_interval=0.1,  # notice a dead worker within a fraction of a second
         logs_specs=DefaultLogsSpecs(redirects=Std.NONE, tee=Std.NONE),
     )
+    # SLURM's warning signal too: the agent passes it on to the workers, which checkpoint and stop.
+    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
     args = ["-m", "expkit", "_worker", str(run_dir)] + (["--resume", str(checkpoint.absolute())] if checkpoint else [])
     log.info("launching %d worker processes (torch elastic, %s)", nproc, config.run_id)
     elastic_launch(config, sys.executable)(*args)
