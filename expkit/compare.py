@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from expkit.config.compose import flatten
 from expkit.errors import ConfigError
-from expkit.run.folder import read_json
-from expkit.run.jobs import JobRecord, read_job
+from expkit.run.folder import read_json, strict
+from expkit.run.jobs import JobRecord, read_job, read_scalars
 from expkit.run.provenance import diff_files, has_commit, repo_root, run_git, tracked_diff
-from expkit.runlist import columns, finite
+from expkit.runlist import columns
 
 METRICS = ("val/acc", "best/val/acc", "val/loss", "train/acc", "train/loss", "test/acc", "test/loss",
            "epoch", "step")
@@ -62,15 +63,6 @@ def load_run(path: str | os.PathLike) -> JobRecord:
     return read_job(folder)
 
 
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: node}
-
-
 MISSING = "(absent)"
 
 
@@ -90,7 +82,7 @@ def compare(paths: list[str | os.PathLike]) -> Comparison:
             c.config[key] = values
     metric_keys = [k for k in METRICS if any(k in r.metrics for r in runs)]
     metric_keys += sorted({k for r in runs for k in r.metrics if k not in metric_keys})
-    c.metrics = {k: [finite(r.metrics.get(k)) for r in runs] for k in metric_keys}
+    c.metrics = {k: strict([r.metrics.get(k) for r in runs]) for k in metric_keys}
     _compare_code(c)
     c.data = [dict(r.meta.get("data") or {}) for r in runs]
     prints = [d.get("sha256") for d in c.data]
@@ -188,13 +180,8 @@ def _indent(text: str) -> list[str]:
 
 
 def curves(run_dir: Path, tags: tuple[str, ...] = CURVES) -> dict[str, list[tuple[int, float]]]:
-    """The scalar curves `tags` of a run, read from its event files with TensorBoard's reader."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 1, "images": 1, "tensors": 1})
-    acc.Reload()
-    present = set(acc.Tags().get("scalars", []))
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in tags if tag in present}
+    """The scalar curves `tags` of a run (a resumed run's repeated steps once, the last)."""
+    return {tag: points for tag, points in read_scalars(Path(run_dir)).items() if tag in tags}
 
 
 def plot(c: Comparison, out: str | os.PathLike) -> Path:

@@ -7,14 +7,13 @@ with thousands of runs lists in well under a second; config.yaml is read only fo
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 from expkit.config.resolvers import direction
 from expkit.errors import ConfigError
-from expkit.run.folder import STATUSES, read_yaml
+from expkit.run.folder import STATUSES, read_yaml, strict
 from expkit.run.jobs import JobRecord, read_job, run_folders
 from expkit.summary import _duration, _seconds
 
@@ -67,11 +66,6 @@ def matches(value: Any, wanted: str) -> bool:
     return str(value) == text
 
 
-def finite(value: Any) -> Any:
-    """NaN and Inf as None: the rows are strict JSON."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def row(job: JobRecord, root: Path) -> dict[str, Any]:
     """One run as plain data: what `expkit runs --json` prints and expkit.runs() returns."""
     meta, git = job.meta, job.meta.get("git") or {}
@@ -79,7 +73,7 @@ def row(job: JobRecord, root: Path) -> dict[str, Any]:
         folder = str(job.path.relative_to(root))
     except ValueError:
         folder = str(job.path)
-    metrics = {k: finite(v) for k, v in job.metrics.items()}
+    metrics = strict(dict(job.metrics))
     started, ended = meta.get("started"), meta.get("ended")
     return {
         "folder": folder, "path": str(job.path), "status": job.status or "?", "started": started, "ended": ended,

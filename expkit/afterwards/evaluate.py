@@ -6,13 +6,12 @@ it, and the same picture as a TensorBoard image in the run."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from expkit.afterwards.loading import RunModel, load_run
 from expkit.errors import ConfigError
-from expkit.run.folder import write_atomic, write_json
+from expkit.run.folder import strict, write_atomic, write_json
 
 SPLITS = ("test", "val", "train")
 
@@ -84,17 +83,6 @@ def evaluate(run_dir: str | Path, split: str = "test", checkpoint: str = "best",
     if save:
         result["files"] = write_outputs(run, result)
     return result
-
-
-def strict(value: Any) -> Any:
-    """null for NaN and Inf, so the JSON is strict."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: strict(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [strict(v) for v in value]
-    return value
 
 
 def write_outputs(run: RunModel, result: dict[str, Any]) -> list[str]:

@@ -23,6 +23,17 @@ def task_config(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys: {"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; an empty
+    mapping below the top ({"kwargs": {}}) is a value of its own."""
+    if not isinstance(node, dict) or (not node and prefix):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
 def plain(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(task_config(cfg), resolve=True)
 

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from expkit.config.compose import flatten
 from expkit.config.schema import BASES, SCHEMAS, SINGLE, TOP_LEVEL, type_name
 
 GROUPS = ("data", "model", "optim", "sched", "init", "reg", "trainer")
@@ -101,17 +102,6 @@ def _fields(schema: type, prefix: str = "") -> list[tuple[str, dataclasses.Field
             out += _fields(type(default), f"{prefix}{f.name}.")
         else:
             out.append((prefix + f.name, f))
-    return out
-
-
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"early_stop": {"patience": 3}} -> {"early_stop.patience": 3}."""
-    out: dict[str, Any] = {}
-    for k, v in values.items():
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
     return out
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expkit.run.jobs import job_folders, read_job, split_override, varying_keys
+from expkit.run.jobs import job_folders, read_job, read_scalars, split_override, varying_keys
 
 CHANCE = 0.1  # ten classes in every bundled data set; only used in wording
 
@@ -123,24 +123,6 @@ class Job:
 
 def _layer_key(name: str) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split("."))
-
-
-def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    if not any(folder.glob("events.out.tfevents.*")) and not any(folder.glob("*/events.out.tfevents.*")):
-        return {}
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(
-        str(folder), size_guidance={"scalars": 0, "histograms": 1, "images": 1, "tensors": 1, "compressedHistograms": 1}
-    )
-    acc.Reload()
-    out: dict[str, list[tuple[int, float]]] = {}
-    for tag in acc.Tags()["scalars"]:
-        by_step: dict[int, float] = {}
-        for e in acc.Scalars(tag):  # a resumed run may have written a step twice: keep the last
-            by_step[e.step] = e.value
-        out[tag] = sorted(by_step.items())
-    return out
 
 
 def load_job(folder: Path) -> Job:

@@ -97,3 +97,22 @@ def varying_keys(jobs: list[dict[str, str]]) -> list[str]:
     for job in jobs:
         keys += [k for k in job if k not in keys]
     return [k for k in keys if len({job.get(k) for job in jobs}) > 1]
+
+
+def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar curve of a run, read with TensorBoard's own reader, one value per step."""
+    if not any(folder.glob("events.out.tfevents.*")) and not any(folder.glob("*/events.out.tfevents.*")):
+        return {}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(
+        str(folder), size_guidance={"scalars": 0, "histograms": 1, "images": 1, "tensors": 1, "compressedHistograms": 1}
+    )
+    acc.Reload()
+    out: dict[str, list[tuple[int, float]]] = {}
+    for tag in acc.Tags()["scalars"]:
+        by_step: dict[int, float] = {}
+        for e in acc.Scalars(tag):  # a resumed run may have written a step twice: keep the last
+            by_step[e.step] = e.value
+        out[tag] = sorted(by_step.items())
+    return out

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from expkit.config.compose import plain, task_config
+from expkit.config.compose import flatten, plain, task_config
 from expkit.errors import ConfigError
 from expkit.run.folder import RunDir
 
@@ -160,17 +160,8 @@ def write_text_summaries(writer, cfg: DictConfig, run_dir: Path, model) -> None:
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            out[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
-
-    walk("", plain(cfg))
-    return out
+    """The config as HPARAMS takes it: dotted keys, scalar values (lists as text)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(plain(cfg)).items()}
 
 
 def write_hparams(trainer, typed, cfg: DictConfig) -> None:

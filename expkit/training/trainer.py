@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from expkit.config.compose import flatten
 from expkit.run import checkpoint
 from expkit.run.folder import write_json
 from expkit.training import dist
@@ -468,15 +469,6 @@ class Trainer:
         log.debug("checkpoint at step %d written in %.3f s", self.step, time.perf_counter() - started)
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(node, dict):
-        return {prefix: node}
-    out: dict[str, Any] = {}
-    for k, v in node.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def model_mismatch(saved_cfg: dict[str, Any] | None, cfg: dict[str, Any], error: Exception) -> str:
     """One line: which config keys differ from the checkpoint's, and torch's first complaint."""
     details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
@@ -485,7 +477,7 @@ def model_mismatch(saved_cfg: dict[str, Any] | None, cfg: dict[str, Any], error:
         " from checkpoint, the shape in current model is ", ", model ").replace("torch.Size(", "(")
     if not saved_cfg:
         return f"the model's weights do not fit: {first}"
-    old, new = _flat(saved_cfg), _flat(cfg)
+    old, new = flatten(saved_cfg), flatten(cfg)
     keys = [k for k in sorted(set(old) | set(new)) if k.split(".")[0] in ("model", "data", "reg", "init")
             and old.get(k) != new.get(k)]
     differ = "; ".join(f"{k} was {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in keys[:4])
