@@ -182,6 +182,7 @@ def anchor(size: int, batch_size: int, epochs: int, compile: bool, device: torch
             trainer.train_epoch(e)
             synchronize(device)
             seconds.append(time.perf_counter() - t0)
+        trainer.evaluate(trainer.data.val)  # warm-up: eval mode compiles a graph of its own
         t0 = time.perf_counter()
         metrics, _ = trainer.evaluate(trainer.data.val)
         eval_s = time.perf_counter() - t0
