@@ -8,7 +8,7 @@ ARGS   ?=
 # torch, so two pytest workers keep two cores busy (`make test WORKERS=0` runs in one process).
 WORKERS ?= 2
 
-.PHONY: train test test-fast tb sweep bench lint clean
+.PHONY: train test test-fast tb sweep bench gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py $(ARGS)
+
+# One GPU, under 8 minutes (bench/gpu_check.py): the tests marked gpu, then the GPU bench;
+# writes bench/results/gpu.md and exits 1 if a check fails. Without a GPU it says so, runs
+# the CPU-runnable parts, writes bench/results/gpu_cpu_dryrun.md (never gpu.md), exits 0.
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check expkit tests bench

@@ -21,7 +21,7 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 # The end-to-end tier: modules whose tests start real expkit processes (training, DDP,
 # sweeps, signals). Single such tests elsewhere carry @pytest.mark.e2e. `make test-fast`
 # runs the rest (`-m "not e2e"`), the unit tier; `make test` runs both.
-E2E_MODULES = {"test_bench", "test_cli", "test_ddp", "test_lessons", "test_packaging", "test_plugin",
+E2E_MODULES = {"test_bench", "test_cli", "test_ddp", "test_gpu", "test_lessons", "test_packaging", "test_plugin",
                "test_resume", "test_sweep", "test_switches", "test_tensorboard"}
 
 

@@ -77,6 +77,19 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     assert [s for s, _ in scalars(ddp)["opt/lr"]] == list(range(1, 13))
 
 
+
+def test_torchrun_with_one_process_joins_a_group_of_one(tmp_path):
+    """`torchrun --nproc_per_node=1`: expkit joins a process group of one (gloo here, NCCL on
+    a GPU: tests/test_gpu.py) and trains through DDP, so one GPU can run the NCCL path."""
+    [(code, err)] = run_groups([[TORCHRUN, "--standalone", "--nproc_per_node=1", "-m", "expkit", "train", *EXACT,
+                                 "trainer.epochs=1"]], tmp_path, [dict(os.environ)], timeout=300)
+    assert code == 0, err[-3000:]
+    run = only_run(tmp_path)
+    assert read_json(run / "meta.json")["status"] == "completed"
+    assert "process group: backend gloo, rank 0 of 1" in (run / "train.log").read_text()
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 4 and state["world_size"] == 1 and not any(k.startswith("module.") for k in state["model"])
+
 def threads_used(run: Path) -> int:
     return int(re.search(r"threads (\d+)\b", (run / "train.log").read_text()).group(1))
 

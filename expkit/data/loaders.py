@@ -59,20 +59,29 @@ class EpochSampler(torch.utils.data.Sampler):
         return len(range(self.rank, self.n, self.world_size))
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor onto the batch's device. On a GPU, a blocking copy from pageable
+    memory would make the host wait for the GPU at every step; a copy from pinned memory
+    with non_blocking=True is queued on the stream like the kernels that use it."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def random_crop_flip(x: torch.Tensor, flip: bool) -> torch.Tensor:
     """Per-example random crop (zero padding of size/8) and optional horizontal flip of a
     batch, in a few tensor ops. Uses the global torch RNG, so it is saved with checkpoints."""
     b, c, h, w = x.shape
     pad = max(1, h // 8)
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (b,)).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (b,)).to(x.device)
+    oy = _to_device(torch.randint(0, 2 * pad + 1, (b,)), x.device)
+    ox = _to_device(torch.randint(0, 2 * pad + 1, (b,)), x.device)
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     out = padded[torch.arange(b, device=x.device)[:, None, None, None],
                  torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
     if flip:
-        mask = (torch.rand(b) < 0.5).to(x.device)
+        mask = _to_device(torch.rand(b) < 0.5, x.device)
         out = torch.where(mask[:, None, None, None], out.flip(3), out)
     return out
 

@@ -26,6 +26,7 @@ between the steps above, to widen the windows a test kills the writer in.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import logging
@@ -98,9 +99,28 @@ def _clean_leftovers(folder: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def on_cpu(obj: Any) -> Any:
+    """`obj` with every tensor on the CPU (strides kept): a GPU run's checkpoint loads with a
+    plain `torch.load(..., weights_only=True)` on a machine without a GPU. torch.save copies
+    GPU tensors to the host to write them anyway; resuming puts them back on the device."""
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.device.type == "cpu" else obj.cpu()
+    if isinstance(obj, dict):
+        moved = {k: on_cpu(v) for k, v in obj.items()}
+        if all(moved[k] is v for k, v in obj.items()):
+            return obj  # the same object: a CPU run's checkpoint is written as before
+        out = copy.copy(obj)  # keeps an OrderedDict's _metadata (module versions)
+        out.update(moved)
+        return out
+    if isinstance(obj, (list, tuple)):
+        moved = [on_cpu(v) for v in obj]
+        return obj if all(a is b for a, b in zip(moved, obj, strict=True)) else type(obj)(moved)
+    return obj
+
+
 def to_bytes(state: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save(on_cpu(state), buffer)
     return buffer.getvalue()
 
 

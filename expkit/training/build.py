@@ -73,7 +73,7 @@ def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: Loaded 
         model.to(memory_format=torch.channels_last)
     optimizer = build_optim(model, typed["optim"])
     schedule = Schedule(optimizer, typed["sched"], t.epochs, len(data.train))
-    if dist.world_size() > 1:
+    if dist.initialized():  # torchrun with one process too: the same DDP path as with many
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if t.compile:
         model = torch.compile(model)

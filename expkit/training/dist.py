@@ -3,6 +3,7 @@ WORLD_SIZE are set; without them everything here is a single-process no-op."""
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -68,13 +69,23 @@ _store = None  # the TCPStore rank 0 made to agree on the run folder, reused for
 _claims = 0  # folders agreed on so far in this process: the n-th claim of each rank pairs up
 
 
+def launched() -> bool:
+    """Under torchrun or expkit's own launch (torch elastic sets TORCHELASTIC_RUN_ID), or
+    given a group by hand (WORLD_SIZE > 1)."""
+    return world_size() > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+
+
 def setup(device: torch.device) -> None:
-    if world_size() > 1 and not initialized():
+    """Join the process group: NCCL on a GPU, gloo on a CPU. Under torchrun this happens
+    with one process too (`--nproc_per_node=1`): the user asked for a distributed launch,
+    and it is the only way one GPU runs the NCCL path."""
+    if launched() and not initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         if _store is not None:
             kwargs.update(store=_store, rank=rank(), world_size=world_size())
         _torch_dist().init_process_group(backend, **kwargs)
+        logging.getLogger("expkit").info("process group: backend %s, rank %d of %d", backend, rank(), world_size())
 
 
 def agree_on_run_dir(path: str, claim) -> str:
