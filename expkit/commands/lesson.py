@@ -27,6 +27,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def check_first_job(train_args: list[str]) -> None:
+    """`expkit train -m` lets a sweep job with a bad value fail on its own; a lesson whose every
+    job would fail is bad input: its first job is composed and validated now."""
+    from expkit.config.compose import check_overrides, hydra_overrides, task_config
+    from expkit.config.schema import validate
+
+    validate(task_config(check_overrides(hydra_overrides(train_args), multirun=True, hydra=True)))
+
+
 def run(args: argparse.Namespace) -> int:
     from expkit.errors import ConfigError
     from expkit.lessons import catalog
@@ -36,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         name = catalog.check_name(args.name)
-        catalog.train_args(name, args.overrides, args.seeds, None)  # bad input: before any folder is made
+        check_first_job(catalog.train_args(name, args.overrides, args.seeds, None))  # before any folder is made
         folder = catalog.given_sweep_dir(args.overrides)
         train_args = catalog.train_args(name, args.overrides, args.seeds, None if folder else catalog.sweep_dir(name))
         folder = folder or catalog.given_sweep_dir(train_args)
@@ -47,9 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"expkit lesson {name}: expkit train {' '.join(train_args)}", flush=True)
     code = train.main(train_args)
-    if code not in (0, 1):  # bad input (2) or a stop signal: nothing to judge
-        if code == 2 and folder is not None and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+    if code not in (0, 1) or folder is None or not folder.is_dir():  # bad input or a stop signal
         return code
     from expkit.lessons.jobs import ReportError
     from expkit.lessons.report import report

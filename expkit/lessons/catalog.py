@@ -34,10 +34,14 @@ def check_name(name: str | None) -> str:
 
 
 def sweep_dir(name: str, root: str | Path = "runs") -> Path:
-    """A fresh folder for the lesson's sweep: runs/lessons/NAME/<date>_<time>[-N]."""
-    from expkit.run.folder import unique_dir
-
-    return Path(unique_dir(str(Path(root) / "lessons" / name / time.strftime("%Y-%m-%d_%H-%M-%S"))))
+    """A fresh name for the lesson's sweep folder: runs/lessons/NAME/<date>_<time>[-N]. Not made
+    here: `expkit train` makes it once the overrides are checked, so bad input leaves nothing."""
+    base = Path(root) / "lessons" / name / time.strftime("%Y-%m-%d_%H-%M-%S")
+    candidate, n = base, 0
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
 
 
 def given_sweep_dir(overrides: list[str]) -> Path | None:
