@@ -289,6 +289,8 @@ def check_optimizers(jobs: list[Job]) -> Finding:
 
 
 def check_skip(jobs: list[Job]) -> Finding:
+    deepest = max(int(j.cfg("model.blocks", 0) or 0) for j in jobs)
+    jobs = [j for j in jobs if int(j.cfg("model.blocks", 0) or 0) == deepest]  # the words are for the deep nets
     by = _by(jobs, lambda j: (bool(j.cfg("reg.batchnorm", False)), bool(j.cfg("model.skip", True))))
     thr = pick_threshold(jobs)
     blocks = jobs[0].cfg("model.stages", 0) * jobs[0].cfg("model.blocks", 0)
