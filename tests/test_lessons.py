@@ -225,6 +225,10 @@ def test_the_verdict_rule_on_constructed_numbers():
     assert one.verdict == "inconclusive" and "needs at least 2 seeds" in one.note
     assert verdict([0.5, 0.5], [0.5, 0.5]).verdict == "not reproduced"  # identical: no effect at all
     assert verdict([0.6, 0.6], [0.5, 0.5]).verdict == "reproduced"  # no spread, a difference
+    # Significant, but below the smallest difference that matters (two stalled nets): no evidence.
+    stalled = Comparison("claim", "train loss", "a", "b", [2.302, 2.3021, 2.3019], [2.305, 2.3051, 2.3049], True,
+                         min_effect=0.05)
+    assert stalled.verdict == "inconclusive" and "smallest that matters" in stalled.note
     # Welch's p for these numbers, computed by hand: t = 0.1 / sqrt(2 * 0.01**2 / 3), df = 4.
     from scipy.stats import ttest_ind
 

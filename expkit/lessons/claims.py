@@ -384,10 +384,16 @@ def _pick(groups: dict[str, list[Job]], pred: Callable[[Job], bool]) -> tuple[st
     return next(((k, v) for k, v in groups.items() if pred(v[0])), None)
 
 
-def _cmp(claim: str, metric: str, fn: Callable[[Job], float | None], arm, base, higher: bool) -> Comparison | None:
+def _cmp(claim: str, metric: str, fn: Callable[[Job], float | None], arm, base, higher: bool,
+         min_effect: float = 0.0) -> Comparison | None:
     if arm is None or base is None or arm[0] == base[0]:
         return None
-    return Comparison(claim, metric, arm[0], base[0], [fn(j) for j in arm[1]], [fn(j) for j in base[1]], higher)
+    return Comparison(claim, metric, arm[0], base[0], [fn(j) for j in arm[1]], [fn(j) for j in base[1]], higher,
+                      min_effect)
+
+
+# Training losses of nets that both stall sit at ln 10 = 2.303 and differ by noise.
+STALLED_LOSS_NOISE = 0.05
 
 
 def norm_of(j: Job) -> str:
@@ -471,9 +477,10 @@ def compare_skip(groups: dict[str, list[Job]]) -> list[Comparison | None]:
         if shallow != deep:
             out.append(_cmp(f"{where}: the deep plain net ({deep} blocks per stage) ends with a higher training loss "
                             f"than the shallower plain net ({shallow}): degradation", "train loss (last epoch)",
-                            train_loss, arm(False, deep), arm(False, shallow), True))
+                            train_loss, arm(False, deep), arm(False, shallow), True, STALLED_LOSS_NOISE))
         out.append(_cmp(f"{where}: skip connections fix the deep net (lower training loss than without them)",
-                        "train loss (last epoch)", train_loss, arm(True, deep), arm(False, deep), False))
+                        "train loss (last epoch)", train_loss, arm(True, deep), arm(False, deep), False,
+                        STALLED_LOSS_NOISE))
     return out
 
 

@@ -7,8 +7,11 @@ of the two arms' means points the way the claim says and its 95% confidence inte
 (Welch's t, unequal variances) excludes zero, i.e. a two-sided Welch t-test at 0.05;
 "not reproduced" when it points the other way and the interval excludes zero (or when both
 arms gave exactly the same numbers); otherwise "inconclusive", and always with fewer than
-two seeds in an arm. A lesson is reproduced when every comparison is, not reproduced when
-any comparison is not, and inconclusive otherwise.
+two seeds in an arm, or when a comparison names the smallest difference that matters
+(min_effect) and the difference of the means is smaller than that: two networks that both
+stall at chance differ by noise that a t-test may still call significant. A lesson is
+reproduced when every comparison is, not reproduced when any comparison is not, and
+inconclusive otherwise.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ MIN_SEEDS = 2
 RULE = ("Verdict rule: each comparison is a two-sided Welch t-test at 0.05 on the per-seed numbers of two arms: "
         "**reproduced** when the difference points the way the claim says and its 95% confidence interval "
         "excludes zero, **not reproduced** when it points the other way and the interval excludes zero (or both "
-        "arms gave identical numbers), **inconclusive** otherwise or with fewer than 2 seeds per arm. The lesson "
+        "arms gave identical numbers), **inconclusive** otherwise, with fewer than 2 seeds per arm, or when the "
+        "difference is below the smallest that matters where a comparison names one. The lesson "
         "is reproduced when every comparison is, not reproduced when any comparison is not.")
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 
@@ -62,6 +66,7 @@ class Comparison:
     arm_values: list[float]
     base_values: list[float]
     higher: bool = True
+    min_effect: float = 0.0  # a smaller difference of the means is no evidence either way
     verdict: str = "inconclusive"
     diff: float = math.nan  # mean(arm) - mean(baseline)
     low: float = math.nan  # its 95% confidence interval
@@ -97,7 +102,10 @@ def decide(c: Comparison) -> Comparison:
     half = 0.0 if se == 0 else t_quantile(1 - ALPHA / 2, df) * se
     c.low, c.high = c.diff - half, c.diff + half
     toward = c.diff if c.higher else -c.diff  # > 0: the way the claim says
-    if se == 0 and c.diff == 0:
+    if abs(c.diff) < c.min_effect:
+        c.verdict = "inconclusive"
+        c.note = f"the difference is below {c.min_effect:g}, the smallest that matters here"
+    elif se == 0 and c.diff == 0:
         c.verdict, c.note = "not reproduced", "both arms gave identical numbers"
     elif c.low > 0 or c.high < 0:
         c.verdict = "reproduced" if toward > 0 else "not reproduced"
