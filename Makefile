@@ -8,7 +8,7 @@ ARGS   ?=
 # torch, so two pytest workers keep two cores busy (`make test WORKERS=0` runs in one process).
 WORKERS ?= 2
 
-.PHONY: train test test-fast tb sweep bench gpu-check lint clean
+.PHONY: train test test-fast tb sweep lessons bench gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ tb: $(STAMP)
 
 sweep: $(STAMP)
 	$(BIN)/expkit train -m optim=adam,adamw optim.lr=1e-3,3e-4 $(ARGS)
+
+# Every lesson of the course at full size, each report into docs/lessons/ (about ten minutes a
+# lesson on 2 CPU cores). On a GPU, more seeds: make lessons ARGS="--seeds 10 trainer.accelerator=cuda"
+lessons: $(STAMP)
+	set -e; for name in $$($(BIN)/expkit lesson --list | cut -d' ' -f1); do \
+		$(BIN)/expkit lesson $$name --out docs/lessons $(ARGS); done
 
 # The bench extra (lightning) goes into .venv once; bench/run.py: see its docstring (~10 min on 2 cores).
 BENCH_STAMP := $(VENV)/.bench-installed

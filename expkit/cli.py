@@ -12,7 +12,7 @@ import sys
 from expkit import __version__
 
 COMMANDS = ("train", "resume", "eval", "predict", "export", "runs", "compare", "reproduce", "sched", "summary",
-            "report", "list")
+            "report", "lesson", "list")
 EPILOG = """examples:
   expkit train model=mlp optim=sgd optim.lr=0.05 trainer.epochs=3
   expkit train -m optim=adam,adamw optim.lr=1e-3,3e-4

@@ -244,16 +244,24 @@ def test_warmup_then_cosine():
 def test_grad_clip_bounds_the_norm(tmp_path):
     common = ["model=mlp", "optim=sgd", "optim.lr=0.5", "trainer.log_every=1", "data.sample=64", "data.batch_size=16",
               "trainer.epochs=2", "trainer.max_steps=6", "trainer.progress=off", "trainer.graph=false"]
+    """grad/norm_clipped is what the optimizer got; grad/norm (and grad/norm/<layer>) what the
+    backward pass gave before clipping, so clipping never hides how large the gradients are."""
     run_dir, _ = expkit.train([*common, "reg.grad_clip=0.05"], runs_root=str(tmp_path / "runs"))
-    norms = [v for _, v in scalars(run_dir)["grad/norm"]]
-    assert len(norms) == 6 and max(norms) <= 0.05 * 1.0001
+    tags = scalars(run_dir)
+    clipped = [v for _, v in tags["grad/norm_clipped"]]
+    assert len(clipped) == 6 and max(clipped) <= 0.05 * 1.0001
+    before = [v for _, v in tags["grad/norm"]]
+    assert len(before) == 6 and min(before) > 0.05  # the unclipped norms, above the bound
+    layers = [t for t in tags if t.startswith("grad/norm/")]
+    first = math.sqrt(sum(tags[t][0][1] ** 2 for t in layers))
+    assert abs(first - before[0]) <= 1e-4 * before[0]  # per layer: before clipping too
     unclipped, _ = expkit.train(common, runs_root=str(tmp_path / "runs0"))
-    assert max(v for _, v in scalars(unclipped)["grad/norm"]) > 0.05  # so the bound above means something
+    assert "grad/norm_clipped" not in scalars(unclipped)  # nothing clipped, nothing to log twice
     # Value clipping bounds every element, so the norm of n weights is at most clip * sqrt(n).
     run_dir, _ = expkit.train([*common, "reg.grad_clip=0.0001", "reg.grad_clip_mode=value"],
                               runs_root=str(tmp_path / "runs2"))
     n_weights = 64 * 256 + 2 * 256 * 256 + 256 * 10
-    assert max(v for _, v in scalars(run_dir)["grad/norm"]) <= 0.0001 * math.sqrt(n_weights) * 1.0001
+    assert max(v for _, v in scalars(run_dir)["grad/norm_clipped"]) <= 0.0001 * math.sqrt(n_weights) * 1.0001
 
 
 def test_weight_decay_skips_biases_and_norms_unless_asked():

@@ -25,6 +25,7 @@ from omegaconf import errors as oc_errors
 from expkit.errors import ConfigError
 
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "sigmoid")
+NORMS = ("none", "batch", "layer", "group", "instance")
 # What metrics.json holds, and so what a sweep can sort by or optimize.
 METRICS = ("val/acc", "val/loss", "best/val/acc", "train/acc", "train/loss", "test/acc", "test/loss")
 # A run's name becomes part of its folder's name: one safe path component.
@@ -272,7 +273,13 @@ class FunctionInitConfig(InitConfig):
 class RegConfig:
     dropout: float = key(0.0, "dropout before each linear layer", check=fraction())
     dropout_conv: float = key(0.0, "dropout after each conv stage's pooling", check=fraction())
-    batchnorm: bool = key(False, "batchnorm after conv/linear, before the activation")
+    batchnorm: bool = key(False, "batchnorm in the built-in models; the same as reg.norm=batch (kept for old "
+                                 "configs; used when reg.norm is null)")
+    norm: str | None = key(None, "normalization layer after each conv/linear layer of the built-in models; "
+                                 "null = reg.batchnorm's (batch or none)", NORMS)
+    norm_position: str = key("before", "where the norm goes: before or after the activation", ("before", "after"))
+    norm_groups: int = key(8, "reg.norm=group: groups per layer (the most up to this that divide the channels)",
+                           check=ge(1))
     grad_clip: float | None = key(None, "clip gradients at this value; null = off", check=gt(0))
     grad_clip_mode: str = key("norm", "clip the global norm or each value", ("norm", "value"))
     label_smoothing: float = key(0.0, "cross-entropy label smoothing", check=fraction())
@@ -449,6 +456,14 @@ def _range_errors(typed: dict[str, Any]) -> list[str]:
     if getattr(o, "nesterov", False) and not o.momentum > 0:
         errors.append(f"optim.nesterov: value {o.nesterov!r} is not allowed; expected false unless "
                       "optim.momentum > 0.")
+    r = typed["reg"]
+    if r.batchnorm and r.norm not in (None, "batch"):
+        errors.append(f"reg.norm: value {r.norm!r} contradicts reg.batchnorm=true; set reg.batchnorm=false "
+                      f"with reg.norm={r.norm}, or leave reg.norm unset (null) for batchnorm.")
+    if r.norm == "instance" and typed["model"].arch == "mlp":
+        errors.append("reg.norm: value 'instance' is not allowed with model=mlp; instance norm normalizes each "
+                      "channel of a conv layer over its pixels and an MLP has none; choose none, batch, layer "
+                      "or group.")
     from expkit.config.imports import OWN, own_groups
 
     for group in own_groups(typed):  # own code: the import path is required

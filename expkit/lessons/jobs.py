@@ -32,6 +32,7 @@ class Job:
     val_size: int | None
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     label: str = ""
+    arm: str = ""  # the varied overrides other than seed: the jobs of one arm differ only in their seed
 
     # -------------------------------------------------------------- derived numbers
     def cfg(self, dotted: str, default: Any = None) -> Any:
@@ -159,7 +160,16 @@ def load_sweep(sweep_dir: Path) -> list[Job]:
     varied = varied_overrides(jobs)
     for job in jobs:
         job.label = ", ".join(f"{short_key(k)}={v}" for k, v in varied[job.num].items()) or job.path.name
+        job.arm = ", ".join(f"{short_key(k)}={v}" for k, v in varied[job.num].items() if k != "seed") or "all jobs"
     return jobs
+
+
+def arms(jobs: list[Job]) -> dict[str, list[Job]]:
+    """The jobs grouped by arm, arms and jobs in job order."""
+    out: dict[str, list[Job]] = {}
+    for job in sorted(jobs, key=lambda j: j.num):
+        out.setdefault(job.arm or job.label, []).append(job)
+    return out
 
 
 def varied_overrides(jobs: list[Job]) -> dict[int, dict[str, str]]:

@@ -18,49 +18,54 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from expkit.lessons.claims import CHECKS, CLAIMS, GENERIC_PANELS, PANELS, num, pct, pick_threshold
-from expkit.lessons.jobs import Job, ReportError, lesson_of, load_sweep, short_key, varied_overrides
+from expkit.lessons.claims import CLAIMS, COMPARISONS, GENERIC_PANELS, PANELS, judge, num, pct, pick_threshold
+from expkit.lessons.jobs import Job, ReportError, arms, lesson_of, load_sweep, short_key, varied_overrides
+from expkit.lessons.stats import RULE, Comparison, mean, std
 
 
 # ------------------------------------------------------------------ the picture
 def plot(jobs: list[Job], panels: list[str], title: str, out: Path) -> None:
+    """One panel per view; per arm the mean over its seeds as a line and mean ± one standard
+    deviation as a band. The legend sits below the panels and the figure is cropped to what
+    it draws, so no label is cut off."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.3), squeeze=False)
+    groups = arms(jobs)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.4), squeeze=False)
     colors = plt.get_cmap("tab10").colors
     for ax, panel in zip(axes[0], panels, strict=True):
-        for i, job in enumerate(jobs):
-            draw(ax, panel, job, colors[i % len(colors)])
-        style(ax, panel)
-    handles = [matplotlib.lines.Line2D([], [], color=colors[i % len(colors)], lw=2, label=legend_label(jobs, i))
-               for i in range(len(jobs))]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(jobs), 4), fontsize=9, frameon=False)
-    fig.suptitle(title, fontsize=12)
-    rows = math.ceil(len(jobs) / 4)
-    fig.tight_layout(rect=(0, 0.04 + 0.045 * rows, 1, 0.95))
-    fig.savefig(out, dpi=100)
+        for i, group in enumerate(groups.values()):
+            draw(ax, panel, group, colors[i % len(colors)])
+        style(ax, panel, groups)
+    seeds = max(len(g) for g in groups.values())
+    handles = [Line2D([], [], color=colors[i % len(colors)], lw=2.5, label=arm_label(name, group))
+               for i, (name, group) in enumerate(groups.items())]
+    if any(p in ("loss_train_val", "acc_train_val") for p in panels):
+        handles += [Line2D([], [], color="0.3", ls="--", lw=1.5, label="training (epoch mean)"),
+                    Line2D([], [], color="0.3", ls="-", lw=2, marker=".", label="validation")]
+    if seeds > 1:
+        handles.append(Patch(color="0.6", alpha=0.35, label="band: mean ± 1 std over seeds"))
+    ncol = max(1, min(len(handles), 3 if len(panels) >= 3 else 2))
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=9,
+               frameon=False)
+    fig.suptitle(textwrap.fill(title, width=int(36 * len(panels))), fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100, bbox_inches="tight", pad_inches=0.2)
     plt.close(fig)
 
 
-def legend_label(jobs: list[Job], i: int) -> str:
-    """The job's varied overrides; says so when its validation accuracy curve hides under an
-    earlier job's (every point within two validation examples)."""
-    job = jobs[i]
-    label = job.label + ("" if job.status == "completed" else f" ({job.status})")
-    close = 2.0 / (job.val_size or 100) + 1e-9
-    mine = [v for _, v in job.scalars.get("val/acc", [])]
-
-    def overlaps(other: Job) -> bool:
-        theirs = [v for _, v in other.scalars.get("val/acc", [])]
-        if not mine or len(theirs) != len(mine):
-            return False
-        return all(abs(a - b) <= close for a, b in zip(mine, theirs, strict=True))
-
-    twin = next((j for j in jobs[:i] if overlaps(j)), None)
-    return f"{label} (overlaps {twin.label})" if twin else label
+def arm_label(name: str, group: list[Job]) -> str:
+    failed = [j for j in group if j.status != "completed"]
+    extra = f", {len(failed)} {failed[0].status}" if failed else ""
+    seeds = f"{len(group)} seed{'s' if len(group) != 1 else ''}"
+    return f"{name} ({seeds}{extra})"
 
 
 def _xy(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
@@ -79,41 +84,84 @@ def epoch_means(job: Job, tag: str) -> list[tuple[float, float]]:
     return [(e, sum(v) / len(v)) for e, v in sorted(sums.items())]
 
 
-def draw(ax, panel: str, job: Job, color) -> None:
+def grad_layers(job: Job) -> list[tuple[float, float]]:
+    _, rows = job.first_grad_norms()
+    return [(i, max(v, 1e-30)) for i, (_, v) in enumerate(rows, start=1)]
+
+
+def mean_band(curves: list[list[tuple[float, float]]], log: bool) -> tuple[list[float], list[float], list[float],
+                                                                           list[float]]:
+    """x, mean, mean - std, mean + std over the curves at each x the first curve has (in log10
+    for a log-scale panel, so the band is a factor)."""
+    if not curves or not curves[0]:
+        return [], [], [], []
+    by_x = [dict(c) for c in curves]
+    xs, mid, lo, hi = [], [], [], []
+    for x, _ in curves[0]:
+        values = [d[x] for d in by_x if x in d and math.isfinite(d[x]) and (d[x] > 0 or not log)]
+        if not values:
+            continue
+        if log:
+            values = [math.log10(v) for v in values]
+        m, s = mean(values), std(values)
+        xs.append(x)
+        mid.append(m)
+        lo.append(m - s)
+        hi.append(m + s)
+    if log:
+        mid, lo, hi = ([10**v for v in vs] for vs in (mid, lo, hi))
+    return xs, mid, lo, hi
+
+
+def series(panel: str, job: Job) -> list[tuple[str, list[tuple[float, float]]]]:
+    """(line style, points) of one job in one panel."""
     if panel in ("loss_train_val", "acc_train_val"):
         what = "loss" if panel == "loss_train_val" else "acc"
-        ax.plot(*_xy(epoch_means(job, f"train/{what}")), color=color, ls="--", lw=1.5, alpha=0.9)
-        ax.plot(*_xy(job.curve(f"val/{what}")), color=color, ls="-", lw=2, marker=".")
-    elif panel in ("val_acc", "val_loss"):
-        ax.plot(*_xy(job.curve(panel.replace("_", "/"))), color=color, lw=2, marker=".")
-    elif panel == "train_loss":
-        ax.plot(*_xy(job.curve("train/loss")), color=color, lw=0.8, alpha=0.25)
-        ax.plot(*_xy(epoch_means(job, "train/loss")), color=color, lw=2)
-    elif panel == "lr":
-        ax.plot(*_xy(job.curve("opt/lr")), color=color, lw=2)
-    elif panel == "grad_layers":
-        step, rows = job.first_grad_norms()
-        if rows:
-            ax.plot(range(1, len(rows) + 1), [max(v, 1e-30) for _, v in rows], color=color, lw=2, marker=".")
-            ax.set_title(f"per-layer gradient norm at step {step}", fontsize=10)
+        return [("--", epoch_means(job, f"train/{what}")), ("-", job.curve(f"val/{what}"))]
+    if panel in ("val_acc", "val_loss"):
+        return [("-", job.curve(panel.replace("_", "/")))]
+    if panel == "train_loss":
+        return [("-", epoch_means(job, "train/loss"))]
+    if panel == "lr":
+        return [("-", job.curve("opt/lr"))]
+    if panel == "grad_norm":
+        return [("-", job.curve("grad/norm"))]
+    if panel == "grad_layers":
+        return [("-", grad_layers(job))]
+    return []
 
 
-TITLES = {
-    "loss_train_val": ("loss (dashed: train, epoch mean; solid: validation)", "epoch", "log"),
-    "acc_train_val": ("accuracy (dashed: train, epoch mean; solid: validation)", "epoch", "linear"),
-    "val_acc": ("validation accuracy", "epoch", "linear"),
-    "val_loss": ("validation loss", "epoch", "log"),
-    "train_loss": ("training loss (faint: as logged; bold: epoch mean)", "epoch", "log"),
-    "lr": ("learning rate (opt/lr)", "epoch", "linear"),
-    "grad_layers": ("per-layer gradient norm at the first logged step", "layer (input → output)", "log"),
+def draw(ax, panel: str, group: list[Job], color) -> None:
+    log = TITLES[panel][3] == "log"
+    per_job = [series(panel, j) for j in group]
+    for k, (ls, _) in enumerate(per_job[0] if per_job else []):
+        xs, mid, lo, hi = mean_band([s[k][1] for s in per_job if len(s) > k and s[k][1]], log)
+        if not xs:
+            continue
+        marker = "." if ls == "-" and panel != "train_loss" and len(xs) <= 60 else None
+        ax.plot(xs, mid, color=color, ls=ls, lw=2 if ls == "-" else 1.5, marker=marker)
+        if len(group) > 1:
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.18, lw=0)
+
+
+TITLES = {  # panel: (title, x axis, y axis, y scale)
+    "loss_train_val": ("loss: training (dashed) and validation (solid)", "epoch", "cross-entropy loss", "log"),
+    "acc_train_val": ("accuracy: training (dashed) and validation (solid)", "epoch", "accuracy", "linear"),
+    "val_acc": ("validation accuracy", "epoch", "accuracy", "linear"),
+    "val_loss": ("validation loss", "epoch", "cross-entropy loss", "log"),
+    "train_loss": ("training loss (epoch mean)", "epoch", "cross-entropy loss", "log"),
+    "lr": ("learning rate (opt/lr)", "epoch", "learning rate", "linear"),
+    "grad_norm": ("gradient norm before clipping (grad/norm)", "epoch", "global gradient norm", "log"),
+    "grad_layers": ("per-layer gradient norm at the first logged step", "layer (input → output)",
+                    "gradient norm", "log"),
 }
 
 
-def style(ax, panel: str) -> None:
-    title, xlabel, yscale = TITLES[panel]
-    if not ax.get_title():
-        ax.set_title(title, fontsize=10)
+def style(ax, panel: str, groups: dict[str, list[Job]]) -> None:
+    title, xlabel, ylabel, yscale = TITLES[panel]
+    ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if ax.has_data():
         ax.set_yscale(yscale)
     ax.grid(True, alpha=0.3)
@@ -157,6 +205,48 @@ def command_of(jobs: list[Job]) -> str:
     return "expkit train " + " ".join(args)
 
 
+def mean_std(values: list[float | None], fmt: Callable[[float], str]) -> str:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return "n/a"
+    return fmt(mean(vals)) if len(vals) == 1 else f"{fmt(mean(vals))} ± {fmt(std(vals))}"
+
+
+def value_format(metric: str) -> Callable[[float], str]:
+    if "acc" in metric and not metric.startswith("epochs"):
+        return lambda v: f"{100 * v:.1f}%"
+    return lambda v: f"{v:.3g}"
+
+
+def arm_table(jobs: list[Job]) -> list[str]:
+    head = ["arm", "seeds", "completed", "val acc", "best val acc", "train loss (last epoch)", "val loss"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, group in arms(jobs).items():
+        row = [name, str(len(group)), str(sum(j.status == "completed" for j in group)),
+               mean_std([j.final("val/acc") for j in group], pct),
+               mean_std([j.best_val_acc() for j in group], pct),
+               mean_std([j.last_epoch("train/loss") for j in group], lambda v: f"{v:.4f}"),
+               mean_std([j.final("val/loss") for j in group], lambda v: f"{v:.4f}")]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def comparison_table(comparisons: list[Comparison]) -> list[str]:
+    head = ["claim", "number", "arm", "baseline", "arm: mean ± std", "baseline: mean ± std",
+            "difference [95% CI]", "p (Welch)", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in comparisons:
+        fmt = value_format(c.metric)
+        diff = "n/a" if not math.isfinite(c.diff) else (
+            f"{c.diff:+.3g}" + (f" [{c.low:+.3g}, {c.high:+.3g}]" if math.isfinite(c.low) else ""))
+        verdict = f"**{c.verdict}**" + (f" ({c.note})" if c.note else "")
+        lines.append("| " + " | ".join([
+            c.claim, f"{c.metric} ({'higher' if c.higher else 'lower'} expected)", c.arm, c.baseline,
+            mean_std(c.arm_values, fmt), mean_std(c.base_values, fmt), diff,
+            num(c.p, ".2g"), verdict]) + " |")
+    return lines
+
+
 def report(sweep_dir: str | Path, out: str | Path | None = None, lesson: str | None = None) -> tuple[Path, Path]:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -164,32 +254,44 @@ def report(sweep_dir: str | Path, out: str | Path | None = None, lesson: str | N
                           "runs/multirun/<date>/<time>.")
     jobs = load_sweep(sweep_dir)
     lesson = lesson or lesson_of(jobs)
-    if lesson is not None and lesson not in CHECKS:
-        raise ReportError(f"--lesson: value {lesson!r} is not a known lesson; choose one of {', '.join(CHECKS)}.")
+    if lesson is not None and lesson not in COMPARISONS:
+        raise ReportError(f"--lesson: value {lesson!r} is not a known lesson; choose one of "
+                          f"{', '.join(COMPARISONS)}.")
     out_dir = Path(out) if out else sweep_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = lesson or "report"
     png, md = out_dir / f"{stem}.png", out_dir / f"{stem}.md"
-    title = f"lesson: {lesson}" if lesson else f"sweep {sweep_dir.name}"
-    plot(jobs, PANELS.get(lesson, GENERIC_PANELS), f"{title}  ({len(jobs)} jobs)", png)
+    groups = arms(jobs)
+    seeds = sorted({len(g) for g in groups.values()})
+    size = f"{len(jobs)} jobs: {len(groups)} arms x {'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''}"
+    verdict = judge(lesson, jobs) if lesson else None
+    if verdict:
+        title = f"lesson {lesson} ({size}), verdict: {verdict.verdict}. Claim: {CLAIMS[lesson]}"
+    else:
+        title = f"sweep {sweep_dir.name} ({size})"
+    plot(jobs, PANELS.get(lesson, GENERIC_PANELS), title, png)
 
     done = sum(j.status == "completed" for j in jobs)
     text = [f"# {'Lesson: ' + lesson if lesson else 'Sweep report'}", ""]
     command = command_of(jobs)
     if command:
         text += [f"Command: `{command}`  ", ""]
-    text += [f"Sweep: `{sweep_dir.name}`, {len(jobs)} jobs ({done} completed).", ""]
-    if lesson:
-        finding = CHECKS[lesson](jobs)
-        text += [f"**The course claims:** {CLAIMS[lesson]}", "", f"**Verdict: {finding.verdict}.**", "",
-                 "**This run measured:**", ""]
-        text += [f"- {line}" for line in finding.lines]
+    text += [f"Sweep: `{sweep_dir.name}`, {size} ({done} completed).", ""]
+    if verdict:
+        text += [f"**The course claims:** {CLAIMS[lesson]}", "", f"**Verdict: {verdict.verdict}.**", "", RULE, ""]
+        if seeds == [1]:
+            text += ["Every arm ran one seed: no verdict can rest on it. Run the lesson with its seeds "
+                     f"(`expkit lesson {lesson}`, or `seed=0,1,2` in the sweep).", ""]
+        text += comparison_table(verdict.comparisons) + [""]
+        text += ["**Per arm** (mean ± std over its seeds):", ""] + arm_table(jobs) + [""]
+        text += ["**One seed of each arm, in words:**", ""]
+        text += [f"- {line}" for line in verdict.details]
         text.append("")
-    text += [f"![{stem}]({png.name})", ""]
+    elif len(jobs) > len(groups):
+        text += ["**Per arm** (mean ± std over its seeds):", ""] + arm_table(jobs) + [""]
+    text += [f"![{stem}]({png.name})", "", "**Every job:**", ""]
     text += table(jobs, lesson)
     text += ["", "Train acc/loss: the mean over the last epoch's training batches (training mode); val: the last "
              "evaluation; gap in percentage points.", ""]
     md.write_text("\n".join(text))
     return png, md
-
-

@@ -18,9 +18,10 @@ log = logging.getLogger("expkit")
 @MODELS.register("python")
 def build_python(cfg, reg, input_shape, num_classes) -> nn.Module:
     model = call("model", cfg, input_shape=tuple(input_shape), num_classes=num_classes)
-    if reg.dropout or reg.dropout_conv or reg.batchnorm:
-        log.info("model=python: reg.dropout, reg.dropout_conv and reg.batchnorm shape expkit's built-in models "
-                 "only; your model has the layers it builds (reg.grad_clip and reg.label_smoothing apply)")
+    if reg.dropout or reg.dropout_conv or reg.batchnorm or getattr(reg, "norm", None) not in (None, "none"):
+        log.info("model=python: reg.dropout, reg.dropout_conv and reg.norm (reg.batchnorm) shape expkit's "
+                 "built-in models only; your model has the layers it builds (reg.grad_clip and "
+                 "reg.label_smoothing apply)")
     if not isinstance(model, nn.Module):
         shown = describe_object(resolve("model", cfg.factory), cfg.factory)
         raise ConfigError(f"model.factory: {shown} returned a {type(model).__name__}, not a torch.nn.Module.")

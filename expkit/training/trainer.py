@@ -48,7 +48,13 @@ log = logging.getLogger("expkit")
 CRASH_AT = tuple(int(v) for v in os.environ["EXPKIT_TEST_CRASH"].split(":")) if os.environ.get(
     "EXPKIT_TEST_CRASH") else None
 PLAIN_LINE_EVERY_S = 30.0  # without a terminal, a progress line at most this often (and per epoch)
-VANISHING_RATIO = 1e-3  # warn when the first layer's gradient is this far below the last's
+# Gradient warnings, checked at log steps only. A layer's gradient vanishes when its norm is
+# below VANISHING_RATIO x max(the largest layer's norm, the train loss): the loss term
+# catches gradients that are tiny in every layer alike (a deep ReLU net with Xavier init).
+# Gradients explode when the global norm before clipping is EXPLODING_RATIO x the median of
+# the earlier log steps' norms, or not finite.
+VANISHING_RATIO = 1e-3
+EXPLODING_RATIO = 100.0
 
 
 class Interrupted(Exception):
@@ -123,7 +129,10 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         self.stop_signal: str | None = None  # set by the signal handler in app.py
         self.weight_names = [n for n, p in self.raw_model.named_parameters() if p.ndim >= 2]
-        self.warned_vanishing = False
+        self.warned_vanishing = self.warned_exploding = False
+        self.grad_history: list[float] = []  # the global gradient norm (before clipping) at each log step
+        self.log_grads_next = False  # set by train_epoch when the coming step is a log step
+        self.grads_before_clip: tuple[list[str], torch.Tensor] | None = None
         self.errors: list = []  # misclassified validation examples of the last evaluation
         self.sums: dict[str, torch.Tensor] = {}  # train loss/correct/count since the last log step
         self.restored_sums: list[float] | None = None
@@ -180,6 +189,7 @@ class Trainer:
         last_line = started
         for batch, (x, y) in enumerate(loader.iterate(start_batch), start=start_batch):
             x, y = self.to_device(x, y)
+            self.log_grads_next = self.main and ((self.step + 1) % self.t.log_every == 0 or batch + 1 == len(loader))
             loss, logits = self.train_step(x, y)
             with torch.no_grad():
                 sums["loss"] += loss.detach() * len(y)
@@ -223,6 +233,8 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
         else:
             loss.backward()
+        if self.log_grads_next and self.reg.grad_clip is not None:
+            self.grads_before_clip = self.grad_norms()  # grad/norm shows what clipping is about to hide
         self.clip_gradients()
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -296,32 +308,74 @@ class Trainer:
         self.last_metrics.update({"train/loss": loss, "train/acc": acc})
         self.writer.scalars({"train/loss": loss, "train/acc": acc}, self.step)
         if self.main:
-            self.log_gradients()
+            self.log_gradients(loss)
         lr = self.optimizer.param_groups[0]["lr"]
         return f"train/loss {loss:.4f} train/acc {acc:.3f} lr {lr:.3g}"
 
-    def log_gradients(self) -> None:
-        """Global and per-layer gradient norms and weight norms: vanishing and exploding
-        gradients show up as curves, and as a warning when they vanish."""
+    def grad_norms(self) -> tuple[list[str], torch.Tensor]:
+        """Each weight's gradient norm, as one tensor on the device (no host sync)."""
         params = dict(self.raw_model.named_parameters())
         names = [n for n in self.weight_names if params[n].grad is not None]  # frozen layers have none
         if not names:
+            return names, torch.zeros(0)
+        return names, torch.stack(torch._foreach_norm([params[n].grad for n in names])).float()
+
+    def log_gradients(self, loss: float | None = None) -> None:
+        """Global and per-layer gradient norms before clipping (grad/norm, grad/norm/<layer>),
+        the global norm after it (grad/norm_clipped, when reg.grad_clip is on) and weight norms;
+        vanishing and exploding gradients show up as curves, and as a warning."""
+        params = dict(self.raw_model.named_parameters())
+        before, self.grads_before_clip = self.grads_before_clip, None
+        names, now = self.grad_norms()
+        if not names:
             return
+        if before is not None and before[0] != names:
+            before = None
+        pre = before[1] if before is not None else now
         # Every norm in one tensor and one .tolist(): a log step costs one host sync, not one per layer.
-        norms = torch.stack(torch._foreach_norm([params[n].grad for n in names]
-                                                + [params[n].detach() for n in names])).float().tolist()
-        grad_norms, weight_norms = norms[:len(names)], norms[len(names):]
-        self.writer.scalar("grad/norm", math.sqrt(sum(g * g for g in grad_norms)), self.step)
+        weights = torch.stack(torch._foreach_norm([params[n].detach() for n in names])).float()
+        norms = torch.cat([pre.to(weights.device), weights, now.to(weights.device)]).tolist()
+        k = len(names)
+        grad_norms, weight_norms, clipped = norms[:k], norms[k:2 * k], norms[2 * k:]
+        total = math.sqrt(sum(g * g for g in grad_norms))
+        self.writer.scalar("grad/norm", total, self.step)
+        if self.reg.grad_clip is not None:
+            self.writer.scalar("grad/norm_clipped", math.sqrt(sum(g * g for g in clipped)), self.step)
         for name, g, w in zip(names, grad_norms, weight_norms, strict=True):
             self.writer.scalar(f"grad/norm/{name}", g, self.step)
             self.writer.scalar(f"weight/norm/{name}", w, self.step)
-        first, last = grad_norms[0], grad_norms[-1]
-        if not self.warned_vanishing and last > 0 and first < VANISHING_RATIO * last:
-            self.warned_vanishing = True
-            log.warning("vanishing gradients at step %d: first layer %s has gradient norm %.2e, "
-                        "last layer %s %.2e (ratio %.1e); consider kaiming init, batchnorm, skip "
-                        "connections or another activation", self.step, names[0], first,
-                        names[-1], last, first / last)
+        self.warn_vanishing(names, grad_norms, loss)
+        self.warn_exploding(total)
+
+    def warn_vanishing(self, names: list[str], grads: list[float], loss: float | None) -> None:
+        if self.warned_vanishing or not all(math.isfinite(g) for g in grads):
+            return
+        scale = max(max(grads), loss if loss is not None and math.isfinite(loss) else 0.0)
+        faded = [i for i, g in enumerate(grads) if g < VANISHING_RATIO * scale]
+        if scale <= 0 or not faded:
+            return
+        self.warned_vanishing = True
+        worst = min(faded, key=lambda i: grads[i])
+        log.warning("vanishing gradients at step %d: %d of %d layers have a gradient norm below %.0e x %.2e "
+                    "(the largest layer's gradient norm or the train loss, whichever is larger); smallest: %s "
+                    "%.2e; first layer %s %.2e, last layer %s %.2e; consider kaiming init, normalization "
+                    "(reg.norm), skip connections or another activation", self.step, len(faded), len(grads),
+                    VANISHING_RATIO, scale, names[worst], grads[worst], names[0], grads[0], names[-1], grads[-1])
+
+    def warn_exploding(self, total: float) -> None:
+        earlier = sorted(self.grad_history)
+        self.grad_history.append(total)
+        if self.warned_exploding:
+            return
+        median = earlier[len(earlier) // 2] if len(earlier) >= 3 else None
+        if math.isfinite(total) and (median is None or not total > EXPLODING_RATIO * median):
+            return
+        self.warned_exploding = True
+        grown = "is not finite" if not math.isfinite(total) else (
+            f"is {total / median:.0f}x the median of the earlier log steps ({median:.2e})")
+        log.warning("exploding gradients at step %d: the gradient norm before clipping, %.2e, %s; consider "
+                    "reg.grad_clip, a lower optim.lr, normalization (reg.norm) or another init", self.step,
+                    total, grown)
 
     def log_histograms(self) -> None:
         """DISTRIBUTIONS / HISTOGRAMS: weights and the last step's gradients per layer."""
@@ -428,7 +482,7 @@ class Trainer:
             "data": {"name": self.data.info.get("name"), "classes": list(self.data.classes),
                      "input_shape": list(self.data.input_shape), "mean": list(self.data.mean),
                      "std": list(self.data.std)},
-            "warned_vanishing": self.warned_vanishing,
+            "warned_vanishing": self.warned_vanishing, "warned_exploding": self.warned_exploding,
             "train_sums": [float(v) for v in self.sums.values()] if self.batch and self.sums else None,
             "rng": rng_state(), "world_size": dist.world_size(),
             "config": self.config_plain,
@@ -447,6 +501,7 @@ class Trainer:
         self.best_acc, self.last_metrics = state["best_acc"], dict(state["metrics"])
         self.early_stop.load_state_dict(state.get("early_stop"), self.best_acc)
         self.warned_vanishing = state.get("warned_vanishing", False)
+        self.warned_exploding = state.get("warned_exploding", False)
         self.restored_sums = state.get("train_sums")
         # Every rank continues its own streams (dropout masks, augmentation differ per rank).
         ranks, rank = state.get("rng_ranks"), dist.rank()
