@@ -28,8 +28,21 @@ def parse_where(items: list[str]) -> list[tuple[str, list[str]]]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--where: {item!r} is not of the form KEY=VALUE (e.g. optim=adamw, optim.lr=0.001).")
-        out.append((key.strip(), value.split(",")))
+        out.append((key.strip(), split_choices(value)))
     return out
+
+
+def split_choices(value: str) -> list[str]:
+    """`adam,adamw` -> two choices; a list value (`[32,64]`) stays one."""
+    parts, depth, current = [], 0, ""
+    for ch in value:
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return [*parts, current]
 
 
 def config_value(config: dict[str, Any], key: str) -> tuple[bool, Any]:

@@ -176,3 +176,12 @@ def test_compare_bad_input(tmp_path, capsys):
     assert "at least two run folders" in capsys.readouterr().err
     assert main(["compare", str(run), str(run), "--plot", str(tmp_path / "x.jpg")]) == 2
     assert "must end in .png" in capsys.readouterr().err and not (tmp_path / "x.jpg").exists()
+
+
+def test_where_takes_a_list_value_whole():
+    from expkit.runlist import matches, parse_where
+
+    [(key, values)] = parse_where(["model.channels=[32,64]"])
+    assert key == "model.channels" and values == ["[32,64]"]
+    assert matches([32, 64], values[0]) and not matches([32, 128], values[0])
+    assert parse_where(["optim=adam,adamw"]) == [("optim", ["adam", "adamw"])]

@@ -100,9 +100,11 @@ def export(run_dir: str | Path, checkpoint: str = "best", fmt: str = "torchscrip
     # Read back as a user would, and compare with the checkpoint's model (a batch of 1 too).
     loaded = load_exported(path, fmt)
     with torch.no_grad():
-        diff = max(float((loaded(x) - module(x)).abs().max()) for x in (example, example[:1]))
+        pairs = [(loaded(x), module(x)) for x in (example, example[:1])]
+    diff = max(float((a - b).abs().max()) for a, b in pairs)
+    if not all(torch.allclose(a, b, rtol=RTOL, atol=ATOL) for a, b in pairs):
+        path.unlink(missing_ok=True)  # a file that does not do what the checkpoint does is not left behind
+        raise RunFailed(f"{path}: its outputs differ from the checkpoint's by up to {diff:.3g}", EXIT_FAILED)
     info.update(file=str(path), max_abs_diff=diff)
     write_json(folder / f"{path.name}.json", info)
-    if not diff <= ATOL + RTOL:
-        raise RunFailed(f"{path}: its outputs differ from the checkpoint's by up to {diff:.3g}", EXIT_FAILED)
     return info
