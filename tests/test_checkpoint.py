@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from expkit.run import checkpoint
 from expkit.run.checkpoint import CheckpointError, UnsafeCheckpoint, load_file, load_latest, numbered, save
+from expkit.run.provenance import sha256_file
 
 
 def state(step: int, size: int = 1000) -> dict:
@@ -98,7 +98,7 @@ def test_a_file_that_is_not_an_expkit_checkpoint_is_skipped(tmp_path):
     write_steps(folder, [1])
     other = folder / "step-000000005.pt"
     torch.save({"weight": torch.zeros(3)}, other)  # a bare state_dict, with a valid checksum
-    Path(f"{other}.sha256").write_text(checkpoint._sha256(other))
+    Path(f"{other}.sha256").write_text(sha256_file(other))
     loaded, _ = load_latest(folder)
     assert loaded["step"] == 1
 
@@ -138,7 +138,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     evil = folder / "step-000000002.pt"
     torch.save(dict(state(2), payload=Evil(marker)), evil)
-    Path(f"{evil}.sha256").write_text(checkpoint._sha256(evil))  # the checksum matches
+    Path(f"{evil}.sha256").write_text(sha256_file(evil))  # the checksum matches
     with pytest.raises(UnsafeCheckpoint, match="would run code") as info:
         load_latest(folder)
     assert "system" in str(info.value)

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from expkit.run.folder import fsync_dir, write_atomic
+from expkit.run.provenance import sha256_file
 
 log = logging.getLogger("expkit")
 NUMBERED = re.compile(r"^step-(\d+)\.pt$")
@@ -73,14 +74,6 @@ def _pause() -> None:
     slow = _slow()
     if slow:
         time.sleep(slow)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _link_atomic(target: Path, link: Path) -> None:
@@ -182,7 +175,7 @@ def load_file(path: Path, map_location: Any = "cpu", require_checksum: bool = Tr
     if not sidecar.exists():
         if require_checksum:
             raise CheckpointError(f"{path.name} has no checksum file {sidecar.name} (its write did not finish)")
-    elif sidecar.read_text().strip() != _sha256(path):
+    elif sidecar.read_text().strip() != sha256_file(path):
         raise CheckpointError(f"{path.name} does not match its checksum (truncated or damaged)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)

@@ -80,7 +80,8 @@ def _in_run_folder(path: Path, root: Path, known: dict[Path, bool]) -> bool:
     return False
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks (a file may be large)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -104,7 +105,7 @@ def untracked_files(repo_root: str | os.PathLike, names: list[str], cap_bytes: i
         if _in_run_folder(path, root, known) or not path.is_file():
             continue
         size = path.stat().st_size
-        entry: dict[str, Any] = {"path": name, "size": size, "sha256": _sha256_file(path)}
+        entry: dict[str, Any] = {"path": name, "size": size, "sha256": sha256_file(path)}
         if size > cap_bytes:  # never read whole: an untracked data file may be large
             entry["not_stored"] = f"larger than trainer.untracked_max_kb ({cap_bytes} bytes)"
             out.append(entry)
