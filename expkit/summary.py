@@ -9,14 +9,12 @@ import csv
 import datetime as dt
 import io
 import math
-import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from expkit.config.resolvers import direction
-from expkit.run.folder import read_json, read_yaml, write_atomic
+from expkit.run.folder import process_gone, read_json, read_yaml, write_atomic
 from expkit.run.jobs import job_folders, read_job, split_override, varying_keys
 
 SWEEP_FILE = "sweep.json"
@@ -170,15 +168,7 @@ def _seconds(start: str | None, end: str | None) -> float | None:
 
 def _process_alive(info: dict[str, Any]) -> bool:
     """Whether the process running the sweep still lives (when it runs on this host)."""
-    if info.get("host") != socket.gethostname() or not info.get("pid"):
-        return True  # cannot tell from here
-    try:
-        os.kill(int(info["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return not process_gone(info.get("pid"), info.get("host"))
 
 
 def _split(overrides: list[str]) -> dict[str, str]:

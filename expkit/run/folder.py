@@ -193,21 +193,30 @@ class RunDir:
         self.update_meta(restarts=[*meta.get("restarts", []), previous])
 
 
-def writer_gone(folder: str | os.PathLike) -> bool:
-    """True when the process that last held the folder's lock, on this host, no longer
-    exists: a run still marked running was killed (SIGKILL, the OOM killer, a power cut)."""
+def process_gone(pid: Any, host: Any) -> bool:
+    """True only when `pid` names a process on this host that no longer exists; False when
+    it lives, or when that cannot be told from here (another host, no pid)."""
     import socket
 
+    if host != socket.gethostname() or not pid:
+        return False
     try:
-        pid, _, host = (Path(folder) / ".lock").read_text().strip().partition(" on ")
-        if host != socket.gethostname():
-            return False  # cannot tell from here
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
     except (OSError, ValueError):
         return False
     return False
+
+
+def writer_gone(folder: str | os.PathLike) -> bool:
+    """True when the process that last held the folder's lock is gone: a run still marked
+    running was killed (SIGKILL, the OOM killer, a power cut)."""
+    try:
+        pid, _, host = (Path(folder) / ".lock").read_text().strip().partition(" on ")
+    except OSError:
+        return False
+    return process_gone(pid, host)
 
 
 class FolderLock:
