@@ -92,7 +92,11 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 @pytest.fixture
 def git_repo(tmp_path: Path) -> Path:
     """A real git repository with one commit, made in a tmp dir."""
-    repo = tmp_path / "project"
+    return make_git_repo(tmp_path / "project")
+
+
+def make_git_repo(repo: Path) -> Path:
+    """`repo` made a git repository with one commit: notes.txt and a .gitignore of runs/."""
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
     (repo / "notes.txt").write_text("first\n")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, git, only_run, run_cli
+from conftest import FAST, git, make_git_repo, only_run, run_cli
 
 from expkit.cli import main
 from expkit.reproduce import Result, _compare
@@ -21,13 +21,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(a dirty repository, the run trained in it)."""
-    repo = tmp_path_factory.mktemp("reproduce") / "project"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / ".gitignore").write_text("runs/\n")
-    (repo / "notes.txt").write_text("first\n")
-    git(repo, "add", ".")
-    git(repo, "commit", "-qm", "first")
+    repo = make_git_repo(tmp_path_factory.mktemp("reproduce") / "project")
     (repo / "notes.txt").write_text("first\nchanged, not committed\n")
     (repo / "mynet.py").write_text("WIDTH = 32\n")  # untracked
     run_cli(["train", *FAST, "model=mlp", "model.width=32"], cwd=repo, check=True)
