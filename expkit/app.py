@@ -131,6 +131,10 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
                 log.info("done: val/acc %.4f (best %.4f) in %s", metrics.get("val/acc", float("nan")),
                          metrics.get("best/val/acc", float("nan")), run_dir)
                 log.info("TensorBoard: tensorboard --logdir %s", run_dir)
+            try:
+                dist.teardown()  # DDP: every rank leaves the group it joined in build(), together
+            except Exception as e:  # the run is complete and recorded; a peer gone now changes nothing
+                log.warning("leaving the process group: %s", e)
             if stop.received:  # it came during the last evaluation: the run is complete, but stop
                 raise RunFailed(f"completed, then stopped by {stop.received}", Stopped(stop.received).exit_code,
                                 recorded=True)
@@ -180,7 +184,6 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
         finally:
             if trainer is not None:
                 trainer.writer.close()  # flush: a failed or interrupted run still shows its curves
-            dist.teardown()  # DDP: every rank leaves the group it joined in build()
             close_logging()
             if lock is not None:
                 lock.release()

@@ -146,7 +146,11 @@ def all_gather_object(obj) -> list:
 
 
 def teardown() -> None:
+    """After a completed run: every rank waits for the others, then leaves the group. A
+    rank that destroys its group while a peer still talks to it aborts (gloo), so a run
+    that failed or stopped leaves the group to the end of the process instead."""
     if initialized():
+        _torch_dist().barrier()
         _torch_dist().destroy_process_group()
 
 
