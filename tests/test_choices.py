@@ -15,6 +15,7 @@ from expkit.config.compose import check_overrides, task_config
 from expkit.config.groups import list_choices
 from expkit.config.schema import validate
 from expkit.errors import ConfigError
+from expkit.run.jobs import lr_per_step
 
 FEW_STEPS = ["data.sample=64", "data.batch_size=16", "trainer.epochs=1", "trainer.max_steps=2",
              "trainer.progress=off", "trainer.graph=false", "trainer.checkpoint=false"]
@@ -239,6 +240,20 @@ def test_warmup_then_cosine():
     assert ours[:20] == pytest.approx([lr * (i + 1) / 20 for i in range(20)])
     cosine = _torch_lrs(lambda o: S.CosineAnnealingLR(o, T_max=6), 6, spe, False, lr)
     assert ours[20:] == pytest.approx(cosine)
+
+
+def test_lr_points_give_every_steps_lr(tmp_path):
+    """opt/lr is written at log steps and where the LR changes, not every step; every step's
+    LR follows from those points and is the schedule's (warmup per step, then per epoch)."""
+    sched = ["sched=step", "sched.step_size=1", "sched.gamma=0.5", "sched.warmup_epochs=1"]
+    run_dir, _ = expkit.train(["model=mlp", "model.width=16", "optim=sgd", "optim.lr=0.1", *sched,
+                               "trainer.log_every=100", "data.sample=64", "data.batch_size=16", "trainer.epochs=4",
+                               "trainer.progress=off", "trainer.graph=false", "trainer.checkpoint=false"],
+                              runs_root=str(tmp_path / "runs"))
+    steps = read_json(run_dir / "metrics.json")["step"]
+    points = scalars(run_dir)["opt/lr"]
+    assert lr_per_step(points, steps) == pytest.approx(_our_lrs(sched, 4, steps // 4), rel=1e-6)  # float32 events
+    assert len(points) < steps
 
 
 def test_grad_clip_bounds_the_norm(tmp_path):

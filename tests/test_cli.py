@@ -10,6 +10,8 @@ import torch
 import yaml
 from conftest import EXPKIT, FAST, only_run, read_json, run_cli, run_dirs, scalars
 
+from expkit.run.jobs import lr_per_step
+
 
 def test_help_and_version_do_not_import_torch():
     code = ("import sys; from expkit.cli import main; main(['--help']); main(['--version']); "
@@ -57,7 +59,10 @@ def test_train_writes_a_complete_run_folder(git_repo):
         assert tag in tags, tag
     assert len(tags["val/acc"]) == 2
     steps_per_epoch = 4  # 256 examples / batch 64
-    assert [s for s, _ in tags["opt/lr"]] == list(range(1, 2 * steps_per_epoch + 1))
+    # opt/lr: a point at the first step, at every log step (the last of each epoch here) and
+    # wherever the LR changes; sgd without a schedule keeps 0.05 throughout.
+    assert [s for s, _ in tags["opt/lr"]] == [1, steps_per_epoch, 2 * steps_per_epoch]
+    assert lr_per_step(tags["opt/lr"], 2 * steps_per_epoch) == pytest.approx([0.05] * 2 * steps_per_epoch)
 
     for name in ("last.pt", "best.pt"):
         state = torch.load(run / "checkpoints" / name, weights_only=True)

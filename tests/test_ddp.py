@@ -15,6 +15,8 @@ import pytest
 import torch
 from conftest import EXPKIT, only_run, read_json, run_cli, run_dirs, scalars
 
+from expkit.run.jobs import lr_per_step
+
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 # No dropout and no batchnorm: then two processes with half the batch each compute
 # exactly the gradient of one process with the whole batch (up to float summation order).
@@ -66,7 +68,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     m1, m2 = read_json(single / "metrics.json"), read_json(ddp / "metrics.json")
     assert m1["val/acc"] == m2["val/acc"] and m1["val/loss"] == pytest.approx(m2["val/loss"], rel=1e-4)
     assert m1["step"] == m2["step"] == 8
-    assert [s for s, _ in scalars(ddp)["opt/lr"]] == list(range(1, 9))  # rank 0 alone writes events
+    assert [s for s, _ in scalars(ddp)["opt/lr"]] == [1, 4, 8]  # rank 0 alone writes events (log steps)
     # torchrun resumes it too: the group's size is torchrun's, not trainer.devices (1 in the config).
     [(code, err)] = run_groups([[TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "expkit", "resume", str(ddp),
                                  "trainer.epochs=3"]], two, [dict(os.environ)], timeout=300)
@@ -74,7 +76,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     meta = read_json(ddp / "meta.json")
     assert meta["status"] == "completed" and len(meta["resumes"]) == 1  # recorded once, by rank 0
     assert read_json(ddp / "metrics.json")["step"] == 12 and only_run(two) == ddp
-    assert [s for s, _ in scalars(ddp)["opt/lr"]] == list(range(1, 13))
+    assert [s for s, _ in scalars(ddp)["opt/lr"]] == [1, 4, 8, 9, 12]  # the resumed run's first step too
 
 
 
@@ -192,8 +194,10 @@ def test_resume_with_the_same_world_size_and_refuse_what_does_not_fit(tmp_path):
     assert {p: (run / p).read_text() for p in before} == before
     run_cli(["resume", str(run), "trainer.epochs=2"], cwd=tmp_path, check=True)
     assert read_json(run / "metrics.json")["step"] == 8 and read_json(run / "meta.json")["status"] == "completed"
-    steps = [s for s, _ in scalars(run)["opt/lr"]]
-    assert steps == list(range(1, 9))
+    points = scalars(run)["opt/lr"]
+    steps = [s for s, _ in points]
+    assert steps == sorted(set(steps)) and steps[-1] == 8  # one writer: no step twice
+    assert None not in lr_per_step(points, 8)
 
 
 def test_sigterm_stops_all_workers_with_a_checkpoint(tmp_path):

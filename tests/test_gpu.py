@@ -178,8 +178,8 @@ def test_data_stays_on_the_gpu_and_a_step_makes_no_host_sync(tmp_path, precision
     finally:
         torch.cuda.set_sync_debug_mode(0)
 
-    # A whole epoch through the loop (running sums, NaN check, opt/lr, schedule, stop check):
-    # the syncs it makes are per epoch (sums, the order, the one log step), not per step.
+    # A whole epoch through the loop (train tally, NaN check, opt/lr, schedule, stop check):
+    # the syncs it makes are per epoch (the order, the log steps), not per step.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")

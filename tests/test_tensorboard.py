@@ -45,7 +45,7 @@ def test_scalars_have_the_right_number_of_points(cnn_run):
     def count(tag):
         return len(acc.Scalars(tag))
 
-    assert count("opt/lr") == steps
+    assert [e.step for e in acc.Scalars("opt/lr")] == [1, *range(2, steps + 1, 2)]  # first step, log steps
     assert count("train/loss") == count("train/acc") == steps // 2  # every 2 steps; 4 is a multiple of 2
     assert count("grad/norm") == steps // 2
     assert count("val/loss") == count("val/acc") == 2

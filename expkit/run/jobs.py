@@ -116,3 +116,18 @@ def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
             by_step[e.step] = e.value
         out[tag] = sorted(by_step.items())
     return out
+
+
+def lr_per_step(points: list[tuple[int, float]], last_step: int) -> list[float | None]:
+    """The LR of every step 1..last_step from a run's opt/lr points. The trainer writes a point
+    at every log step and wherever the LR changes, so between two points the LR is the earlier
+    point's value (None before the first point)."""
+    values: list[float | None] = []
+    value, pending = None, iter(sorted(points))
+    point = next(pending, None)
+    for step in range(1, last_step + 1):
+        while point is not None and point[0] <= step:
+            value = point[1]
+            point = next(pending, None)
+        values.append(value)
+    return values

@@ -57,6 +57,54 @@ VANISHING_RATIO = 1e-3
 EXPLODING_RATIO = 100.0
 
 
+class TrainTally:
+    """The training loss and accuracy since the last log step. A step keeps only its loss and
+    predictions (device tensors: one argmax, no host sync); `to_host` reduces them with one
+    sync, at log steps and checkpoints. Loss terms (loss x batch size) are summed exactly
+    (math.fsum), so a run resumed between two log steps, whose earlier terms come from the
+    checkpoint, logs the same train/loss as a run that was never interrupted."""
+
+    def __init__(self, saved: dict[str, Any] | None = None):
+        self.losses: list[torch.Tensor] = []
+        self.predictions: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+        self.batch_sizes: list[int] = []
+        self.first_step = 0  # the 1-based step of self.losses[0]
+        saved = saved or {}
+        self.terms: list[float] = list(saved.get("terms", []))
+        self.correct: int = int(saved.get("correct", 0))
+        self.count: int = int(saved.get("count", 0))
+        self.bad_step: int | None = None  # the first step whose loss was NaN or Inf
+
+    def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        if not self.losses:
+            self.first_step = step
+        self.losses.append(loss.detach())
+        self.predictions.append(logits.detach().argmax(1))
+        self.targets.append(y)
+        self.batch_sizes.append(len(y))
+
+    def to_host(self) -> None:
+        if not self.losses:
+            return
+        correct = (torch.cat(self.predictions) == torch.cat(self.targets)).sum()
+        *losses, correct = torch.cat([torch.stack(self.losses).float(), correct.float().view(1)]).tolist()
+        for i, loss in enumerate(losses):
+            if self.bad_step is None and not math.isfinite(loss):
+                self.bad_step = self.first_step + i
+        self.terms += [loss * n for loss, n in zip(losses, self.batch_sizes, strict=True)]
+        self.correct += int(correct)
+        self.count += sum(self.batch_sizes)
+        self.losses, self.predictions, self.targets, self.batch_sizes = [], [], [], []
+
+    def mean_loss(self) -> float:
+        return math.fsum(self.terms) / self.count
+
+    def state_dict(self) -> dict[str, Any]:
+        self.to_host()
+        return {"terms": list(self.terms), "correct": self.correct, "count": self.count}
+
+
 class Interrupted(Exception):
     """A stop signal arrived; a checkpoint was written at `step`."""
 
@@ -134,8 +182,9 @@ class Trainer:
         self.log_grads_next = False  # set by train_epoch when the coming step is a log step
         self.grads_before_clip: tuple[list[str], torch.Tensor] | None = None
         self.errors: list = []  # misclassified validation examples of the last evaluation
-        self.sums: dict[str, torch.Tensor] = {}  # train loss/correct/count since the last log step
-        self.restored_sums: list[float] | None = None
+        self.tally = TrainTally()  # train loss and accuracy since the last log step
+        self.restored_tally: dict[str, Any] | None = None
+        self.logged_lr: tuple[int, float] | None = None  # (step, value) of the last opt/lr point
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, float]:
@@ -177,34 +226,25 @@ class Trainer:
         loader.sampler.set_epoch(epoch)
         progress = Progress(self.t.progress, self.main)
         progress.start(f"epoch {epoch + 1}/{self.t.epochs}", len(loader), start_batch)
-        # Running sums stay on the device; they are read only at log steps.
-        # A run resumed mid-epoch starts from the interrupted run's sums, so its next
+        # A run resumed mid-epoch starts from the interrupted run's tally, so its next
         # train/loss point averages the same batches as an uninterrupted run's.
-        restored = self.restored_sums or [0.0, 0.0, 0.0]
-        self.restored_sums = None
-        self.sums = sums = {k: torch.tensor(v, device=self.device) for k, v in zip(
-            ("loss", "correct", "count"), restored, strict=True)}
-        bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
+        self.tally = tally = TrainTally(self.restored_tally)
+        self.restored_tally = None
         started, samples = time.perf_counter(), 0
         last_line = started
         for batch, (x, y) in enumerate(loader.iterate(start_batch), start=start_batch):
             x, y = self.to_device(x, y)
             self.log_grads_next = self.main and ((self.step + 1) % self.t.log_every == 0 or batch + 1 == len(loader))
+            self.log_lr()
             loss, logits = self.train_step(x, y)
-            with torch.no_grad():
-                sums["loss"] += loss.detach() * len(y)
-                sums["correct"] += (logits.argmax(1) == y).sum()
-                sums["count"] += len(y)
-                # self.step already counts this step, so it is the 1-based number of the step that failed.
-                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), self.step, bad_step)
+            tally.add(self.step, loss, logits, y)
             samples += len(y)
             self.batch = batch + 1
             if self.step % self.t.log_every == 0 or self.batch == len(loader):
                 speed = samples / max(time.perf_counter() - started, 1e-9)
-                stats = f"{self.log_train(sums, bad_step)} {speed:,.0f}/s"
+                stats = f"{self.log_train(tally)} {speed:,.0f}/s"
                 progress.update(0, stats)
-                for v in sums.values():
-                    v.zero_()
+                self.tally = tally = TrainTally()
                 # Without a progress bar (CI, SLURM, a file): a plain line now and then.
                 if not progress.active and (time.perf_counter() - last_line >= PLAIN_LINE_EVERY_S
                                             or self.batch == len(loader)):
@@ -222,8 +262,21 @@ class Trainer:
         self.writer.scalars({"time/epoch_s": elapsed, "time/samples_per_s": samples / max(elapsed, 1e-9)},
                             self.step)
 
+    def log_lr(self) -> None:
+        """opt/lr of the coming step, written only where the curve needs a point: at log steps
+        and where the LR changes (with the last step of the old value, so TensorBoard draws
+        the step a schedule takes). Between two points the LR is the earlier point's value;
+        a schedule that changes the LR every step (onecycle, warmup) gets a point every step."""
+        step, lr = self.step + 1, self.optimizer.param_groups[0]["lr"]
+        last = self.logged_lr
+        if last is not None and lr == last[1] and not self.log_grads_next:
+            return
+        if last is not None and lr != last[1] and last[0] < step - 1:
+            self.writer.scalar("opt/lr", last[1], step - 1)
+        self.writer.scalar("opt/lr", lr, step)
+        self.logged_lr = (step, lr)
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.writer.scalar("opt/lr", self.optimizer.param_groups[0]["lr"], self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             logits = self.model(x)
@@ -297,14 +350,13 @@ class Trainer:
         return improved
 
     # --------------------------------------------------------------- logging
-    def log_train(self, sums: dict[str, torch.Tensor], bad_step: torch.Tensor) -> str:
-        loss_sum, correct, count, bad = torch.stack(
-            [sums["loss"], sums["correct"], sums["count"], bad_step.float()]).tolist()
-        if bad >= 0:
-            raise NonFiniteLoss(int(bad))
-        if count == 0:
+    def log_train(self, tally: TrainTally) -> str:
+        tally.to_host()
+        if tally.bad_step is not None:
+            raise NonFiniteLoss(tally.bad_step)
+        if tally.count == 0:
             return ""
-        loss, acc = loss_sum / count, correct / count
+        loss, acc = tally.mean_loss(), tally.correct / tally.count
         self.last_metrics.update({"train/loss": loss, "train/acc": acc})
         self.writer.scalars({"train/loss": loss, "train/acc": acc}, self.step)
         if self.main:
@@ -483,7 +535,7 @@ class Trainer:
                      "input_shape": list(self.data.input_shape), "mean": list(self.data.mean),
                      "std": list(self.data.std)},
             "warned_vanishing": self.warned_vanishing, "warned_exploding": self.warned_exploding,
-            "train_sums": [float(v) for v in self.sums.values()] if self.batch and self.sums else None,
+            "train_tally": self.tally.state_dict() if self.batch else None,
             "rng": rng_state(), "world_size": dist.world_size(),
             "config": self.config_plain,
         }
@@ -502,7 +554,10 @@ class Trainer:
         self.early_stop.load_state_dict(state.get("early_stop"), self.best_acc)
         self.warned_vanishing = state.get("warned_vanishing", False)
         self.warned_exploding = state.get("warned_exploding", False)
-        self.restored_sums = state.get("train_sums")
+        self.restored_tally = state.get("train_tally")
+        if self.restored_tally is None and state.get("train_sums"):  # written before train_tally
+            loss_sum, correct, count = state["train_sums"]
+            self.restored_tally = {"terms": [loss_sum], "correct": correct, "count": count}
         # Every rank continues its own streams (dropout masks, augmentation differ per rank).
         ranks, rank = state.get("rng_ranks"), dist.rank()
         set_rng_state(ranks[rank] if ranks and rank < len(ranks) else state["rng"])
