@@ -67,14 +67,14 @@ def quiet_expkit():
 
 
 def interleave(epochs: dict[str, Callable[[int], object]], rounds: int) -> tuple[dict, dict]:
-    """Run the two contenders' epoch r alternately, A B B A ..., for rounds + 1 rounds, of
-    which round 0 warms both up and is not counted: (wall seconds, process CPU seconds of
-    every thread), per contender and round."""
-    first, second = epochs
+    """Run the contenders' epoch r in turn, in an order that rotates every round (A B, B A, ...
+    for two), for rounds + 1 rounds, of which round 0 warms them up and is not counted: (wall
+    seconds, process CPU seconds of every thread), per contender and round."""
+    names = list(epochs)
     seconds: dict[str, list[float]] = {name: [] for name in epochs}
     cpu: dict[str, list[float]] = {name: [] for name in epochs}
     for r in range(rounds + 1):
-        for name in (first, second) if r % 2 == 0 else (second, first):
+        for name in names[r % len(names):] + names[:r % len(names)]:
             start, start_cpu = time.perf_counter(), time.process_time()
             epochs[name](r)
             if r:

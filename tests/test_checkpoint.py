@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from expkit.run.checkpoint import CheckpointError, UnsafeCheckpoint, load_file, load_latest, numbered, save
+from expkit.run.checkpoint import (
+    BackgroundSaver,
+    CheckpointError,
+    UnsafeCheckpoint,
+    load_file,
+    load_latest,
+    numbered,
+    save,
+)
 from expkit.run.provenance import sha256_file
 
 
@@ -101,6 +109,33 @@ def test_a_file_that_is_not_an_expkit_checkpoint_is_skipped(tmp_path):
     Path(f"{other}.sha256").write_text(sha256_file(other))
     loaded, _ = load_latest(folder)
     assert loaded["step"] == 1
+
+
+def test_background_saves_write_the_state_as_submitted_one_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPKIT_TEST_SLOW_WRITE", "0.05")  # a write of ~0.3 s: pauses between its steps
+    folder, saver = tmp_path / "checkpoints", BackgroundSaver()
+    first = state(1)
+    saver.submit(folder, first, 1, True, 2)
+    assert saver.thread.is_alive()  # submit returned while the write goes on
+    first["model"]["w"].fill_(99.0)  # training changes the weights in place meanwhile
+    saver.submit(folder, state(2), 2, False, 2)  # waits for the first: never two in flight
+    assert load_file(folder / "best.pt")["model"]["w"].eq(1.0).all()
+    saver.wait()
+    assert saver.thread is None and load_file(folder / "last.pt")["step"] == 2
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_failed_background_save_is_raised_on_the_training_thread(tmp_path):
+    blocked = tmp_path / "checkpoints"
+    blocked.write_text("a file where the folder should be")
+    saver = BackgroundSaver()
+    saver.submit(blocked, state(1), 1, False, 2)
+    with pytest.raises(OSError):
+        saver.wait()
+    saver.wait()  # raised once; the saver is usable again
+    saver.submit(tmp_path / "elsewhere", state(2), 2, False, 2)
+    saver.wait()
+    assert load_file(tmp_path / "elsewhere" / "last.pt")["step"] == 2
 
 
 def test_leftovers_of_a_killed_save_are_ignored_then_cleaned(tmp_path):

@@ -264,7 +264,8 @@ def test_sigkill_while_writing_a_checkpoint_then_resume_is_exact(tmp_path, strai
     assert meta(run)["status"] == "running"
     assert list((run / "checkpoints").glob(tmp))
     # The events of epoch 2 reached the disk before the kill: TensorBoard must purge them.
-    assert max(raw_steps(run, "train/loss")[0]) == 2 * STEPS_PER_EPOCH
+    # (Training goes on while the checkpoint is written in the background: maybe further.)
+    assert max(raw_steps(run, "train/loss")[0]) >= 2 * STEPS_PER_EPOCH
 
     resumed = expkit(["resume", str(run)], tmp_path)
     assert resumed.returncode == 0, resumed.stderr

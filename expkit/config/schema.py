@@ -308,6 +308,8 @@ class TrainerConfig:
     deterministic: bool = key(False, "deterministic algorithms (slower on GPU)")
     checkpoint: bool = key(True, "write checkpoints/last.pt and best.pt")
     keep_last: int = key(2, "numbered checkpoints kept", check=ge(1))
+    checkpoint_async: bool = key(True, "write checkpoints on a background thread while training goes on "
+                                       "(one at a time; a stop signal's checkpoint is always written at once)")
     progress: str = key("auto", "progress bar: auto (only in a terminal), on, off", ("auto", "on", "off"))
     histogram_every: int = key(0, "weight/gradient histograms every N epochs; 0 = off", check=ge(0))
     tensorboard: bool = key(True, "write TensorBoard events (false: train.log and metrics.json only)")

@@ -20,6 +20,11 @@ Everything inside is plain data (tensors, numbers, strings, lists, dicts), so lo
 uses `torch.load(weights_only=True)`, and a file that smuggles in a pickled object that
 would run code is refused (UnsafeCheckpoint) rather than run, and is not skipped over.
 
+`BackgroundSaver` runs the same save on a thread of its own, so training continues while
+the file is serialized, checksummed, written and fsynced: the state is copied to CPU memory
+first (on the training thread), at most one save is in flight (the next one waits for it),
+and an error in the write is raised on the training thread at its next save or wait.
+
 Test hook: EXPKIT_TEST_SLOW_WRITE=<seconds> sleeps after every 64 KiB written and
 between the steps above, to widen the windows a test kills the writer in.
 """
@@ -33,6 +38,7 @@ import logging
 import os
 import pickle
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +160,56 @@ def save(folder: Path, state: dict[str, Any], step: int, best: bool, keep_last: 
         old.unlink(missing_ok=True)
         Path(f"{old}.sha256").unlink(missing_ok=True)
     return path
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of `state` that training can no longer change: every tensor copied to CPU memory
+    (a GPU tensor's .cpu() is a copy already), every dict and list rebuilt; other values
+    (numbers, strings) are immutable."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone() if obj.device.type == "cpu" else obj.detach().cpu()
+    if isinstance(obj, dict):
+        out = copy.copy(obj)  # keeps an OrderedDict's _metadata (module versions)
+        out.update({k: snapshot(v) for k, v in obj.items()})
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class BackgroundSaver:
+    """`save` on a thread of its own: at most one in flight; a failed write is raised by the
+    next `submit` or `wait` on the calling thread."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def submit(self, folder: Path, state: dict[str, Any], step: int, best: bool, keep_last: int) -> None:
+        self.wait()
+        frozen = snapshot(state)
+
+        def write() -> None:
+            started = time.perf_counter()
+            try:
+                save(folder, frozen, step, best, keep_last)
+            except BaseException as e:  # handed to the training thread
+                self.error = e
+                return
+            log.debug("checkpoint at step %d written in %.3f s (in the background)", step,
+                      time.perf_counter() - started)
+
+        self.thread = threading.Thread(target=write, name=f"expkit-checkpoint-{step}")
+        self.thread.start()
+
+    def wait(self) -> None:
+        """Block until the save in flight is on disk; raise its error if it failed."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
 
 
 def _number(path: Path) -> int:

@@ -12,6 +12,7 @@
         every trainer.eval_every epochs and after the last: evaluate() -> schedule.step_eval()
                                                              -> early_stop.update() -> metrics.json
         save_checkpoint()             last.pt every epoch, best.pt when the monitored metric improved
+                                      (written on a background thread: trainer.checkpoint_async)
         early_stop.should_stop()      trainer.early_stop.patience evaluations without improvement
       after_fit()                     best.pt scored on the test split, misclassified grid
 
@@ -184,10 +185,20 @@ class Trainer:
         self.errors: list = []  # misclassified validation examples of the last evaluation
         self.tally = TrainTally()  # train loss and accuracy since the last log step
         self.restored_tally: dict[str, Any] | None = None
+        self.saver = checkpoint.BackgroundSaver()
         self.logged_lr: tuple[int, float] | None = None  # (step, value) of the last opt/lr point
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, float]:
+        try:
+            self.train_epochs()
+        except BaseException:
+            self.finish_saving(raising=True)
+            raise
+        self.finish_saving()
+        return self.after_fit()
+
+    def train_epochs(self) -> None:
         if self.step == 0:
             self.before_fit()
         for epoch in range(self.epoch, self.t.epochs):
@@ -215,7 +226,6 @@ class Trainer:
                 self.save_checkpoint(best=improved)
             if last or stop:
                 break
-        return self.after_fit()
 
     def reached_max_steps(self) -> bool:
         return self.t.max_steps is not None and self.step >= self.t.max_steps
@@ -514,7 +524,7 @@ class Trainer:
 
     def interrupt(self) -> None:
         # A stop always leaves a checkpoint to resume from, even with trainer.checkpoint=false.
-        self.save_checkpoint(best=False)
+        self.save_checkpoint(best=False, wait=True)
         # Under DDP every rank leaves together, once rank 0 has written the file: a rank that
         # exits early makes torch elastic stop the others while they still work.
         dist.barrier()
@@ -562,7 +572,17 @@ class Trainer:
         ranks, rank = state.get("rng_ranks"), dist.rank()
         set_rng_state(ranks[rank] if ranks and rank < len(ranks) else state["rng"])
 
-    def save_checkpoint(self, best: bool) -> None:
+    def finish_saving(self, raising: bool = False) -> None:
+        """Wait for the checkpoint in flight. While another error is on its way out, a failed
+        write is logged rather than raised over it (the earlier checkpoint stays valid)."""
+        try:
+            self.saver.wait()
+        except Exception as e:
+            if not raising:
+                raise
+            log.error("the last checkpoint could not be written either: %s", e)
+
+    def save_checkpoint(self, best: bool, wait: bool = False) -> None:
         # Never a checkpoint of broken weights: a resume would start from NaN. (The loss is
         # checked only at log steps, so the weights may break between two of them.)
         finite = torch.stack([torch.isfinite(p).all() for p in self.raw_model.parameters()]).all()
@@ -574,11 +594,16 @@ class Trainer:
             torch.distributed.all_gather_object(rng_ranks, rng_state())
         if not self.main:
             return
-        started = time.perf_counter()
         state = self.state_dict()
         if rng_ranks is not None:
             state["rng_ranks"] = rng_ranks
-        checkpoint.save(self.run_dir / "checkpoints", state, self.step, best, self.t.keep_last)
+        folder = self.run_dir / "checkpoints"
+        if self.t.checkpoint_async and not wait:
+            self.saver.submit(folder, state, self.step, best, self.t.keep_last)
+            return
+        self.saver.wait()
+        started = time.perf_counter()
+        checkpoint.save(folder, state, self.step, best, self.t.keep_last)
         log.debug("checkpoint at step %d written in %.3f s", self.step, time.perf_counter() - started)
 
 
