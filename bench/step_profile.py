@@ -41,8 +41,6 @@ def best_us(fn: Callable[[], object], calls: int) -> float:
 
 
 def measure(c: Config) -> dict:
-    from torch import nn
-
     from expkit.training.logs import Progress
     from expkit.training.trainer import TrainTally
 
@@ -66,11 +64,15 @@ def measure(c: Config) -> dict:
         loss, logits = tr.train_step(x, y)
         tally = TrainTally()
         for _ in range(log_every):
-            tally.add(tr.step, loss, logits, y)
+            tally.add(tr.step, loss.detach(), logits.detach(), y)
+        kept = TrainTally()
+
+        def tally_step(*args) -> None:  # what a step adds; a fold every FOLD_EVERY steps included
+            kept.add(1, *args)
 
         def log_step() -> None:  # a log step's reduction, train/* scalars and gradient norms
             t = TrainTally()
-            t.losses, t.predictions = list(tally.losses), list(tally.predictions)
+            t.losses, t.logits = list(tally.losses), list(tally.logits)
             t.targets, t.batch_sizes, t.first_step = list(tally.targets), list(tally.batch_sizes), 1
             tr.log_grads_next = True
             tr.log_train(t)
@@ -112,12 +114,9 @@ def measure(c: Config) -> dict:
                 - best_us(lambda: list(plain.train_batches), 3) / steps),
             "to_device (a no-op copy on the CPU)": best_us(lambda: tr.to_device(x, y), 2000),
             "opt/lr: check for a change (points at log steps and changes)": best_us(tr.log_lr, 5000),
-            "train loss/acc tally: keep loss and predictions": best_us(
-                lambda: TrainTally().add(1, loss, logits, y), 2000),
+            "train loss/acc tally: keep loss, logits, targets": best_us(
+                lambda: tally_step(loss.detach(), logits.detach(), y), 5000),
             "train_step extras: autocast, clip check, schedule": best_us(extras, 5000),
-            "loss module vs functional cross_entropy": (
-                best_us(lambda: tr.loss_fn(logits.detach(), y), 2000)
-                - best_us(lambda: nn.functional.cross_entropy(logits.detach(), y), 2000)),
             "loop bookkeeping: progress, stop check, step limit": best_us(bookkeeping, 5000),
             f"log step every {log_every}: reduce tally, train/*, gradient norms": best_us(log_step, 200) / log_every,
             f"events: ~{events_per_epoch} an epoch, to the writer thread and flushed":

@@ -20,10 +20,10 @@ Everything inside is plain data (tensors, numbers, strings, lists, dicts), so lo
 uses `torch.load(weights_only=True)`, and a file that smuggles in a pickled object that
 would run code is refused (UnsafeCheckpoint) rather than run, and is not skipped over.
 
-`BackgroundSaver` runs the same save on a thread of its own, so training continues while
-the file is serialized, checksummed, written and fsynced: the state is copied to CPU memory
-first (on the training thread), at most one save is in flight (the next one waits for it),
-and an error in the write is raised on the training thread at its next save or wait.
+`BackgroundSaver` serializes the state on the training thread, then writes it by the same
+rules on a thread of its own, so training continues while the file is checksummed, written
+and fsynced; at most one write is in flight (the next one waits for it), and an error in
+the write is raised on the training thread at its next save or wait.
 
 Test hook: EXPKIT_TEST_SLOW_WRITE=<seconds> sleeps after every 64 KiB written and
 between the steps above, to widen the windows a test kills the writer in.
@@ -125,9 +125,13 @@ def to_bytes(state: dict[str, Any]) -> bytes:
 
 def save(folder: Path, state: dict[str, Any], step: int, best: bool, keep_last: int) -> Path:
     """Write `state` as checkpoints/step-<step>.pt; last.pt (and best.pt) point at it."""
+    return write(folder, to_bytes(state), step, best, keep_last)
+
+
+def write(folder: Path, data: bytes, step: int, best: bool, keep_last: int) -> Path:
+    """Write a serialized state (`to_bytes`) as checkpoints/step-<step>.pt, by the rules above."""
     folder.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(folder)
-    data = to_bytes(state)
     path = folder / f"step-{step:09d}.pt"
     sidecar = folder / f"{path.name}.sha256"
     # The checksum goes in first, so a numbered checkpoint never exists without it.
@@ -162,24 +166,11 @@ def save(folder: Path, state: dict[str, Any], step: int, best: bool, keep_last: 
     return path
 
 
-def snapshot(obj: Any) -> Any:
-    """A copy of `state` that training can no longer change: every tensor copied to CPU memory
-    (a GPU tensor's .cpu() is a copy already), every dict and list rebuilt; other values
-    (numbers, strings) are immutable."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone() if obj.device.type == "cpu" else obj.detach().cpu()
-    if isinstance(obj, dict):
-        out = copy.copy(obj)  # keeps an OrderedDict's _metadata (module versions)
-        out.update({k: snapshot(v) for k, v in obj.items()})
-        return out
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(snapshot(v) for v in obj)
-    return obj
-
-
 class BackgroundSaver:
-    """`save` on a thread of its own: at most one in flight; a failed write is raised by the
-    next `submit` or `wait` on the calling thread."""
+    """`write` on a thread of its own. The state is serialized on the calling thread (so it
+    cannot change under the write, and the thread holds the GIL only briefly: hashing, writing
+    and fsyncing release it). At most one write is in flight; a failed write is raised by
+    the next `submit` or `wait` on the calling thread."""
 
     def __init__(self) -> None:
         self.thread: threading.Thread | None = None
@@ -187,23 +178,23 @@ class BackgroundSaver:
 
     def submit(self, folder: Path, state: dict[str, Any], step: int, best: bool, keep_last: int) -> None:
         self.wait()
-        frozen = snapshot(state)
+        data = to_bytes(state)
 
-        def write() -> None:
+        def run() -> None:
             started = time.perf_counter()
             try:
-                save(folder, frozen, step, best, keep_last)
-            except BaseException as e:  # handed to the training thread
+                write(folder, data, step, best, keep_last)
+            except BaseException as e:  # handed to the calling thread
                 self.error = e
                 return
             log.debug("checkpoint at step %d written in %.3f s (in the background)", step,
                       time.perf_counter() - started)
 
-        self.thread = threading.Thread(target=write, name=f"expkit-checkpoint-{step}")
+        self.thread = threading.Thread(target=run, name=f"expkit-checkpoint-{step}")
         self.thread.start()
 
     def wait(self) -> None:
-        """Block until the save in flight is on disk; raise its error if it failed."""
+        """Block until the write in flight is on disk; raise its error if it failed."""
         if self.thread is not None:
             self.thread.join()
             self.thread = None

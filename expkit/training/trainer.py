@@ -59,17 +59,22 @@ EXPLODING_RATIO = 100.0
 
 
 class TrainTally:
-    """The training loss and accuracy since the last log step. A step keeps only its loss and
-    predictions (device tensors: one argmax, no host sync); `to_host` reduces them with one
-    sync, at log steps and checkpoints. Loss terms (loss x batch size) are summed exactly
-    (math.fsum), so a run resumed between two log steps, whose earlier terms come from the
-    checkpoint, logs the same train/loss as a run that was never interrupted."""
+    """The training loss and accuracy since the last log step. A step only keeps references
+    to its loss, logits and targets (no tensor op, no host sync); `to_host` reduces them with
+    one argmax and one sync, at log steps and checkpoints. Every FOLD_EVERY steps the logits
+    kept so far are reduced to a correct count on the device, so a long gap between log steps
+    holds at most that many batches of logits. Loss terms (loss x batch size) are summed
+    exactly (math.fsum), so a run resumed between two log steps, whose earlier terms come
+    from the checkpoint, logs the same train/loss as a run that was never interrupted."""
+
+    FOLD_EVERY = 32
 
     def __init__(self, saved: dict[str, Any] | None = None):
         self.losses: list[torch.Tensor] = []
-        self.predictions: list[torch.Tensor] = []
+        self.logits: list[torch.Tensor] = []
         self.targets: list[torch.Tensor] = []
         self.batch_sizes: list[int] = []
+        self.correct_on_device: torch.Tensor | None = None  # the folded steps' correct count
         self.first_step = 0  # the 1-based step of self.losses[0]
         saved = saved or {}
         self.terms: list[float] = list(saved.get("terms", []))
@@ -80,23 +85,34 @@ class TrainTally:
     def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         if not self.losses:
             self.first_step = step
-        self.losses.append(loss.detach())
-        self.predictions.append(logits.detach().argmax(1))
+        self.losses.append(loss)
+        self.logits.append(logits)
         self.targets.append(y)
-        self.batch_sizes.append(len(y))
+        self.batch_sizes.append(y.shape[0])
+        if len(self.logits) >= self.FOLD_EVERY:
+            self.fold()
+
+    def fold(self) -> None:
+        with torch.no_grad():
+            correct = (torch.cat(self.logits).argmax(1) == torch.cat(self.targets)).sum()
+        self.correct_on_device = correct if self.correct_on_device is None else self.correct_on_device + correct
+        self.logits, self.targets = [], []
 
     def to_host(self) -> None:
         if not self.losses:
             return
-        correct = (torch.cat(self.predictions) == torch.cat(self.targets)).sum()
-        *losses, correct = torch.cat([torch.stack(self.losses).float(), correct.float().view(1)]).tolist()
+        if self.logits:
+            self.fold()
+        with torch.no_grad():
+            values = torch.cat([torch.stack(self.losses).float(), self.correct_on_device.float().view(1)])
+        *losses, correct = values.tolist()
         for i, loss in enumerate(losses):
             if self.bad_step is None and not math.isfinite(loss):
                 self.bad_step = self.first_step + i
         self.terms += [loss * n for loss, n in zip(losses, self.batch_sizes, strict=True)]
         self.correct += int(correct)
         self.count += sum(self.batch_sizes)
-        self.losses, self.predictions, self.targets, self.batch_sizes = [], [], [], []
+        self.losses, self.batch_sizes, self.correct_on_device = [], [], None
 
     def mean_loss(self) -> float:
         return math.fsum(self.terms) / self.count
@@ -165,9 +181,10 @@ class Trainer:
         self.config_plain = config_plain
         self.main = dist.is_main()
         self.raw_model = unwrap(model)
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.reg.label_smoothing)
+        self.label_smoothing = self.reg.label_smoothing
         precision = self.t.precision
         self.autocast_dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
+        self.no_autocast = nullcontext()
         self.scaler = torch.amp.GradScaler(device.type) if precision == "16" else None
         self.channels_last = self.t.channels_last and len(data.input_shape) == 3
         # Position and results; all restored by load_state_dict.
@@ -177,7 +194,12 @@ class Trainer:
         self.early_stop = EarlyStop(resolve_monitor(cfg), es.patience, es.min_delta)
         self.last_metrics: dict[str, float] = {}
         self.stop_signal: str | None = None  # set by the signal handler in app.py
-        self.weight_names = [n for n, p in self.raw_model.named_parameters() if p.ndim >= 2]
+        # The weights whose gradient and weight norms are logged (matrices and kernels); the
+        # same Parameter objects for the whole run (loading a checkpoint copies into them).
+        self.weights = [(n, p) for n, p in self.raw_model.named_parameters() if p.ndim >= 2]
+        self.weight_names = [n for n, _ in self.weights]
+        self.move_inputs = device.type != "cpu" or self.channels_last
+        self.distributed = dist.initialized()  # build() joined the group before making the Trainer
         self.warned_vanishing = self.warned_exploding = False
         self.grad_history: list[float] = []  # the global gradient norm (before clipping) at each log step
         self.log_grads_next = False  # set by train_epoch when the coming step is a log step
@@ -247,8 +269,8 @@ class Trainer:
             self.log_grads_next = self.main and ((self.step + 1) % self.t.log_every == 0 or batch + 1 == len(loader))
             self.log_lr()
             loss, logits = self.train_step(x, y)
-            tally.add(self.step, loss, logits, y)
-            samples += len(y)
+            tally.add(self.step, loss.detach(), logits.detach(), y)
+            samples += y.shape[0]
             self.batch = batch + 1
             if self.step % self.t.log_every == 0 or self.batch == len(loader):
                 speed = samples / max(time.perf_counter() - started, 1e-9)
@@ -290,7 +312,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             logits = self.model(x)
-            loss = self.loss_fn(logits, y)
+            loss = nn.functional.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
@@ -374,31 +396,30 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         return f"train/loss {loss:.4f} train/acc {acc:.3f} lr {lr:.3g}"
 
-    def grad_norms(self) -> tuple[list[str], torch.Tensor]:
-        """Each weight's gradient norm, as one tensor on the device (no host sync)."""
-        params = dict(self.raw_model.named_parameters())
-        names = [n for n in self.weight_names if params[n].grad is not None]  # frozen layers have none
-        if not names:
-            return names, torch.zeros(0)
-        return names, torch.stack(torch._foreach_norm([params[n].grad for n in names])).float()
+    def grad_norms(self, with_weights: bool = False) -> tuple[list[str], torch.Tensor]:
+        """Each weight's gradient norm (then, `with_weights`, each weight's norm), as one tensor
+        on the device (no host sync)."""
+        weights = [(n, p) for n, p in self.weights if p.grad is not None]  # frozen layers have none
+        if not weights:
+            return [], torch.zeros(0)
+        tensors = [p.grad for _, p in weights] + ([p.detach() for _, p in weights] if with_weights else [])
+        return [n for n, _ in weights], torch.stack(torch._foreach_norm(tensors)).float()
 
     def log_gradients(self, loss: float | None = None) -> None:
         """Global and per-layer gradient norms before clipping (grad/norm, grad/norm/<layer>),
         the global norm after it (grad/norm_clipped, when reg.grad_clip is on) and weight norms;
         vanishing and exploding gradients show up as curves, and as a warning."""
-        params = dict(self.raw_model.named_parameters())
         before, self.grads_before_clip = self.grads_before_clip, None
-        names, now = self.grad_norms()
+        names, norms_now = self.grad_norms(with_weights=True)
         if not names:
             return
+        k = len(names)
         if before is not None and before[0] != names:
             before = None
-        pre = before[1] if before is not None else now
+        pre = before[1].to(norms_now.device) if before is not None else norms_now[:k]
         # Every norm in one tensor and one .tolist(): a log step costs one host sync, not one per layer.
-        weights = torch.stack(torch._foreach_norm([params[n].detach() for n in names])).float()
-        norms = torch.cat([pre.to(weights.device), weights, now.to(weights.device)]).tolist()
-        k = len(names)
-        grad_norms, weight_norms, clipped = norms[:k], norms[k:2 * k], norms[2 * k:]
+        norms = torch.cat([pre, norms_now]).tolist()
+        grad_norms, clipped, weight_norms = norms[:k], norms[k:2 * k], norms[2 * k:]
         total = math.sqrt(sum(g * g for g in grad_norms))
         self.writer.scalar("grad/norm", total, self.step)
         if self.reg.grad_clip is not None:
@@ -500,6 +521,8 @@ class Trainer:
 
     # ---------------------------------------------------------------- helpers
     def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.move_inputs:  # batches of a CPU run are where they belong already
+            return x, y
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -507,14 +530,14 @@ class Trainer:
 
     def autocast(self):
         if self.autocast_dtype is None:
-            return nullcontext()
+            return self.no_autocast
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def should_stop(self) -> bool:
         """Alone, after any step (a signal during an evaluation stops after the next one);
         under DDP every rank must stop at the same step, so they agree (one tiny
         all-reduce) only at log steps."""
-        if not dist.initialized():
+        if not self.distributed:
             return self.stop_signal is not None
         if self.step % self.t.log_every != 0:
             return False
