@@ -91,9 +91,11 @@ def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.clamp_min(1e-6).tolist()
 
 
-def _normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+def _normalize(x: torch.Tensor, mean: list[float], std: list[float], in_place: bool = False) -> torch.Tensor:
+    """(x - mean) / std per channel; `in_place` reuses x's memory (for a tensor nobody else holds)."""
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    return (x - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+    out = x.sub_(torch.tensor(mean).view(shape)) if in_place else x - torch.tensor(mean).view(shape)
+    return out.div_(torch.tensor(std).view(shape))
 
 
 def class_counts(y: torch.Tensor, num_classes: int) -> list[int]:
@@ -211,14 +213,17 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
         sampled = n_train < len(train_idx)
         train_idx, val_idx = train_idx[:n_train], val_idx[:n_val]
         check_split_sizes(cfg, len(train_idx), len(val_idx))
-        # Statistics of the training split only: the validation set must not leak into them.
-        mean, std = stats or channel_stats(pool_x[train_idx])
+        # Indexing copies: these tensors are expkit's own, so they are normalized in place.
         splits = {"train": (pool_x[train_idx], pool_y[train_idx]),
                   "val": (pool_x[val_idx], pool_y[val_idx])}
+        # Statistics of the training split only: the validation set must not leak into them.
+        mean, std = stats or channel_stats(splits["train"][0])
         if test_x is not None and len(test_y):
             # Sample mode: the first examples of the test split, as many as the validation split.
             n_test = min(len(test_y), n_val) if sampled else len(test_y)
-            splits["test"] = (test_x[:n_test], test_y[:n_test])
+            test_split = test_x[:n_test]
+            # The data set's own test tensor (not a carved copy) must not change under it.
+            splits["test"] = (test_split.clone() if origin != "carved" else test_split, test_y[:n_test])
         classes = source.classes
     if not getattr(cfg, "normalize", True):
         mean, std = [0.0] * len(mean), [1.0] * len(std)
@@ -231,18 +236,6 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
         def augment(x):
             return random_crop_flip(x, flip=source.flip)
     loaders: dict[str, Any] = {}
-    for split, (x, y) in splits.items():
-        x = _normalize(x, mean, std).to(on_device)
-        y = y.to(on_device)
-        train = split == "train"
-        sampler = EpochSampler(len(y), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train,
-                               batch_size=cfg.batch_size if train else None)
-        if use_tensor_path:
-            loaders[split] = TensorLoader(x, y, cfg.batch_size, sampler, augment if train else None)
-        else:
-            loaders[split] = DataLoaderAdapter(
-                TensorDataset(x, y), cfg.batch_size, sampler, cfg.num_workers,
-                pin_memory=device.type == "cuda", augment=augment if train else None, seed=seed + rank)
     info = {
         "name": cfg.name, "location": source.location, "mode": "full" if cfg.sample is None else f"sample {cfg.sample}",
         "loader": "tensor" if use_tensor_path else "dataloader",
@@ -253,6 +246,20 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
     }
     if rank == 0:  # what meta.json records; the other ranks use the same examples
         info["sha256"], info["fingerprint_of"] = fingerprint_tensors(splits), "examples"
+    owned = source.rows is None  # own data's tensors (data=python) may be the caller's: copied
+    for split in list(splits):
+        x, y = splits.pop(split)  # the raw split is freed as soon as its normalized copy exists
+        x = _normalize(x, mean, std, in_place=owned).to(on_device)
+        y = y.to(on_device)
+        train = split == "train"
+        sampler = EpochSampler(len(y), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train,
+                               batch_size=cfg.batch_size if train else None)
+        if use_tensor_path:
+            loaders[split] = TensorLoader(x, y, cfg.batch_size, sampler, augment if train else None)
+        else:
+            loaders[split] = DataLoaderAdapter(
+                TensorDataset(x, y), cfg.batch_size, sampler, cfg.num_workers,
+                pin_memory=device.type == "cuda", augment=augment if train else None, seed=seed + rank)
     for split, counts in info["class_counts"].items():
         check_labels(cfg.name, split, counts, classes)
     return Data(loaders["train"], loaders["val"], loaders.get("test"), input_shape,
