@@ -15,9 +15,11 @@ Threads per process: expkit's rule for both (OMP_NUM_THREADS, which torchrun set
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -77,7 +79,7 @@ def measure(c: Config, rounds: int) -> dict:
 
         seconds, cpu = interleave({"expkit": expkit_epoch, "plain": plain_epoch}, rounds)
         expkit.writer.close()
-    return {"config": c, "rounds": rounds, "steps": plain.steps, "seconds": seconds, "cpu": cpu,
+    return {"model": c.model, "rounds": rounds, "steps": plain.steps, "seconds": seconds, "cpu": cpu,
             "ratios": speed_ratios(seconds, cpu, of="expkit", to="plain"), "world": dist.get_world_size()}
 
 
@@ -85,7 +87,7 @@ def table(res: dict) -> list[str]:
     median, q1, q3, total = ratio_summary(res, "wall", of="expkit", to="plain")
     ms = {k: 1000 * sorted(v)[len(v) // 2] / res["steps"] for k, v in res["seconds"].items()}
     return [
-        f"DDP, {res['world']} gloo processes, {res['config'].model} ({res['steps']} steps an epoch per process, "
+        f"DDP, {res['world']} gloo processes, {res['model']} ({res['steps']} steps an epoch per process, "
         f"{res['rounds']} rounds of one training epoch each, interleaved in the same processes; plain DDP loop: "
         f"{ms['plain']:.2f} ms a step, expkit at defaults: {ms['expkit']:.2f}):",
         "",
@@ -99,14 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(CONFIGS), default="mlp")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--size", type=int, help="training examples (default: the model's bench size)")
     parser.add_argument("--out", help="rank 0 also writes the result (markdown) here")
+    parser.add_argument("--json", help="rank 0 also writes the measurements (JSON) here, for bench/run.py")
     args = parser.parse_args(argv)
-    res = measure(CONFIGS[args.model], args.rounds)
+    c = CONFIGS[args.model]
+    res = measure(replace(c, size=args.size) if args.size else c, args.rounds)
     if int(os.environ.get("RANK", "0")) == 0:
         text = "\n".join(table(res)) + "\n"
         print(text, flush=True)
         if args.out:
             Path(args.out).write_text(text)
+        if args.json:
+            Path(args.json).write_text(json.dumps(res))
     return 0
 
 

@@ -3,17 +3,23 @@ asserted: speed is measured by `make bench`, not by tests)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
 
+import checkpoint_interleaved  # noqa: E402
 import logging_cost  # noqa: E402
 import loop_interleaved  # noqa: E402
 import plain_loop  # noqa: E402
+import scaling  # noqa: E402
+import step_profile  # noqa: E402
 from run import run_expkit  # noqa: E402
 
 
@@ -34,3 +40,38 @@ def test_interleaved_benchmarks_time_both_contenders_on_the_same_steps(bench):
     assert res["steps"] == 4 and all(len(v) == 2 for v in res["seconds"].values())
     assert all(r > 0 for kind in ("wall", "cpu") for r in res["ratios"][kind])
     assert "| wall time |" in "\n".join(bench.table(res))
+
+
+TINY = plain_loop.Config(model="mlp", shape=(1, 8, 8), size=256, batch_size=64, epochs=1000)
+
+
+def test_step_profile_names_every_piece_of_the_loop():
+    res = step_profile.measure(TINY)
+    assert res["plain_us"] > 0 and len(res["pieces"]) >= 8
+    text = "\n".join(step_profile.table(res))
+    assert "tally" in text and "log step" in text and "sum: expkit's own work per step" in text
+
+
+def test_checkpoint_bench_writes_checkpoints_only_where_asked(tmp_path):
+    res = checkpoint_interleaved.measure(TINY, rounds=2)
+    assert set(res["seconds"]) == {"no checkpoints", "in line", "background"} and res["checkpoint_mb"] > 0
+    assert "| background |" in "\n".join(checkpoint_interleaved.table(res))
+
+
+@pytest.mark.e2e
+def test_scaling_bench_reads_time_and_memory_of_a_whole_run():
+    res = scaling.measure([256], [1])
+    [cell] = res["cells"]
+    assert cell["train"] == 256 and cell["us_per_example"] > 0 and cell["ms_per_step"] > 0
+    assert "| 256 | 1 |" in "\n".join(scaling.table(res))
+
+
+@pytest.mark.e2e
+def test_ddp_interleaved_bench_runs_under_torchrun(tmp_path):
+    out = tmp_path / "ddp.json"
+    proc = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2",
+                           str(BENCH / "ddp_interleaved.py"), "--rounds", "2", "--size", "512", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["world"] == 2 and res["steps"] == 2 and len(res["seconds"]["expkit"]) == 2
