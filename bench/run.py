@@ -71,6 +71,7 @@ import step_profile  # noqa: E402
 from plain_loop import Config  # noqa: E402
 from scaling import timed_command  # noqa: E402
 
+ALL_SECTIONS = "loop,command,data,logging,ddp,checkpoint,scaling"
 QUIET = ["trainer.tensorboard=false", "trainer.checkpoint=false", f"trainer.log_every={10**9}"]
 
 
@@ -527,8 +528,7 @@ def summary(results: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the loop and command sections")
-    parser.add_argument("--only", default="loop,command,data,logging,ddp,checkpoint,scaling",
-                        help="comma-separated sections")
+    parser.add_argument("--only", default=ALL_SECTIONS, help="comma-separated sections")
     parser.add_argument("--quick", action="store_true", help="one small round of everything (a smoke test)")
     parser.add_argument("--out", help="default: bench/results/latest.md (--quick: a temporary file)")
     args = parser.parse_args(argv)
@@ -627,6 +627,24 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(f"written to {out}")
+    if out == HERE / "results" / "latest.md" and only == set(ALL_SECTIONS.split(",")):
+        readme = HERE / "README.md"
+        intro = (f"`make bench` of {time.strftime('%Y-%m-%d %H:%M')}, {time.perf_counter() - started:.0f} s; "
+                 f"machine: {machine()}; load average {load_start} at the start, {load()} at the end.")
+        readme.write_text(with_latest(readme.read_text(), [intro, "", *summary(results)]))
+        print(f"and its summary into {readme}")
+
+
+LATEST_BEGIN, LATEST_END = "<!-- latest summary: written by make bench -->", "<!-- end of the latest summary -->"
+
+
+def with_latest(readme: str, lines: list[str]) -> str:
+    """bench/README.md with the block between the two markers replaced by `lines`."""
+    head, found, rest = readme.partition(LATEST_BEGIN)
+    _, found_end, tail = rest.partition(LATEST_END)
+    if not (found and found_end):
+        raise SystemExit(f"bench/README.md lacks the markers {LATEST_BEGIN!r} ... {LATEST_END!r}")
+    return "\n".join([head + LATEST_BEGIN, *lines, LATEST_END]) + tail
 
 
 if __name__ == "__main__":

@@ -75,3 +75,14 @@ def test_ddp_interleaved_bench_runs_under_torchrun(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["world"] == 2 and res["steps"] == 2 and len(res["seconds"]["expkit"]) == 2
+
+
+def test_make_bench_rewrites_only_the_marked_summary_of_bench_readme():
+    from run import LATEST_BEGIN, LATEST_END, with_latest
+
+    readme = (BENCH / "README.md").read_text()
+    assert readme.count(LATEST_BEGIN) == 1 and readme.count(LATEST_END) == 1
+    new = with_latest(readme, ["| a | table |"])
+    before, after = readme.split(LATEST_BEGIN)[0], readme.split(LATEST_END)[1]
+    assert new.startswith(before) and new.endswith(after) and "| a | table |" in new
+    assert with_latest(new, ["| a | table |"]) == new
