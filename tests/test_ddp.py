@@ -76,7 +76,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     meta = read_json(ddp / "meta.json")
     assert meta["status"] == "completed" and len(meta["resumes"]) == 1  # recorded once, by rank 0
     assert read_json(ddp / "metrics.json")["step"] == 12 and only_run(two) == ddp
-    assert [s for s, _ in scalars(ddp)["opt/lr"]] == [1, 4, 8, 9, 12]  # the resumed run's first step too
+    assert [s for s, _ in scalars(ddp)["opt/lr"]] == [1, 4, 8, 9, 10, 12]  # the resumed run's first step too
 
 
 

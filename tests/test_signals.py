@@ -19,26 +19,30 @@ pytestmark = pytest.mark.e2e
 
 # Pauses the real CLI in one phase (argv[1]) and writes argv[2] when it is there.
 HARNESS = r"""
-import os, sys, time, pathlib
+import os, sys, time, pathlib, threading
 phase, marker = sys.argv[1], pathlib.Path(sys.argv[2])
 import expkit.app as A
 import expkit.run.checkpoint as C
 import expkit.training.trainer as T
 
 seen = []  # the signals expkit's handler was called for
+held = []  # background_checkpoint: the step training was held at
 _handler = A.StopSignals._handler
 def handler(self, signum, frame):
     seen.append(signum)
     return _handler(self, signum, frame)
 A.StopSignals._handler = handler
 
+def hold():
+    # Until the test's signal(s) arrived (a handler that raises ends the wait early).
+    deadline = time.time() + 60
+    while len(seen) < int(os.environ.get("WAIT_FOR_SIGNALS", "1")) and time.time() < deadline:
+        time.sleep(0.02)
+
 def pause(name):
-    # Hold here until the test's signal(s) arrived (a handler that raises ends the wait early).
     if name == phase and not marker.exists():
         marker.write_text(name)
-        deadline = time.time() + 60
-        while len(seen) < int(os.environ.get("WAIT_FOR_SIGNALS", "1")) and time.time() < deadline:
-            time.sleep(0.02)
+        hold()
 
 _build = A.build
 def build(*args, **kwargs):
@@ -51,6 +55,9 @@ def train_step(self, x, y):
     out = _step(self, x, y)
     if self.step == 3:
         pause("training")
+    if phase == "background_checkpoint" and marker.exists() and not held:
+        held.append(self.step)  # training went on while epoch 1's checkpoint is written: the signal
+        hold()                  # lands in a step of epoch 2
     return out
 T.Trainer.train_step = train_step
 
@@ -60,12 +67,12 @@ def evaluate(self, loader, collect_errors=0):
     return _evaluate(self, loader, collect_errors)
 T.Trainer.evaluate = evaluate
 
-_save = C.save
-def save(*args, **kwargs):
-    pause("checkpoint")
-    return _save(*args, **kwargs)
-C.save = save
-T.checkpoint.save = save
+_write = C.write
+def write(*args, **kwargs):
+    in_line = threading.current_thread() is threading.main_thread()
+    pause("checkpoint" if in_line else "background_checkpoint")
+    return _write(*args, **kwargs)
+C.write = write
 
 from expkit.cli import main
 sys.exit(main(sys.argv[3:]))
@@ -103,7 +110,8 @@ CASES = [
     ("training", "SIGTERM", "interrupted", True),
     ("training", "SIGUSR1", "interrupted", True),
     ("validation", "SIGINT", "interrupted", True),
-    ("checkpoint", "SIGTERM", "interrupted", True),
+    ("checkpoint", "SIGTERM", "interrupted", True),  # written in line: trainer.checkpoint_async=false
+    ("background_checkpoint", "SIGTERM", "interrupted", True),
     ("last_validation", "SIGTERM", "completed", True),
     ("last_validation", "SIGUSR1", "completed", True),
 ]
@@ -115,7 +123,8 @@ def test_a_signal_in_every_phase_leaves_a_true_record(tmp_path):
     for phase, name, status, has_checkpoint in CASES:
         cwd = tmp_path / f"{phase}-{name}"
         cwd.mkdir()
-        procs.append((*start(cwd, phase, ["train", *ARGS]), cwd, phase, name, status, has_checkpoint))
+        in_line = ["trainer.checkpoint_async=false"] if phase == "checkpoint" else []
+        procs.append((*start(cwd, phase, ["train", *ARGS, *in_line]), cwd, phase, name, status, has_checkpoint))
     for proc, marker, _, _, name, *_ in procs:
         wait_for(marker, proc)
         proc.send_signal(getattr(signal, name))
