@@ -132,6 +132,9 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
                          metrics.get("best/val/acc", float("nan")), run_dir)
                 log.info("TensorBoard: tensorboard --logdir %s", run_dir)
             try:
+                # DDP: the wrapper's reducer holds the process group; without it the group is
+                # freed inside teardown, not in the interpreter's exit where gloo's threads abort.
+                trainer.release_model()
                 dist.teardown()  # DDP: every rank leaves the group it joined in build(), together
             except Exception as e:  # the run is complete and recorded; a peer gone now changes nothing
                 log.warning("leaving the process group: %s", e)

@@ -55,9 +55,14 @@ def train_step(self, x, y):
     out = _step(self, x, y)
     if self.step == 3:
         pause("training")
-    if phase == "background_checkpoint" and marker.exists() and not held:
-        held.append(self.step)  # training went on while epoch 1's checkpoint is written: the signal
-        hold()                  # lands in a step of epoch 2
+    if phase == "background_checkpoint" and self.epoch == 1 and not held:
+        # Epoch 2's first step: training went on while epoch 1's checkpoint is written. Wait for
+        # that write to reach its pause (the marker), then for the signal, which lands here.
+        held.append(self.step)
+        deadline = time.time() + 60
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.01)
+        hold()
     return out
 T.Trainer.train_step = train_step
 

@@ -595,6 +595,17 @@ class Trainer:
         ranks, rank = state.get("rng_ranks"), dist.rank()
         set_rng_state(ranks[rank] if ranks and rank < len(ranks) else state["rng"])
 
+    def release_model(self) -> None:
+        """Drop the DDP and torch.compile wrappers once training is over (the plain module,
+        its weights and the records stay)."""
+        if self.model is self.raw_model:
+            return
+        self.model = self.raw_model
+        if self.distributed:
+            import gc
+
+            gc.collect()  # the wrapper's reference cycles, so its process group goes now
+
     def finish_saving(self, raising: bool = False) -> None:
         """Wait for the checkpoint in flight. While another error is on its way out, a failed
         write is logged rather than raised over it (the earlier checkpoint stays valid)."""
