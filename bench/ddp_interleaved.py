@@ -25,7 +25,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from logging_cost import CONFIGS, build_trainer, interleave, quiet_expkit, ratio_summary, speed_ratios  # noqa: E402
+from logging_cost import (  # noqa: E402
+    CONFIGS,
+    build_trainer,
+    emit,
+    interleave,
+    quiet_expkit,
+    ratio_summary,
+    speed_ratios,
+)
 from plain_ddp import shard  # noqa: E402
 from plain_loop import Config, make_data, make_model, make_optimizer  # noqa: E402
 
@@ -108,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     c = CONFIGS[args.model]
     res = measure(replace(c, size=args.size) if args.size else c, args.rounds)
     if int(os.environ.get("RANK", "0")) == 0:
-        text = "\n".join(table(res)) + "\n"
-        print(text, flush=True)
-        if args.out:
-            Path(args.out).write_text(text)
+        emit(table(res), args.out)
         if args.json:
             Path(args.json).write_text(json.dumps(res))
     return 0

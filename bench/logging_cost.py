@@ -141,11 +141,16 @@ def cli(argv: list[str] | None, doc: str, measure: Callable[[Config, int], dict]
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--out", help="also write the result (markdown) here")
     args = parser.parse_args(argv)
-    text = "\n".join(table(measure(CONFIGS[args.model], args.rounds))) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(table(measure(CONFIGS[args.model], args.rounds)), args.out)
     return 0
+
+
+def emit(lines: list[str], out: str | None) -> None:
+    """Print a benchmark's markdown table, and write it to `out` when given."""
+    text = "\n".join(lines) + "\n"
+    print(text, flush=True)
+    if out:
+        Path(out).write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the result (markdown) here")
     args = parser.parse_args(argv)
     res = measure([int(v) for v in args.sizes.split(",")], [int(v) for v in args.devices.split(",")])
-    text = "\n".join(table(res)) + "\n"
+    text = "\n".join(table(res)) + "\n"  # (not logging_cost.emit: this script stays torch-free)
     print(text)
     if args.out:
         Path(args.out).write_text(text)

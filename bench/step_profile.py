@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from logging_cost import CONFIGS, build_trainer, quiet_expkit  # noqa: E402
+from logging_cost import CONFIGS, build_trainer, emit, quiet_expkit  # noqa: E402
 from plain_loop import Config, PlainLoop  # noqa: E402
 
 REPEATS = 7
@@ -153,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=sorted(CONFIGS), default="mlp")
     parser.add_argument("--out", help="also write the result (markdown) here")
     args = parser.parse_args(argv)
-    text = "\n".join(table(measure(CONFIGS[args.model]))) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(table(measure(CONFIGS[args.model])), args.out)
     return 0
 
 

@@ -201,7 +201,7 @@ def test_gradient_norms_name_the_right_layers_when_one_is_frozen(tmp_path):
 
     trainer = build_trainer(tmp_path, ["model=mlp", "model.depth=3", "data.sample=128", "trainer.progress=off",
                                        "trainer.graph=false"])
-    frozen, *trained = trainer.weight_names
+    frozen, *trained = [name for name, _ in trainer.weights]
     dict(trainer.raw_model.named_parameters())[frozen].requires_grad_(False)
     x, y = next(trainer.data.train.iterate())
     trainer.train_step(x, y)

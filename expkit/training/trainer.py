@@ -197,7 +197,6 @@ class Trainer:
         # The weights whose gradient and weight norms are logged (matrices and kernels); the
         # same Parameter objects for the whole run (loading a checkpoint copies into them).
         self.weights = [(n, p) for n, p in self.raw_model.named_parameters() if p.ndim >= 2]
-        self.weight_names = [n for n, _ in self.weights]
         self.move_inputs = device.type != "cpu" or self.channels_last
         self.distributed = dist.initialized()  # build() joined the group before making the Trainer
         self.warned_vanishing = self.warned_exploding = False
