@@ -225,3 +225,31 @@ def test_gradient_norms_name_the_right_layers_when_one_is_frozen(tmp_path):
     [events] = [list(EventFileLoader(str(p)).Load()) for p in tmp_path.glob("events.out.tfevents.*")]
     [step_one] = [e for e in events if e.HasField("summary") and e.step == 1]  # opt/lr and the norms
     assert {v.tag for v in step_one.summary.value} == set(tags)
+
+
+def test_event_checksums_come_from_c_and_match_tensorboards_own(tmp_path):
+    """expkit's writer swaps TensorBoard's pure-Python CRC-32C for google-crc32c's: the same
+    masked checksums, and a file that TensorBoard's own reader (which checks every record
+    with its pure-Python CRC) loads without a data-loss error."""
+    import random
+
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
+    from tensorboard.summary.writer import record_writer
+
+    from expkit.training.tb import Writer
+
+    writer = Writer(tmp_path)
+    assert getattr(record_writer.masked_crc32c, "expkit_fast", False), "google-crc32c's C code was not used"
+    rng = random.Random(0)
+    for size in (0, 1, 8, 13, 255, 4096):
+        data = rng.randbytes(size)
+        assert record_writer.masked_crc32c(data) == reference(data)
+    for step in range(3):
+        writer.scalars({"a": step * 0.5, "b/c": -1.0}, step)
+    writer.close()
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    [path] = tmp_path.glob("events.out.tfevents.*")  # the loader turns simple values into tensors
+    events = EventFileLoader(str(path)).Load()
+    values = [(e.step, v.tag, v.tensor.float_val[0]) for e in events for v in e.summary.value]
+    assert values == [(s, t, v) for s in range(3) for t, v in (("a", s * 0.5), ("b/c", -1.0))]

@@ -15,6 +15,31 @@ class NullWriter:
         return lambda *args, **kwargs: None
 
 
+def use_fast_crc() -> None:
+    """Give TensorBoard's event writer a CRC-32C in C. Without TensorFlow, every event record
+    is checksummed by a pure-Python loop (about 0.16 us a byte here) on the writer thread,
+    which holds the GIL while the training loop waits for it; google-crc32c gives the same
+    value about a hundred times faster. The files are byte for byte the same. Kept as it is
+    when google-crc32c is missing or only has its pure-Python fallback."""
+    from tensorboard.summary.writer import record_writer
+
+    if getattr(record_writer.masked_crc32c, "expkit_fast", False):
+        return
+    try:
+        import google_crc32c
+    except ImportError:
+        return
+    if google_crc32c.implementation != "c":
+        return
+
+    def masked_crc32c(data: bytes) -> int:  # TFRecord's masking of the CRC, as in tensorboard's stub
+        crc = google_crc32c.value(data)
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    masked_crc32c.expkit_fast = True
+    record_writer.masked_crc32c = masked_crc32c
+
+
 class Writer:
     """Scalars are kept in a list and handed to SummaryWriter's event file in batches (every
     SCALAR_BATCH of them, every SCALAR_BATCH_S seconds, and at flush/close), with the wall
@@ -23,8 +48,9 @@ class Writer:
     Consecutive scalars of one step, called within a second of each other, go into one event
     (a log step's ~10 values: loss, accuracy, gradient and weight norms): the writer thread
     checksums every record with a pure-Python CRC-32C and holds the GIL while it does, so
-    fewer, larger records cost the training loop less. TensorBoard reads the same values,
-    steps and (to within that second) wall times as if each had its own event."""
+    fewer, larger records cost the training loop less (and `use_fast_crc` takes the pure-Python
+    CRC out). TensorBoard reads the same values, steps and (to within that second) wall times
+    as if each had its own event."""
 
     SCALAR_BATCH = 256
     SCALAR_BATCH_S = 5.0
@@ -32,6 +58,7 @@ class Writer:
     def __init__(self, log_dir: Path, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
+        use_fast_crc()
         # purge_step: on resume, TensorBoard hides events at or after this step that the
         # interrupted run wrote after its checkpoint, so curves have no duplicated steps.
         # max_queue: room for a whole batch of scalars without waiting for the writer thread.
