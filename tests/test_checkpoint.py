@@ -276,3 +276,23 @@ def test_sigkill_at_many_points_of_a_write_always_leaves_a_valid_checkpoint(tmp_
     assert len(numbered_left) == 2 and numbered_left[-1] == f"step-{n:09d}.pt", final
     assert sorted(final) == sorted(["best.pt", "best.pt.sha256", "last.pt", "last.pt.sha256"]
                                    + numbered_left + [f"{f}.sha256" for f in numbered_left]), final
+
+
+def test_weights_are_checked_finite_before_a_checkpoint_even_when_their_sum_overflows(tmp_path):
+    """The quick test (a finite sum) passes most checkpoints; a sum that overflows falls back
+    to the exact test, so huge finite weights are still saved and one NaN still is not."""
+    from conftest import build_trainer
+
+    from expkit.training.trainer import NonFiniteLoss
+
+    trainer = build_trainer(tmp_path, ["model=mlp", "model.depth=1", "data.sample=64", "trainer.progress=off",
+                                       "trainer.graph=false", "trainer.tensorboard=false"])
+    weight = trainer.weights[0][1]
+    with torch.no_grad():
+        weight[0, :2] = 3e38  # finite, but their sum is inf
+    trainer.save_checkpoint(best=False, wait=True)
+    assert (tmp_path / "checkpoints" / "last.pt").exists()
+    with torch.no_grad():
+        weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLoss, match="weights"):
+        trainer.save_checkpoint(best=False, wait=True)

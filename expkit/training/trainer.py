@@ -23,6 +23,7 @@ stopping and the RNG states (Python, NumPy, torch, CUDA).
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import os
@@ -200,7 +201,9 @@ class Trainer:
         self.move_inputs = device.type != "cpu" or self.channels_last
         self.distributed = dist.initialized()  # build() joined the group before making the Trainer
         self.warned_vanishing = self.warned_exploding = False
-        self.grad_history: list[float] = []  # the global gradient norm (before clipping) at each log step
+        # The global gradient norm (before clipping) of each earlier log step, kept sorted for
+        # the median (a long run has thousands; sorting them anew at each log step would add up).
+        self.grad_history: list[float] = []
         self.log_grads_next = False  # set by train_epoch when the coming step is a log step
         self.grads_before_clip: tuple[list[str], torch.Tensor] | None = None
         self.errors: list = []  # misclassified validation examples of the last evaluation
@@ -445,12 +448,12 @@ class Trainer:
                     VANISHING_RATIO, scale, names[worst], grads[worst], names[0], grads[0], names[-1], grads[-1])
 
     def warn_exploding(self, total: float) -> None:
-        earlier = sorted(self.grad_history)
-        self.grad_history.append(total)
         if self.warned_exploding:
             return
+        earlier = self.grad_history
         median = earlier[len(earlier) // 2] if len(earlier) >= 3 else None
         if math.isfinite(total) and (median is None or not total > EXPLODING_RATIO * median):
+            bisect.insort(earlier, total)
             return
         self.warned_exploding = True
         grown = "is not finite" if not math.isfinite(total) else (
@@ -618,8 +621,13 @@ class Trainer:
     def save_checkpoint(self, best: bool, wait: bool = False) -> None:
         # Never a checkpoint of broken weights: a resume would start from NaN. (The loss is
         # checked only at log steps, so the weights may break between two of them.)
-        finite = torch.stack([torch.isfinite(p).all() for p in self.raw_model.parameters()]).all()
-        if dist.all_reduce_max_flag(not bool(finite), self.device):  # every rank decides alike
+        params = [p.detach() for p in self.raw_model.parameters()]
+        # A sum is finite only if every term is: one cheap reduction a tensor (isfinite would
+        # write a mask of each); the exact check runs only when a sum is not finite, which
+        # large but finite weights can also make.
+        finite = (bool(torch.stack([p.sum() for p in params]).sum().isfinite())
+                  or bool(torch.stack([torch.isfinite(p).all() for p in params]).all()))
+        if dist.all_reduce_max_flag(not finite, self.device):  # every rank decides alike
             raise NonFiniteLoss(self.step, what="weights")
         rng_ranks = None
         if dist.initialized() and dist.world_size() > 1:  # collective: every rank takes part
