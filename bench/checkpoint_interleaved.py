@@ -1,6 +1,6 @@
 """What checkpoints cost whole epochs, written in line and in the background, interleaved.
 
-    .venv/bin/python bench/checkpoint_interleaved.py [--model mlp|cnn] [--rounds 20] [--out FILE]
+    .venv/bin/python bench/checkpoint_interleaved.py [--model mlp|cnn] [--rounds 20] [--threads N] [--out FILE]
 
 Three Trainers of the same run are built once: without checkpoints (trainer.checkpoint=false),
 with a checkpoint every epoch written on the training thread (trainer.checkpoint_async=false),
@@ -10,10 +10,16 @@ checkpoint) and then waits for its last checkpoint to reach the disk, so no writ
 overlap the next contender's epochs, and the last one of each round is paid in full.
 Ratio: steps/s with checkpoints / without, the median of the per-round ratios and the ratio
 of the totals.
+
+--threads N trains on N torch threads (default: expkit's, one per core). With one thread on
+a two-core machine a core is left to the writer thread, as on a GPU machine, where the CPU
+mostly waits for the device: that shows what the background write hides when it does not
+have to take turns with training for the CPU.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -46,24 +52,33 @@ def whole_epochs(trainer):
     return run
 
 
-def measure(c: Config, rounds: int) -> dict:
-    with quiet_expkit(), tempfile.TemporaryDirectory() as tmp:
-        trainers = {name: build_trainer(c, extra, Path(tmp) / str(i))
-                    for i, (name, extra) in enumerate(SETTINGS.items())}
-        seconds, cpu = interleave({name: whole_epochs(t) for name, t in trainers.items()}, rounds)
-        size = (Path(tmp) / "2" / "checkpoints" / "last.pt").stat().st_size
-        steps = EPOCHS_PER_ROUND * len(trainers["background"].data.train)
-        for t in trainers.values():
-            t.writer.close()
+def measure(c: Config, rounds: int, threads: int | None = None) -> dict:
+    import torch
+
+    threads_before = torch.get_num_threads()  # the setting is the process's; leave it as found
+    extra_for_all = [f"trainer.num_threads={threads}"] if threads else []
+    try:
+        with quiet_expkit(), tempfile.TemporaryDirectory() as tmp:
+            trainers = {name: build_trainer(c, extra + extra_for_all, Path(tmp) / str(i))
+                        for i, (name, extra) in enumerate(SETTINGS.items())}
+            used_threads = torch.get_num_threads()
+            seconds, cpu = interleave({name: whole_epochs(t) for name, t in trainers.items()}, rounds)
+            size = (Path(tmp) / "2" / "checkpoints" / "last.pt").stat().st_size
+            steps = EPOCHS_PER_ROUND * len(trainers["background"].data.train)
+            for t in trainers.values():
+                t.writer.close()
+    finally:
+        torch.set_num_threads(threads_before)
     ratios = {name: speed_ratios(seconds, cpu, of=name, to="no checkpoints") for name in ("in line", "background")}
     return {"config": c, "rounds": rounds, "steps": steps, "seconds": seconds, "cpu": cpu, "ratios": ratios,
-            "checkpoint_mb": size / 1e6}
+            "checkpoint_mb": size / 1e6, "threads": used_threads, "cores": os.cpu_count()}
 
 
 def table(res: dict) -> list[str]:
     lines = [
         f"Checkpoint cost, {res['config'].model} ({res['rounds']} rounds of {EPOCHS_PER_ROUND} whole epochs, "
-        f"{res['steps']} steps, a {res['checkpoint_mb']:.1f} MB checkpoint after every epoch; interleaved):",
+        f"{res['steps']} steps, a {res['checkpoint_mb']:.1f} MB checkpoint after every epoch; interleaved; "
+        f"{res['threads']} torch thread{'s' if res['threads'] > 1 else ''} on {res['cores']} cores):",
         "",
         "| checkpoints written | steps/s with / without: median of rounds (quartiles) | totals |",
         "| --- | ---: | ---: |",
@@ -75,5 +90,14 @@ def table(res: dict) -> list[str]:
     return lines
 
 
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--threads", type=int)
+    args, rest = parser.parse_known_args(argv)
+    return cli(rest, __doc__, lambda c, rounds: measure(c, rounds, args.threads), table)
+
+
 if __name__ == "__main__":
-    sys.exit(cli(None, __doc__, measure, table))
+    sys.exit(main())

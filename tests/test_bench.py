@@ -15,6 +15,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import checkpoint_interleaved  # noqa: E402
+import event_crc  # noqa: E402
 import logging_cost  # noqa: E402
 import loop_interleaved  # noqa: E402
 import plain_loop  # noqa: E402
@@ -53,8 +54,12 @@ def test_step_profile_names_every_piece_of_the_loop():
 
 
 def test_checkpoint_bench_writes_checkpoints_only_where_asked(tmp_path):
-    res = checkpoint_interleaved.measure(TINY, rounds=2)
+    import torch
+
+    threads = torch.get_num_threads()
+    res = checkpoint_interleaved.measure(TINY, rounds=2, threads=1)  # the spare-core variant
     assert set(res["seconds"]) == {"no checkpoints", "in line", "background"} and res["checkpoint_mb"] > 0
+    assert res["threads"] == 1 and torch.get_num_threads() == threads
     assert "| background |" in "\n".join(checkpoint_interleaved.table(res))
 
 
@@ -86,3 +91,9 @@ def test_make_bench_rewrites_only_the_marked_summary_of_bench_readme():
     before, after = readme.split(LATEST_BEGIN)[0], readme.split(LATEST_END)[1]
     assert new.startswith(before) and new.endswith(after) and "| a | table |" in new
     assert with_latest(new, ["| a | table |"]) == new
+
+
+def test_event_crc_bench_times_both_checksums_on_the_same_events():
+    res = event_crc.measure(rounds=1)
+    assert res["bytes"] and set(res["times"]) == {"pure-Python (TensorBoard's)", "google-crc32c"}
+    assert "| google-crc32c |" in "\n".join(event_crc.table(res))
