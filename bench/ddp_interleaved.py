@@ -34,7 +34,7 @@ from logging_cost import (  # noqa: E402
     ratio_summary,
     speed_ratios,
 )
-from plain_ddp import shard  # noqa: E402
+from plain_ddp import leave_group, shard  # noqa: E402
 from plain_loop import Config, make_data, make_model, make_optimizer  # noqa: E402
 
 
@@ -87,8 +87,12 @@ def measure(c: Config, rounds: int) -> dict:
 
         seconds, cpu = interleave({"expkit": expkit_epoch, "plain": plain_epoch}, rounds)
         expkit.writer.close()
+        world = dist.get_world_size()
+        expkit.release_model()
+        plain.model = None
+        leave_group()
     return {"model": c.model, "rounds": rounds, "steps": plain.steps, "seconds": seconds, "cpu": cpu,
-            "ratios": speed_ratios(seconds, cpu, of="expkit", to="plain"), "world": dist.get_world_size()}
+            "ratios": speed_ratios(seconds, cpu, of="expkit", to="plain"), "world": world}
 
 
 def table(res: dict) -> list[str]:

@@ -103,6 +103,19 @@ def main(argv: list[str] | None = None) -> None:
     timings["steps_per_epoch"] = math.ceil(len(order) / c.batch_size)
     if rank == 0 and args.json:
         print(json.dumps(timings), flush=True)
+    del model  # the DDP wrapper, before the group goes (leave_group)
+    leave_group()
+
+
+def leave_group() -> None:
+    """Leave the process group together, once the caller has dropped its DDP wrappers. A
+    wrapper's reducer holds the gloo group; freed only at interpreter exit, after
+    destroy_process_group, it can abort the process ("terminate called without an active
+    exception"). The wrappers hold reference cycles, so they go at a collection."""
+    import gc
+
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
