@@ -90,14 +90,6 @@ def table(res: dict) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--threads", type=int)
-    args, rest = parser.parse_known_args(argv)
-    return cli(rest, __doc__, lambda c, rounds: measure(c, rounds, args.threads), table)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(None, __doc__, measure, table,
+                 extra={"threads": {"type": int, "help": "torch threads (default: one per core)"}}))

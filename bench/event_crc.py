@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/event_crc.py [--rounds 6] [--out FILE]
 
-Without TensorFlow, TensorBoard's event writer checksums every record with a pure-Python
-CRC-32C, on its writer thread and holding the GIL. expkit's writer swaps in google-crc32c
+TensorBoard's event writer checksums every record with a pure-Python CRC-32C, on its writer
+thread and holding the GIL. expkit's writer swaps in google-crc32c
 (expkit/training/tb.py, `use_fast_crc`). Here the same events are written with each, taking
 turns A B A B: 16 histograms of the mlp's four weight matrices (what
 `trainer.histogram_every` writes, weights and gradients, for two epochs), an image grid of

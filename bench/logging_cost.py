@@ -5,7 +5,7 @@
 bench/run.py compares whole runs, one after another; on a shared two-core machine their
 spread (often +-15%) hides a cost of a few percent. Here two Trainers are built once, the
 same run with logging at its defaults (TensorBoard on, train/* and gradient norms every
-`trainer.log_every=10` steps, `opt/lr` every step) and with logging off
+`trainer.log_every=10` steps, `opt/lr` at log steps and changes) and with logging off
 (`trainer.tensorboard=false trainer.log_every=10**9`), and their training epochs alternate
 A B B A ... for many rounds, so both see the same machine state to within a second. The
 cost is 1 - (defaults steps/s) / (off steps/s): the median of the per-round ratios and the
@@ -133,15 +133,18 @@ def table(res: dict) -> list[str]:
     ]
 
 
-def cli(argv: list[str] | None, doc: str, measure: Callable[[Config, int], dict],
-        table: Callable[[dict], list[str]]) -> int:
-    """The command line of an interleaved benchmark: --model, --rounds, --out."""
+def cli(argv: list[str] | None, doc: str, measure: Callable[..., dict],
+        table: Callable[[dict], list[str]], extra: dict[str, dict] | None = None) -> int:
+    """The command line of an interleaved benchmark: --model, --rounds, --out, and `extra`
+    ({name: argparse keywords}), passed to measure by name."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(CONFIGS), default="mlp")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--out", help="also write the result (markdown) here")
+    for name, keywords in (extra or {}).items():
+        parser.add_argument(f"--{name}", **keywords)
     args = parser.parse_args(argv)
-    emit(table(measure(CONFIGS[args.model], args.rounds)), args.out)
+    emit(table(measure(CONFIGS[args.model], args.rounds, **{k: getattr(args, k) for k in extra or {}})), args.out)
     return 0
 
 

@@ -117,10 +117,10 @@ def on_cpu(obj: Any) -> Any:
     return obj
 
 
-def to_bytes(state: dict[str, Any]) -> memoryview:
+def to_bytes(state: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.save(on_cpu(state), buffer)
-    return buffer.getbuffer()  # no copy of the whole checkpoint, as getvalue() would make
+    return buffer.getvalue()
 
 
 def save(folder: Path, state: dict[str, Any], step: int, best: bool, keep_last: int) -> Path:
@@ -128,7 +128,7 @@ def save(folder: Path, state: dict[str, Any], step: int, best: bool, keep_last: 
     return write(folder, to_bytes(state), step, best, keep_last)
 
 
-def write(folder: Path, data: bytes | memoryview, step: int, best: bool, keep_last: int) -> Path:
+def write(folder: Path, data: bytes, step: int, best: bool, keep_last: int) -> Path:
     """Write a serialized state (`to_bytes`) as checkpoints/step-<step>.pt, by the rules above."""
     folder.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(folder)

@@ -16,17 +16,21 @@ class NullWriter:
 
 
 def use_fast_crc() -> None:
-    """Give TensorBoard's event writer a CRC-32C in C. Without TensorFlow, every event record
-    is checksummed by a pure-Python loop (about 0.16 us a byte here) on the writer thread,
-    which holds the GIL while the training loop waits for it; google-crc32c gives the same
-    value about a hundred times faster. The files are byte for byte the same. Kept as it is
-    when google-crc32c is missing or only has its pure-Python fallback."""
+    """Give TensorBoard's event writer a CRC-32C in C. TensorBoard checksums every event
+    record with a pure-Python loop (about 0.16 us a byte here) on the writer thread, which
+    holds the GIL while the training loop waits for it; google-crc32c gives the same value
+    about a hundred times faster. The files are byte for byte the same. Kept as it is when
+    google-crc32c is missing or only has its pure-Python fallback."""
+    import warnings
+
     from tensorboard.summary.writer import record_writer
 
     if getattr(record_writer.masked_crc32c, "expkit_fast", False):
         return
     try:
-        import google_crc32c
+        with warnings.catch_warnings():  # its warning that the C code is missing: handled below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            import google_crc32c
     except ImportError:
         return
     if google_crc32c.implementation != "c":
@@ -47,10 +51,10 @@ class Writer:
     per training step for a small model (bench/README.md has the figures).
     Consecutive scalars of one step, called within a second of each other, go into one event
     (a log step's ~10 values: loss, accuracy, gradient and weight norms): the writer thread
-    checksums every record with a pure-Python CRC-32C and holds the GIL while it does, so
-    fewer, larger records cost the training loop less (and `use_fast_crc` takes the pure-Python
-    CRC out). TensorBoard reads the same values, steps and (to within that second) wall times
-    as if each had its own event."""
+    holds the GIL while it serializes and checksums each record, so fewer, larger records cost
+    the training loop less (`use_fast_crc` makes the checksums cheap too). TensorBoard reads
+    the same values, steps and (to within that second) wall times as if each had its own
+    event."""
 
     SCALAR_BATCH = 256
     SCALAR_BATCH_S = 5.0

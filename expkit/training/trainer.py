@@ -201,8 +201,8 @@ class Trainer:
         self.move_inputs = device.type != "cpu" or self.channels_last
         self.distributed = dist.initialized()  # build() joined the group before making the Trainer
         self.warned_vanishing = self.warned_exploding = False
-        # The global gradient norm (before clipping) of each earlier log step, kept sorted for
-        # the median (a long run has thousands; sorting them anew at each log step would add up).
+        # The global gradient norm (before clipping) of each earlier log step until the exploding
+        # warning, kept sorted for its median (a long run has thousands to sort otherwise).
         self.grad_history: list[float] = []
         self.log_grads_next = False  # set by train_epoch when the coming step is a log step
         self.grads_before_clip: tuple[list[str], torch.Tensor] | None = None
@@ -625,7 +625,7 @@ class Trainer:
         # A sum is finite only if every term is: one cheap reduction a tensor (isfinite would
         # write a mask of each); the exact check runs only when a sum is not finite, which
         # large but finite weights can also make.
-        finite = (bool(torch.stack([p.sum() for p in params]).sum().isfinite())
+        finite = (bool(torch.stack([p.sum(dtype=torch.float32) for p in params]).sum().isfinite())
                   or bool(torch.stack([torch.isfinite(p).all() for p in params]).all()))
         if dist.all_reduce_max_flag(not finite, self.device):  # every rank decides alike
             raise NonFiniteLoss(self.step, what="weights")
