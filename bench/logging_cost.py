@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -135,17 +137,30 @@ def table(res: dict) -> list[str]:
 
 def cli(argv: list[str] | None, doc: str, measure: Callable[..., dict],
         table: Callable[[dict], list[str]], extra: dict[str, dict] | None = None) -> int:
-    """The command line of an interleaved benchmark: --model, --rounds, --out, and `extra`
-    ({name: argparse keywords}), passed to measure by name."""
+    """The command line of an interleaved benchmark: --model, --rounds, --size, --out, --json
+    and `extra` ({name: argparse keywords}), passed to measure by name."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(CONFIGS), default="mlp")
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--size", type=int, help="training examples (default: the model's bench size)")
     parser.add_argument("--out", help="also write the result (markdown) here")
+    parser.add_argument("--json", help="also write the measurements (JSON) here, for bench/run.py")
     for name, keywords in (extra or {}).items():
         parser.add_argument(f"--{name}", **keywords)
     args = parser.parse_args(argv)
-    emit(table(measure(CONFIGS[args.model], args.rounds, **{k: getattr(args, k) for k in extra or {}})), args.out)
+    c = replace(CONFIGS[args.model], size=args.size) if args.size else CONFIGS[args.model]
+    res = measure(c, args.rounds, **{k: getattr(args, k) for k in extra or {}})
+    emit(table(res), args.out)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, default=asdict))
     return 0
+
+
+def load_json(path: Path) -> dict:
+    """A result that cli's --json wrote, with its Config back."""
+    res = json.loads(path.read_text())
+    res["config"] = Config(**{**res["config"], "shape": tuple(res["config"]["shape"])})
+    return res
 
 
 def emit(lines: list[str], out: str | None) -> None:

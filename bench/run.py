@@ -393,6 +393,18 @@ def bench_ddp_interleaved(rounds: int, tmp: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def bench_checkpoint_spare_core(c: Config, rounds: int, tmp: Path) -> dict:
+    """bench/checkpoint_interleaved.py on one torch thread, in a process of its own started
+    that way (OMP_NUM_THREADS=1), as a run that leaves a core idle would be."""
+    out = tmp / "checkpoint_spare_core.json"
+    cmd = [str(BIN / "python"), str(HERE / "checkpoint_interleaved.py"), "--model", c.model, "--size", str(c.size),
+           "--rounds", str(rounds), "--threads", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench/checkpoint_interleaved.py exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return logging_cost.load_json(out)
+
+
 def ddp_table(res: dict) -> list[str]:
     c: Config = res["config"]
     plain = "torchrun bench/plain_ddp.py"
@@ -605,7 +617,7 @@ def main(argv: list[str] | None = None) -> None:
             ckpt_config = replace(logging_cost.CONFIGS["mlp"], size=mlp.size)
             results["checkpoint"] = checkpoint_interleaved.measure(ckpt_config, ckpt_rounds)
             # Again on one thread: a core to spare for the writer, as when a GPU does the math.
-            results["checkpoint_spare_core"] = checkpoint_interleaved.measure(ckpt_config, ckpt_rounds, threads=1)
+            results["checkpoint_spare_core"] = bench_checkpoint_spare_core(ckpt_config, ckpt_rounds, Path(tmp))
             sections.append(("6. Checkpoints", checkpoint_interleaved.table(results["checkpoint"]) + [""]
                              + checkpoint_interleaved.table(results["checkpoint_spare_core"])))
         if "scaling" in only:

@@ -54,13 +54,18 @@ def test_step_profile_names_every_piece_of_the_loop():
 
 
 def test_checkpoint_bench_writes_checkpoints_only_where_asked(tmp_path):
-    import torch
-
-    threads = torch.get_num_threads()
-    res = checkpoint_interleaved.measure(TINY, rounds=2, threads=1)  # the spare-core variant
+    res = checkpoint_interleaved.measure(TINY, rounds=2)
     assert set(res["seconds"]) == {"no checkpoints", "in line", "background"} and res["checkpoint_mb"] > 0
-    assert res["threads"] == 1 and torch.get_num_threads() == threads
+    assert res["threads"] == torch.get_num_threads()
     assert "| background |" in "\n".join(checkpoint_interleaved.table(res))
+
+
+def test_checkpoint_bench_on_one_thread_runs_as_a_command_of_its_own(tmp_path):
+    from run import bench_checkpoint_spare_core
+
+    res = bench_checkpoint_spare_core(plain_loop.Config(model="mlp", size=256, batch_size=64), 2, tmp_path)
+    assert res["threads"] == 1 and res["config"].size == 256 and len(res["seconds"]["background"]) == 2
+    assert "1 torch thread on" in "\n".join(checkpoint_interleaved.table(res))
 
 
 @pytest.mark.e2e
