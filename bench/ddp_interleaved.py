@@ -14,21 +14,16 @@ Threads per process: expkit's rule for both (OMP_NUM_THREADS, which torchrun set
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from logging_cost import (  # noqa: E402
-    CONFIGS,
     build_trainer,
-    emit,
+    cli,
     interleave,
     quiet_expkit,
     ratio_summary,
@@ -109,22 +104,5 @@ def table(res: dict) -> list[str]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=sorted(CONFIGS), default="mlp")
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--size", type=int, help="training examples (default: the model's bench size)")
-    parser.add_argument("--out", help="rank 0 also writes the result (markdown) here")
-    parser.add_argument("--json", help="rank 0 also writes the measurements (JSON) here, for bench/run.py")
-    args = parser.parse_args(argv)
-    c = CONFIGS[args.model]
-    res = measure(replace(c, size=args.size) if args.size else c, args.rounds)
-    if int(os.environ.get("RANK", "0")) == 0:
-        emit(table(res), args.out)
-        if args.json:
-            Path(args.json).write_text(json.dumps(res))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(None, __doc__, measure, table, rounds=20))

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -136,12 +137,13 @@ def table(res: dict) -> list[str]:
 
 
 def cli(argv: list[str] | None, doc: str, measure: Callable[..., dict],
-        table: Callable[[dict], list[str]], extra: dict[str, dict] | None = None) -> int:
-    """The command line of an interleaved benchmark: --model, --rounds, --size, --out, --json
-    and `extra` ({name: argparse keywords}), passed to measure by name."""
+        table: Callable[[dict], list[str]], extra: dict[str, dict] | None = None, rounds: int = 40) -> int:
+    """The command line of an interleaved benchmark: --model, --rounds (default `rounds`),
+    --size, --out, --json and `extra` ({name: argparse keywords}), passed to measure by name.
+    Under torchrun every rank measures and rank 0 alone prints and writes."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(CONFIGS), default="mlp")
-    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--size", type=int, help="training examples (default: the model's bench size)")
     parser.add_argument("--out", help="also write the result (markdown) here")
     parser.add_argument("--json", help="also write the measurements (JSON) here, for bench/run.py")
@@ -150,9 +152,10 @@ def cli(argv: list[str] | None, doc: str, measure: Callable[..., dict],
     args = parser.parse_args(argv)
     c = replace(CONFIGS[args.model], size=args.size) if args.size else CONFIGS[args.model]
     res = measure(c, args.rounds, **{k: getattr(args, k) for k in extra or {}})
-    emit(table(res), args.out)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, default=asdict))
+    if int(os.environ.get("RANK", "0")) == 0:
+        emit(table(res), args.out)
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, default=asdict))
     return 0
 
 
