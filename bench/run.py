@@ -13,8 +13,9 @@ machine state) before the median is taken. Sections:
              logging and checkpoints off, the plain loop, Lightning off and at defaults;
              the training phase of an epoch, and the whole epoch (+ evaluation, checkpoint,
              logging); expkit's and the plain loop's final weights compared bit for bit;
-             then bench/loop_interleaved.py: expkit's and the plain loop's training epochs
-             alternating A B B A for 40 rounds, the finer measure the target is judged on,
+             then bench/loop_interleaved.py: two instances each of expkit and of the plain
+             loop (and two more plain loops, the floor), their training epochs taking turns
+             in a rotating order for 40 rounds, the finer measure the target is judged on,
              and bench/step_profile.py: expkit's own work per step, piece by piece
 2. command   the whole command from the shell, start-up and imports included: wall time
              and peak RSS of `expkit train ...`, `python bench/plain_loop.py`,
