@@ -42,9 +42,10 @@ def measure(c: Config, rounds: int, instances: int = 2) -> dict:
     with quiet_expkit(), tempfile.TemporaryDirectory() as tmp:
         trainers = [build_trainer(c, [], Path(tmp) / f"expkit-{i}") for i in range(instances)]
         groups = {"expkit": [(lambda r, t=t: (t.train_epoch(r), t.writer.flush())) for t in trainers]}
-        for name in ("plain", "plain, again"):
-            groups[name] = [PlainLoop(c).train_epoch for _ in range(instances)]
+        plains = {name: [PlainLoop(c) for _ in range(instances)] for name in ("plain", "plain, again")}
+        groups.update({name: [p.train_epoch for p in loops] for name, loops in plains.items()})
         steps = len(trainers[0].data.train)
+        assert steps == len(plains["plain"][0].train_batches), "the two loops must take the same steps"
         # expkit's events reach the disk inside its timed epoch.
         seconds, cpu = interleave({f"{name} {i}": epoch for name, epochs in groups.items()
                                    for i, epoch in enumerate(epochs)}, rounds)
