@@ -21,6 +21,7 @@ import loop_interleaved  # noqa: E402
 import plain_loop  # noqa: E402
 import scaling  # noqa: E402
 import step_profile  # noqa: E402
+import step_profile_in_place  # noqa: E402
 from run import run_expkit  # noqa: E402
 
 
@@ -51,6 +52,16 @@ def test_step_profile_names_every_piece_of_the_loop():
     assert res["plain_us"] > 0 and len(res["pieces"]) >= 8
     text = "\n".join(step_profile.table(res))
     assert "tally" in text and "log step" in text and "sum: expkit's own work per step" in text
+
+
+def test_step_profile_in_place_times_the_pieces_where_they_run():
+    res = step_profile_in_place.measure(TINY, rounds=2, instances=1)
+    e = res["expkit"]
+    # Every piece ran inside the timed epochs: 4 steps, with a log step at the last one.
+    assert all(e[key] > 0 for key, _ in step_profile_in_place.EXPKIT_PIECES)
+    assert e["to_host"] + e["grad_norms"] <= e["log_train"] < e["epoch"]
+    assert res["plain"]["data"] > 0 and res["plain"]["train_step"] > 0
+    assert "of which the gradient and weight norms" in "\n".join(step_profile_in_place.table(res))
 
 
 def test_checkpoint_bench_writes_checkpoints_only_where_asked(tmp_path):
