@@ -3,18 +3,19 @@
     .venv/bin/python bench/step_profile_in_place.py [--model mlp|cnn] [--rounds 40] [--instances 2] [--out FILE]
 
 bench/step_profile.py times each piece of expkit's loop alone. Inside the loop, right after a
-training step has filled the caches with its own data, the same pieces cost about twice as
-much, so its sum understates the gap that bench/loop_interleaved.py measures. Here the
-pieces are timed where they run: the real Trainer's methods (data, train_step, the log
-step and, within it, the train/* reduction and the norms, keeping a step's loss and logits,
-the opt/lr check) are wrapped with timers, and its training epochs take turns with the
-plain loop's, as in bench/loop_interleaved.py (--instances copies of each, the order
-rotating every round). The plain loop is timed the same way: its data, and the rest of the
-epoch (its steps). The timers' own cost is their number times what one costs alone; inside
-the loop they cost more, and "other loop work", what is left of expkit's epoch (its own
-lines between the calls: step counters, the progress bar, the log step's line, and that
-extra), is an upper bound: a sampling profiler (py-spy, 200 Hz) put those lines at about
-0.5% of the epoch where this table says 0.8%.
+training step has filled the caches with its own data, some pieces cost more (the log step
+about twice as much), so that sum understates the gap bench/loop_interleaved.py measures.
+Here the pieces are timed where they run: the real Trainer's methods (data, train_step, the
+log step and, within it, the train/* reduction and the norms, keeping a step's loss and
+logits, the opt/lr check, the stop checks, the events' flush) are wrapped with timers, and
+its training epochs take turns with the plain loop's, as in bench/loop_interleaved.py
+(--instances copies of each, the order rotating every round). The plain loop is timed the
+same way: its data, and the rest of its epoch (its steps).
+
+The timers the plain loop lacks are counted at what one costs alone; inside the loop they
+cost more, so "other loop work", what is left of expkit's epoch (its own lines between the
+calls: step counters, the progress bar, the log step's line, and that extra), is an upper
+bound.
 
 Figures: ms per epoch, the median over rounds of the mean over instances; % of the plain
 loop's epoch.
@@ -64,7 +65,7 @@ class Clock:
                 return fn(*args, **kwargs)
             finally:
                 self.spent[key] += time.perf_counter() - start
-                self.spent["calls"] += 1
+                self.spent[f"calls {key}"] += 1
         return timed
 
     def batches(self, key: str, iterable) -> Iterator:
@@ -77,7 +78,7 @@ class Clock:
                 return
             finally:
                 self.spent[key] += time.perf_counter() - start
-                self.spent["calls"] += 1
+                self.spent[f"calls {key}"] += 1
             yield item
 
     def epoch(self, run: Callable[[], object]) -> dict[str, float]:
@@ -88,17 +89,17 @@ class Clock:
         return {**self.spent, "epoch": time.perf_counter() - start}
 
 
-CURRENT: list[Clock] = [Clock()]  # the clock of the expkit instance whose epoch is running
+running_expkit_clock: list[Clock] = [Clock()]  # the clock of the expkit instance whose epoch is running
 
 
 def timed_by_current_clock(key: str, fn: Callable) -> Callable:
     def timed(*args, **kwargs):
-        clock, start = CURRENT[0], time.perf_counter()
+        clock, start = running_expkit_clock[0], time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
             clock.spent[key] += time.perf_counter() - start
-            clock.spent["calls"] += 1
+            clock.spent[f"calls {key}"] += 1
     return timed
 
 
@@ -172,7 +173,7 @@ def measure(c: Config, rounds: int, instances: int = 2) -> dict:
             instrument_expkit(trainer, clock)
 
             def expkit_epoch(r: int, trainer=trainer, clock=clock, name=f"expkit {i}") -> None:
-                CURRENT[0] = clock
+                running_expkit_clock[0] = clock
                 samples[name].append(clock.epoch(lambda: (trainer.train_epoch(r), trainer.writer.flush())))
             epochs[f"expkit {i}"] = expkit_epoch
         for i in range(instances):
@@ -187,20 +188,31 @@ def measure(c: Config, rounds: int, instances: int = 2) -> dict:
         for t in trainers:
             t.writer.close()
 
+    timer_s = timer_cost_s()
+    # Timers the plain loop has too (one per batch) cancel out; nested ones (inside
+    # log_train) are inside a piece's own time.
+    extra_timed = ("train_step", "log_train", "tally_add", "log_lr", "checks", "flush")
+    top_level = ("data", *extra_timed)
+
+    def with_rest(s: dict[str, float]) -> dict[str, float]:
+        """A round's pieces, plus the timers' cost and (expkit) the rest of its epoch."""
+        s = dict(s)
+        if "train_step" in s:
+            s["timers"] = timer_s * sum(s.get(f"calls {k}", 0) for k in extra_timed)
+            s["other"] = s["epoch"] - sum(s.get(k, 0.0) for k in (*top_level, "timers"))
+        else:
+            s["train_step"] = s["epoch"] - s.get("data", 0.0)
+        return s
+
     def per_epoch_ms(group: str, key: str) -> float:
         """Median over rounds (the warm-up round left out) of the instances' mean, in ms."""
         names = [n for n in samples if n.startswith(group + " ")]
-        rounds_seen = zip(*(samples[n][1:] for n in names), strict=True)
+        rounds_seen = zip(*([with_rest(s) for s in samples[n][1:]] for n in names), strict=True)
         return 1000 * statistics.median(statistics.mean(s.get(key, 0.0) for s in r) for r in rounds_seen)
 
-    expkit = {key: per_epoch_ms("expkit", key) for key, _ in EXPKIT_PIECES}
-    expkit["epoch"] = per_epoch_ms("expkit", "epoch")
-    plain = {"data": per_epoch_ms("plain", "data"), "epoch": per_epoch_ms("plain", "epoch")}
-    plain["train_step"] = plain["epoch"] - plain["data"]
-    top_level = ("data", "train_step", "log_train", "tally_add", "log_lr", "checks", "flush")
-    expkit["calls"] = per_epoch_ms("expkit", "calls") / 1000
-    expkit["timers"] = expkit["calls"] * timer_cost_s() * 1000
-    expkit["other"] = expkit["epoch"] - sum(expkit[k] for k in (*top_level, "timers"))
+    expkit = {key: per_epoch_ms("expkit", key) for key in (*(k for k, _ in EXPKIT_PIECES), "timers", "other", "epoch")}
+    expkit["timed calls"] = sum(per_epoch_ms("expkit", f"calls {k}") / 1000 for k in extra_timed)
+    plain = {key: per_epoch_ms("plain", key) for key in ("data", "train_step", "epoch")}
     return {"config": c, "rounds": rounds, "instances": instances, "steps": steps, "expkit": expkit,
             "plain": plain}
 
@@ -227,7 +239,8 @@ def table(res: dict) -> list[str]:
         row("forward, loss, backward, optimizer step", e["train_step"], p["train_step"]),
     ]
     lines += [row(label, e[key]) for key, label in EXPKIT_PIECES[2:]]
-    lines += [row(f"the timers themselves ({e['calls']:.0f} timed calls, at their cost alone)", e["timers"]),
+    lines += [row(f"the timers themselves ({e['timed calls']:.0f} timed calls more than the plain loop's, at "
+                  "their cost alone)", e["timers"]),
               row("other loop work (its own lines between the calls)", e["other"]),
               f"| **the epoch** | **{e['epoch']:.2f}** | **{p['epoch']:.2f}** | **{pct(own)}** |",
               "", f"expkit / plain loop steps/s, from these epochs: {p['epoch'] / e['epoch']:.3f}."]
