@@ -13,10 +13,10 @@ checkpoints are not in the timed epochs (section 1's whole-epoch rows count them
 expkit steps/s / plain loop steps/s, the median of the per-round ratios and the ratio of the
 totals, on wall and on process CPU time.
 
-Two instances of one loop differ by where their tensors landed in memory: four plain loops
-in one process ran their median epochs 315-333 ms apart, and a single pair's ratio moved
-by up to 1.7% from that alone. So each contender is --instances copies (default 2), each
-timed in the rotation, and a round's ratio is of the copies' mean epoch times. A second
+Two instances of one loop differ by where their tensors landed in memory, by as much as
+the gap this measures (a single pair of plain loops by up to 1.7% here). So each contender
+is --instances copies (default 2), each timed in the rotation, and a round's ratio is of
+the copies' mean epoch times. A second
 group of plain loops, built the same way, takes its turns too: plain / plain is the floor
 of the measurement; a gap to expkit smaller than the floor's distance from 1 cannot be told
 from it.

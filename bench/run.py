@@ -451,7 +451,7 @@ def summary(results: dict) -> list[str]:
             add(f"loop ({m}): expkit / plain loop, training steps/s, interleaved epochs", r, ">= 0.99",
                 median(r) >= 0.99)
             if "floor" in results[key]:
-                add(f"loop ({m}): the floor, a second plain loop / the plain loop, interleaved epochs",
+                add(f"loop ({m}): the floor, a second group of plain loops / the first, interleaved epochs",
                     results[key]["floor"]["wall"], "-", None)
         r, best = loop_ratio(res, "epoch", ex, plain)
         add(f"loop ({m}): expkit / plain loop, whole-epoch steps/s (expkit also checkpoints)", r, "-", None,
