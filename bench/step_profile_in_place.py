@@ -58,15 +58,12 @@ class Clock:
     def __init__(self) -> None:
         self.spent: dict[str, float] = defaultdict(float)
 
+    def add(self, key: str, seconds: float) -> None:
+        self.spent[key] += seconds
+        self.spent[f"calls {key}"] += 1
+
     def wrap(self, key: str, fn: Callable) -> Callable:
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.spent[key] += time.perf_counter() - start
-                self.spent[f"calls {key}"] += 1
-        return timed
+        return timed(lambda: self, key, fn)
 
     def batches(self, key: str, iterable) -> Iterator:
         it = iter(iterable)
@@ -77,8 +74,7 @@ class Clock:
             except StopIteration:
                 return
             finally:
-                self.spent[key] += time.perf_counter() - start
-                self.spent[f"calls {key}"] += 1
+                self.add(key, time.perf_counter() - start)
             yield item
 
     def epoch(self, run: Callable[[], object]) -> dict[str, float]:
@@ -89,18 +85,18 @@ class Clock:
         return {**self.spent, "epoch": time.perf_counter() - start}
 
 
-running_expkit_clock: list[Clock] = [Clock()]  # the clock of the expkit instance whose epoch is running
-
-
-def timed_by_current_clock(key: str, fn: Callable) -> Callable:
-    def timed(*args, **kwargs):
-        clock, start = running_expkit_clock[0], time.perf_counter()
+def timed(clock: Callable[[], Clock], key: str, fn: Callable) -> Callable:
+    """`fn`, its time added to `key` on the clock that `clock()` gives at the call."""
+    def call(*args, **kwargs):
+        on, start = clock(), time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            clock.spent[key] += time.perf_counter() - start
-            clock.spent[f"calls {key}"] += 1
-    return timed
+            on.add(key, time.perf_counter() - start)
+    return call
+
+
+running_expkit_clock: list[Clock] = [Clock()]  # the clock of the expkit instance whose epoch is running
 
 
 def timer_cost_s() -> float:
@@ -139,8 +135,8 @@ def timed_tally():
     from expkit.training.trainer import TrainTally
 
     add, to_host = TrainTally.add, TrainTally.to_host
-    TrainTally.add = timed_by_current_clock("tally_add", add)
-    TrainTally.to_host = timed_by_current_clock("to_host", to_host)
+    TrainTally.add = timed(lambda: running_expkit_clock[0], "tally_add", add)
+    TrainTally.to_host = timed(lambda: running_expkit_clock[0], "to_host", to_host)
     try:
         yield
     finally:
