@@ -159,6 +159,10 @@ def cli(argv: list[str] | None, doc: str, measure: Callable[..., dict],
     return 0
 
 
+# cli's `extra` for a benchmark whose contenders are built in several copies each.
+INSTANCES_OPTION = {"instances": {"type": int, "default": 2, "help": "copies of each contender (default 2)"}}
+
+
 def load_json(path: Path) -> dict:
     """A result that cli's --json wrote, with its Config back."""
     res = json.loads(path.read_text())

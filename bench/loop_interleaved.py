@@ -32,7 +32,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from logging_cost import build_trainer, cli, interleave, ms_per_step, quiet_expkit, ratio_summary, speed_ratios  # noqa: E402
+from logging_cost import (  # noqa: E402
+    INSTANCES_OPTION,
+    build_trainer,
+    cli,
+    interleave,
+    ms_per_step,
+    quiet_expkit,
+    ratio_summary,
+    speed_ratios,
+)
 from plain_loop import Config, PlainLoop  # noqa: E402
 
 
@@ -90,5 +99,4 @@ def table(res: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(cli(None, __doc__, measure, table, extra={
-        "instances": {"type": int, "default": 2, "help": "copies of each contender (default 2)"}}))
+    sys.exit(cli(None, __doc__, measure, table, extra=INSTANCES_OPTION))

@@ -384,26 +384,30 @@ def bench_ddp(c: Config, rounds: int, tmp: Path) -> dict:
     return {"config": c, "steps_per_epoch": steps, "step_ms": step_ms, "wall": wall, "rounds": rounds}
 
 
-def bench_ddp_interleaved(rounds: int, tmp: Path) -> dict:
-    out = tmp / "ddp_interleaved.json"
-    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(HERE / "ddp_interleaved.py"),
-           "--rounds", str(rounds), "--json", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+def run_writing_json(what: str, cmd: list[str], out: Path, env: dict[str, str] | None = None) -> Path:
+    """Run a bench script in a process of its own with `--json out`; `out`, or an error
+    naming `what` with the end of its stderr."""
+    proc = subprocess.run([*cmd, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"torchrun bench/ddp_interleaved.py exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return json.loads(out.read_text())
+        raise RuntimeError(f"{what} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return out
+
+
+def bench_ddp_interleaved(rounds: int, tmp: Path) -> dict:
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(HERE / "ddp_interleaved.py"),
+           "--rounds", str(rounds)]
+    return json.loads(run_writing_json("torchrun bench/ddp_interleaved.py", cmd, tmp / "ddp_interleaved.json")
+                      .read_text())
 
 
 def bench_checkpoint_spare_core(c: Config, rounds: int, tmp: Path) -> dict:
     """bench/checkpoint_interleaved.py on one torch thread, in a process of its own started
     that way (OMP_NUM_THREADS=1), as a run that leaves a core idle would be."""
-    out = tmp / "checkpoint_spare_core.json"
     cmd = [str(BIN / "python"), str(HERE / "checkpoint_interleaved.py"), "--model", c.model, "--size", str(c.size),
-           "--rounds", str(rounds), "--threads", "1", "--json", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench/checkpoint_interleaved.py exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return logging_cost.load_json(out)
+           "--rounds", str(rounds), "--threads", "1"]
+    return logging_cost.load_json(run_writing_json("bench/checkpoint_interleaved.py", cmd,
+                                                   tmp / "checkpoint_spare_core.json",
+                                                   env={**os.environ, "OMP_NUM_THREADS": "1"}))
 
 
 def ddp_table(res: dict) -> list[str]:

@@ -35,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from logging_cost import build_trainer, cli, interleave, quiet_expkit  # noqa: E402
+from logging_cost import INSTANCES_OPTION, build_trainer, cli, interleave, quiet_expkit  # noqa: E402
 from plain_loop import Config, PlainLoop  # noqa: E402
 
 # (key, label) in the table's order; an indented label is part of the row above it.
@@ -244,5 +244,4 @@ def table(res: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(cli(None, __doc__, measure, table, extra={
-        "instances": {"type": int, "default": 2, "help": "copies of each contender (default 2)"}}))
+    sys.exit(cli(None, __doc__, measure, table, extra=INSTANCES_OPTION))
