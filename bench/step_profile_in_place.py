@@ -188,27 +188,28 @@ def measure(c: Config, rounds: int, instances: int = 2) -> dict:
     # Timers the plain loop has too (one per batch) cancel out; nested ones (inside
     # log_train) are inside a piece's own time.
     extra_timed = ("train_step", "log_train", "tally_add", "log_lr", "checks", "flush")
-    top_level = ("data", *extra_timed)
 
-    def with_rest(s: dict[str, float]) -> dict[str, float]:
-        """A round's pieces, plus the timers' cost and (expkit) the rest of its epoch."""
-        s = dict(s)
-        if "train_step" in s:
-            s["timers"] = timer_s * sum(s.get(f"calls {k}", 0) for k in extra_timed)
-            s["other"] = s["epoch"] - sum(s.get(k, 0.0) for k in (*top_level, "timers"))
-        else:
-            s["train_step"] = s["epoch"] - s.get("data", 0.0)
-        return s
+    def expkit_round(s: dict[str, float]) -> dict[str, float]:
+        """One expkit epoch's pieces, with the timers' cost and the rest of the epoch."""
+        timed_calls = sum(s.get(f"calls {k}", 0) for k in extra_timed)
+        timers = timer_s * timed_calls
+        other = s["epoch"] - sum(s.get(k, 0.0) for k in ("data", *extra_timed)) - timers
+        return {**s, "timers": timers, "other": other, "timed calls": timed_calls}
 
-    def per_epoch_ms(group: str, key: str) -> float:
-        """Median over rounds (the warm-up round left out) of the instances' mean, in ms."""
-        names = [n for n in samples if n.startswith(group + " ")]
-        rounds_seen = zip(*([with_rest(s) for s in samples[n][1:]] for n in names), strict=True)
-        return 1000 * statistics.median(statistics.mean(s.get(key, 0.0) for s in r) for r in rounds_seen)
+    def plain_round(s: dict[str, float]) -> dict[str, float]:
+        return {**s, "train_step": s["epoch"] - s.get("data", 0.0)}
 
-    expkit = {key: per_epoch_ms("expkit", key) for key in (*(k for k, _ in EXPKIT_PIECES), "timers", "other", "epoch")}
-    expkit["timed calls"] = sum(per_epoch_ms("expkit", f"calls {k}") / 1000 for k in extra_timed)
-    plain = {key: per_epoch_ms("plain", key) for key in ("data", "train_step", "epoch")}
+    def per_epoch(group: str, complete: Callable, keys, unit: float = 1000) -> dict[str, float]:
+        """Per key: the median over rounds (the warm-up round left out) of the instances'
+        mean, times `unit` (seconds to ms by default)."""
+        per_instance = [[complete(s) for s in samples[n][1:]] for n in samples if n.startswith(group + " ")]
+        rounds_seen = list(zip(*per_instance, strict=True))
+        return {key: unit * statistics.median(statistics.mean(s.get(key, 0.0) for s in r) for r in rounds_seen)
+                for key in keys}
+
+    expkit = per_epoch("expkit", expkit_round, (*(k for k, _ in EXPKIT_PIECES), "timers", "other", "epoch"))
+    expkit |= per_epoch("expkit", expkit_round, ("timed calls",), unit=1)
+    plain = per_epoch("plain", plain_round, ("data", "train_step", "epoch"))
     return {"config": c, "rounds": rounds, "instances": instances, "steps": steps, "expkit": expkit,
             "plain": plain}
 
