@@ -13,7 +13,6 @@ part of it spent serializing. Prints one JSON line at the end.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import sys
@@ -33,6 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from expkit.config.compose import task_config
     from expkit.config.schema import validate
+    from expkit.run import checkpoint
     from expkit.training.build import build
     from expkit.training.logs import close_logging, setup_logging
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
             trainer.save_checkpoint(best=i % 2 == 0, wait=True)  # in line: the whole write is timed
             save_s.append(time.perf_counter() - started)
             started = time.perf_counter()
-            torch.save(trainer.state_dict(), io.BytesIO())
+            checkpoint.to_bytes(trainer.state_dict())  # as the trainer serializes it
             serialize_s.append(time.perf_counter() - started)
         size = (run_dir / "checkpoints" / "last.pt").stat().st_size
         trainer.writer.close()

@@ -48,6 +48,10 @@ def test_save_writes_checksums_links_and_plain_data(tmp_path):
     loaded = torch.load(folder / "last.pt", weights_only=True)
     assert loaded["step"] == 2 and torch.equal(loaded["model"]["w"], state(2)["model"]["w"])
     assert load_file(folder / "best.pt")["step"] == 1
+    # Checkpoints skip the zip records' CRC-32s (torch.load never reads them; the sidecar's
+    # SHA-256 is checked), but torch.save in the user's own code keeps writing them.
+    assert torch.serialization.get_crc32_options() is True
+
 
 
 def test_keep_last_retention_keeps_only_k_numbered_plus_links(tmp_path):
