@@ -3,6 +3,7 @@ SIGKILL at many points of a write (real forked writer processes, real SIGKILL)."
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from expkit.run.checkpoint import (
     load_latest,
     numbered,
     save,
+    to_bytes,
 )
 from expkit.run.provenance import sha256_file
 
@@ -52,6 +54,25 @@ def test_save_writes_checksums_links_and_plain_data(tmp_path):
     # SHA-256 is checked), but torch.save in the user's own code keeps writing them.
     assert torch.serialization.get_crc32_options() is True
 
+
+def test_rng_state_restores_every_stream_also_from_an_older_checkpoints_list(tmp_path):
+    import random
+
+    import numpy as np
+
+    from expkit.training.trainer import rng_state, set_rng_state
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    saved = torch.load(io.BytesIO(to_bytes({"rng": rng_state()})), weights_only=True)["rng"]
+    expected = draws()
+    set_rng_state(saved)
+    assert draws() == expected
+    version, mt, gauss = saved["python"]
+    set_rng_state(dict(saved, python=[version, mt.tolist(), gauss]))  # as checkpoints before held it
+    assert draws() == expected
 
 
 def test_keep_last_retention_keeps_only_k_numbered_plus_links(tmp_path):

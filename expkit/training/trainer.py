@@ -141,7 +141,9 @@ class NonFiniteLoss(Exception):
 def rng_state() -> dict[str, Any]:
     version, mt, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, list(mt), gauss], "torch": torch.get_rng_state(),
+    # Python's 625-word state as one tensor, not a list of ints: pickling a list costs
+    # torch.save a call for every item, a few times all the rest of a small checkpoint.
+    state = {"python": [version, torch.tensor(mt, dtype=torch.int64), gauss], "torch": torch.get_rng_state(),
              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -150,6 +152,7 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     version, mt, gauss = state["python"]
+    mt = mt.tolist() if isinstance(mt, torch.Tensor) else mt  # older checkpoints hold a list
     random.setstate((version, tuple(mt), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
