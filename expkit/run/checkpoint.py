@@ -120,7 +120,7 @@ def on_cpu(obj: Any) -> Any:
 
 def without_zip_crcs():
     """torch.save stores a CRC-32 with every record of its zip file, which torch.load never
-    checks; computing them is most of torch.save's time. The SHA-256 written beside each
+    checks; computing them is a large share of torch.save's time. The SHA-256 beside each
     checkpoint is the checksum that is checked, so checkpoints skip them (torch 2.6 and
     later can; a zip tool reports the records' CRCs as wrong, torch.load does not care)."""
     try:
