@@ -121,12 +121,14 @@ def on_cpu(obj: Any) -> Any:
 def without_zip_crcs():
     """torch.save stores a CRC-32 with every record of its zip file, which torch.load never
     checks; computing them is a large share of torch.save's time. The SHA-256 beside each
-    checkpoint is the checksum that is checked, so checkpoints skip them (torch 2.6 and
-    later can; a zip tool reports the records' CRCs as wrong, torch.load does not care)."""
-    try:
-        from torch.utils.serialization import config
-    except ImportError:
+    checkpoint is the checksum that is checked, so checkpoints skip them where torch can
+    (2.6 and later; a zip tool then reports the records' CRCs as wrong). Recent torch keeps
+    the setting per thread; before that, a torch.save on another thread during the save
+    (about a millisecond) skips them too, which torch.load does not notice either."""
+    if not hasattr(torch.serialization, "get_crc32_options"):
         return contextlib.nullcontext()
+    from torch.utils.serialization import config
+
     return config.patch({"save.compute_crc32": False})
 
 

@@ -141,8 +141,8 @@ class NonFiniteLoss(Exception):
 def rng_state() -> dict[str, Any]:
     version, mt, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    # Python's 625-word state as one tensor, not a list of ints: pickling a list costs
-    # torch.save a call for every item, a few times all the rest of a small checkpoint.
+    # Python's 625-word state as one tensor, not a list: torch.save's pickler calls back
+    # into Python for every object it writes, and a tensor is one object.
     state = {"python": [version, torch.tensor(mt, dtype=torch.int64), gauss], "torch": torch.get_rng_state(),
              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
     if torch.cuda.is_available():
