@@ -59,7 +59,7 @@ def test_save_writes_checksums_links_and_plain_data(tmp_path):
         assert torch.serialization.get_crc32_options() is True
 
 
-def test_rng_state_restores_every_stream_also_from_an_older_checkpoints_list(tmp_path):
+def test_rng_state_restores_every_stream_also_from_an_older_checkpoints_list():
     import random
 
     import numpy as np
