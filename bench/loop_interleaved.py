@@ -16,10 +16,9 @@ totals, on wall and on process CPU time.
 Two instances of one loop differ by where their tensors landed in memory, by as much as
 the gap this measures (a single pair of plain loops by up to 1.7% here). So each contender
 is --instances copies (default 2), each timed in the rotation, and a round's ratio is of
-the copies' mean epoch times. A second
-group of plain loops, built the same way, takes its turns too: plain / plain is the floor
-of the measurement; a gap to expkit smaller than the floor's distance from 1 cannot be told
-from it.
+the copies' mean epoch times. A second group of plain loops, built the same way, takes its
+turns too: plain / plain is the floor of the measurement; a gap to expkit smaller than the
+floor's distance from 1 cannot be told from it.
 """
 
 from __future__ import annotations

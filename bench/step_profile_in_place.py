@@ -103,9 +103,8 @@ def timer_cost_s() -> float:
     """Seconds one timed call adds around the call itself, timed alone on a no-op (the best
     of 5 runs of 20,000 calls); inside the loop it may cost more."""
     clock = Clock()
-    timed, bare = clock.wrap("calibration", lambda: None), (lambda: None)
     best = {}
-    for name, fn in (("timed", timed), ("bare", bare)):
+    for name, fn in (("timed", clock.wrap("calibration", lambda: None)), ("bare", lambda: None)):
         runs = []
         for _ in range(5):
             start = time.perf_counter()

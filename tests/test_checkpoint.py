@@ -70,8 +70,12 @@ def test_rng_state_restores_every_stream_also_from_an_older_checkpoints_list():
         return random.random(), random.gauss(0, 1), float(np.random.rand()), float(np.random.randn()), \
             float(torch.rand(1))
 
-    random.seed(3), np.random.seed(3), torch.manual_seed(3)
-    random.gauss(0, 1), np.random.randn()  # both keep the second of a pair of normals: cached state
+    random.seed(3)
+    np.random.seed(3)
+    torch.manual_seed(3)
+    # Both keep the second of a pair of normals: the saved state holds a cached value.
+    random.gauss(0, 1)
+    np.random.randn()
     saved = torch.load(io.BytesIO(to_bytes({"rng": rng_state()})), weights_only=True)["rng"]
     expected = draws()
     set_rng_state(saved)
