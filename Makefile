@@ -10,7 +10,7 @@ WORKERS ?= 2
 
 .PHONY: train test test-fast tb sweep lessons bench gpu-check lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch/torchvision pinned to what this machine's pip serves from local disk; any

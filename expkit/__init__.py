@@ -9,7 +9,7 @@ Nothing heavy is imported here, so `expkit --help` stays instant. In a notebook:
     run_dir, metrics = expkit.resume(run_dir, ["trainer.epochs=5"])
 """
 
-__version__ = "0.1.0"
+from expkit.version import __version__  # noqa: F401 - expkit.__version__
 
 
 def train(overrides=None, config_dir=None, runs_root="runs", *, model=None, data=None, init=None):

@@ -9,7 +9,7 @@ import importlib
 import os
 import sys
 
-from expkit import __version__
+from expkit.version import __version__
 
 COMMANDS = ("train", "resume", "eval", "predict", "export", "runs", "compare", "reproduce", "sched", "summary",
             "report", "lesson", "list")
