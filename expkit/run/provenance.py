@@ -174,9 +174,9 @@ def versions() -> dict[str, Any]:
     """The short list for meta.json; packages.txt holds every distribution."""
     import importlib.metadata
 
-    import expkit
+    from expkit.version import __version__
 
-    out = {"python": platform.python_version(), "expkit": expkit.__version__}
+    out = {"python": platform.python_version(), "expkit": __version__}
     for module in ("torch", "torchvision", "hydra", "omegaconf", "numpy"):
         mod = sys.modules.get(module)
         version = getattr(mod, "__version__", "?") if mod is not None else _unimported_version(module)
