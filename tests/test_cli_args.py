@@ -81,7 +81,7 @@ BAD = [
     (["lesson", "karate"], ["karate", "not a lesson", "grad_clip"]),
     (["lesson", "dropout", "--seeds", "0"], ["--seeds", ">= 1"]),
     (["lesson", "dropout", "reg.norm=bogus"], ["reg.norm", "bogus", "instance"]),
-    (["train", "reg.batchnorm=true", "reg.norm=layer"], ["reg.norm", "contradicts reg.batchnorm=true"]),
+    (["train", "reg.batchnorm=true", "reg.norm=layer"], ["reg.batchnorm", "true", "contradicts reg.norm=layer"]),
     (["train", "model=mlp", "reg.norm=instance"], ["reg.norm", "instance", "mlp"]),
     (["train", "trainer.early_stop.patience=0"], ["trainer.early_stop.patience", "null or an integer >= 1"]),
     (["train", "trainer.early_stop.monitor=train/loss"], ["trainer.early_stop.monitor", "val/acc, val/loss"]),

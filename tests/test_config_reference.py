@@ -67,5 +67,5 @@ def test_train_help_shows_the_composed_defaults_per_choice(tmp_path):
     assert "0.001" in lines["optim.lr"] and "sgd: 0.05" in lines["optim.lr"]
     assert "multistep: [5, 8]" in lines["sched.milestones"]
     assert "0.2" in lines["reg.dropout"] and "none: 0.0" in lines["reg.dropout"]
-    assert "true" in lines["reg.batchnorm"] and "none: false" in lines["reg.batchnorm"]
+    assert "batch" in lines["reg.norm"] and "none: none" in lines["reg.norm"]
     assert lines["data.val_fraction"].split()[2] == "0.2"

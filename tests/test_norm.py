@@ -20,7 +20,7 @@ NORM_TYPES = {"batch": (nn.BatchNorm1d, nn.BatchNorm2d), "layer": (nn.LayerNorm,
 ACTS = (nn.ReLU,)
 
 
-def reg(norm=None, position="before", batchnorm=False):
+def reg(norm=None, position="before", batchnorm=None):
     return SimpleNamespace(dropout=0.0, dropout_conv=0.0, batchnorm=batchnorm, norm=norm, norm_position=position,
                            norm_groups=8)
 
@@ -80,7 +80,7 @@ def test_batchnorm_true_is_norm_batch_with_the_same_weights():
     assert isinstance(plain[1], nn.Identity) and not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
 
 
-def test_contradiction_and_what_is_allowed():
+def test_norm_is_the_one_key_and_batchnorm_its_alias():
     from expkit.config.compose import check_overrides, task_config
     from expkit.config.schema import validate
     from expkit.errors import ConfigError
@@ -88,10 +88,19 @@ def test_contradiction_and_what_is_allowed():
     def typed(overrides):
         return validate(task_config(check_overrides(overrides)))
 
+    assert typed([])["reg"].norm == "batch"  # the default reg sets reg.norm itself
+    assert typed(["reg.norm=layer"])["reg"].norm == "layer"
+    assert typed(["reg=default", "reg.norm=group"])["reg"].norm == "group"
+    assert typed(["reg=none"])["reg"].norm == "none"
+    # the old key, as old configs and the lessons' sweeps give it
+    assert typed(["reg.batchnorm=false"])["reg"].norm == "none"
+    assert typed(["reg=none", "reg.batchnorm=true"])["reg"].norm == "batch"
     assert typed(["reg.batchnorm=true", "reg.norm=batch"])["reg"].norm == "batch"
+    assert typed(["reg.batchnorm=false", "reg.norm=layer"])["reg"].norm == "layer"
+    assert typed(["reg.norm=null", "reg.batchnorm=true"])["reg"].norm == "batch"  # a config saved before reg.norm
     assert typed(["reg.batchnorm=false", "reg.norm=layer", "reg.norm_position=after"])["reg"].norm_position == "after"
-    with pytest.raises(ConfigError, match="contradicts reg.batchnorm=true"):
-        typed(["reg=default", "reg.norm=group"])  # reg=default sets batchnorm: true
+    with pytest.raises(ConfigError, match=r"reg.batchnorm: value true .* contradicts reg.norm=group"):
+        typed(["reg.batchnorm=true", "reg.norm=group"])
 
 
 # ---------------------------------------------------------------- gradient warnings

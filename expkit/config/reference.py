@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from expkit.config.compose import flatten
-from expkit.config.schema import BASES, SCHEMAS, SINGLE, TOP_LEVEL, type_name
+from expkit.config.schema import BASES, CHOICE_KEY, SCHEMAS, SINGLE, TOP_LEVEL, type_name
 
 GROUPS = ("data", "model", "optim", "sched", "init", "reg", "trainer")
 
@@ -131,7 +131,8 @@ def key_rows() -> list[Row]:
             row.has_default = name in default_values
             row.default = default_values.get(name)
             for choice, composed in flat.items():
-                if choice == defaults[group] or name not in composed or composed[name] == choice:
+                if choice == defaults[group] or name not in composed or (
+                        name == CHOICE_KEY.get(group) and composed[name] == choice):
                     continue  # the choice key names the choice: nothing to say
                 if not row.has_default or composed[name] != row.default:
                     row.others[choice] = composed[name]

@@ -273,10 +273,11 @@ class FunctionInitConfig(InitConfig):
 class RegConfig:
     dropout: float = key(0.0, "dropout before each linear layer", check=fraction())
     dropout_conv: float = key(0.0, "dropout after each conv stage's pooling", check=fraction())
-    batchnorm: bool = key(False, "batchnorm in the built-in models; the same as reg.norm=batch (kept for old "
-                                 "configs; used when reg.norm is null)")
-    norm: str | None = key(None, "normalization layer after each conv/linear layer of the built-in models; "
-                                 "null = reg.batchnorm's (batch or none)", NORMS)
+    norm: str | None = key("none", "normalization layer after each conv/linear layer of the built-in models; "
+                                   "null, in configs older than this key, = none", NORMS)
+    batchnorm: bool | None = key(None, "the old name of the batchnorm switch, kept as an alias: true = "
+                                       "reg.norm=batch, false = no batchnorm (reg.norm=batch becomes none); "
+                                       "null = unused")
     norm_position: str = key("before", "where the norm goes: before or after the activation", ("before", "after"))
     norm_groups: int = key(8, "reg.norm=group: groups per layer (the most up to this that divide the channels)",
                            check=ge(1))
@@ -459,9 +460,10 @@ def _range_errors(typed: dict[str, Any]) -> list[str]:
         errors.append(f"optim.nesterov: value {o.nesterov!r} is not allowed; expected false unless "
                       "optim.momentum > 0.")
     r = typed["reg"]
-    if r.batchnorm and r.norm not in (None, "batch"):
-        errors.append(f"reg.norm: value {r.norm!r} contradicts reg.batchnorm=true; set reg.batchnorm=false "
-                      f"with reg.norm={r.norm}, or leave reg.norm unset (null) for batchnorm.")
+    try:
+        r.norm, r.batchnorm = resolve_norm(r.norm, r.batchnorm), None
+    except ConfigError as e:
+        errors.append(str(e))
     if r.norm == "instance" and typed["model"].arch == "mlp":
         errors.append("reg.norm: value 'instance' is not allowed with model=mlp; instance norm normalizes each "
                       "channel of a conv layer over its pixels and an MLP has none; choose none, batch, layer "
@@ -528,6 +530,20 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if errors:
         raise ConfigError("\n".join(errors))
     return typed
+
+
+def resolve_norm(norm: str | None, batchnorm: bool | None) -> str:
+    """The one normalization reg.norm names, with reg.batchnorm (the old key) read as an
+    alias: true asks for batch (refused beside another named norm), false turns batch off."""
+    norm = norm or "none"
+    if batchnorm is None:
+        return norm
+    if batchnorm:
+        if norm not in ("none", "batch"):
+            raise ConfigError(f"reg.batchnorm: value true (the old name of reg.norm=batch) contradicts "
+                              f"reg.norm={norm}; give only reg.norm.")
+        return "batch"
+    return "none" if norm == "batch" else norm
 
 
 def base_name(schema: type) -> str:

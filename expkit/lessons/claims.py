@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from expkit.config.schema import resolve_norm
 from expkit.lessons.jobs import CHANCE, Job, arms
 from expkit.lessons.stats import Comparison, overall
 
@@ -150,7 +151,7 @@ def check_dropout(jobs: list[Job]) -> Finding:
 
 
 def check_batchnorm(jobs: list[Job]) -> Finding:
-    by = _by(jobs, lambda j: bool(j.cfg("reg.batchnorm", False)))
+    by = _by(jobs, lambda j: norm_of(j) == "batch")
     if len(by) < 2:
         return Finding("not testable", ["Every job used the same reg.batchnorm; nothing to compare."])
     off, on = by[False], by[True]
@@ -291,7 +292,7 @@ def check_optimizers(jobs: list[Job]) -> Finding:
 def check_skip(jobs: list[Job]) -> Finding:
     deepest = max(int(j.cfg("model.blocks", 0) or 0) for j in jobs)
     jobs = [j for j in jobs if int(j.cfg("model.blocks", 0) or 0) == deepest]  # the words are for the deep nets
-    by = _by(jobs, lambda j: (bool(j.cfg("reg.batchnorm", False)), bool(j.cfg("model.skip", True))))
+    by = _by(jobs, lambda j: (norm_of(j) == "batch", bool(j.cfg("model.skip", True))))
     thr = pick_threshold(jobs)
     blocks = jobs[0].cfg("model.stages", 0) * jobs[0].cfg("model.blocks", 0)
     lines, results = [], []
@@ -397,7 +398,8 @@ STALLED_LOSS_NOISE = 0.05
 
 
 def norm_of(j: Job) -> str:
-    return str(j.cfg("reg.norm") or ("batch" if j.cfg("reg.batchnorm", False) else "none"))
+    """The job's normalization, reg.batchnorm (the old key, swept by the lessons) read as its alias."""
+    return resolve_norm(j.cfg("reg.norm"), j.cfg("reg.batchnorm"))
 
 
 def compare_dropout(groups: dict[str, list[Job]]) -> list[Comparison | None]:

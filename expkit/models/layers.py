@@ -20,13 +20,11 @@ def activation(name: str) -> nn.Module:
 
 
 def norm_kind(reg: Any) -> str:
-    """The normalization layer the built-in models use: reg.norm when it is set, else
-    reg.batchnorm's (true = batch, false = none). config/schema.py refuses a reg.norm that
-    contradicts reg.batchnorm=true."""
-    norm = getattr(reg, "norm", None)
-    if norm is None:
-        return "batch" if getattr(reg, "batchnorm", False) else "none"
-    return norm
+    """The normalization layer the built-in models use: reg.norm, with reg.batchnorm read
+    as its alias (a config that validation has not resolved yet, an own model builder's)."""
+    from expkit.config.schema import resolve_norm
+
+    return resolve_norm(getattr(reg, "norm", None), getattr(reg, "batchnorm", None))
 
 
 def groups_for(channels: int, wanted: int) -> int:

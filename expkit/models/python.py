@@ -11,6 +11,7 @@ from torch import nn
 from expkit.config.imports import call, describe_object, resolve
 from expkit.config.registry import MODELS
 from expkit.errors import ConfigError
+from expkit.models.layers import norm_kind
 
 log = logging.getLogger("expkit")
 
@@ -18,7 +19,7 @@ log = logging.getLogger("expkit")
 @MODELS.register("python")
 def build_python(cfg, reg, input_shape, num_classes) -> nn.Module:
     model = call("model", cfg, input_shape=tuple(input_shape), num_classes=num_classes)
-    if reg.dropout or reg.dropout_conv or reg.batchnorm or getattr(reg, "norm", None) not in (None, "none"):
+    if reg.dropout or reg.dropout_conv or norm_kind(reg) != "none":
         log.info("model=python: reg.dropout, reg.dropout_conv and reg.norm (reg.batchnorm) shape expkit's "
                  "built-in models only; your model has the layers it builds (reg.grad_clip and "
                  "reg.label_smoothing apply)")
