@@ -54,7 +54,7 @@ def load(run_dir, checkpoint="best", device="cpu", *, model=None, data=None, ini
         run = load_run(run_dir, checkpoint, device=device)
     run.model.expkit_info = {"classes": run.classes, "mean": run.mean, "std": run.std,
                              "input_shape": list(run.input_shape), "checkpoint": str(run.checkpoint),
-                             "step": run.state.get("step")}
+                             "step": run.saved.step}
     return run.model, run.cfg
 
 

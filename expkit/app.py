@@ -38,7 +38,7 @@ from expkit.run.folder import FolderLock, RunDir, unique_dir, write_atomic
 from expkit.training.build import build, write_hparams
 
 if TYPE_CHECKING:
-    from expkit.run.checkpoint import Loaded
+    from expkit.run.checkpoint import Checkpoint
 
 log = logging.getLogger("expkit")
 
@@ -60,11 +60,11 @@ def train_api(overrides: list[str], config_dir: str | None = None, runs_root: st
         raise ConfigError("trainer.devices: objects given to expkit.train stay in this process; to train with "
                           "several processes, name your code by import path (model.factory=MODULE:NAME, ...).")
     run_dir = Path(unique_dir(time.strftime(f"{runs_root}/%Y-%m-%d/%H-%M-%S") + suffix(cfg.get("name"))))
-    hydra_dir = run_dir / ".hydra"
-    hydra_dir.mkdir(parents=True)
-    OmegaConf.save(task_config(cfg), hydra_dir / "config.yaml")
-    OmegaConf.save(cfg.hydra, hydra_dir / "hydra.yaml", resolve=False)
-    OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
+    rundir = RunDir(run_dir)
+    rundir.hydra_dir.mkdir(parents=True)
+    OmegaConf.save(task_config(cfg), rundir.hydra_config)
+    OmegaConf.save(cfg.hydra, rundir.hydra_settings, resolve=False)
+    OmegaConf.save(OmegaConf.create(overrides), rundir.hydra_overrides)
     try:
         with using(objects=objects):
             metrics = execute(cfg, run_dir, overrides, discard_on_bad_input=True)
@@ -74,7 +74,7 @@ def train_api(overrides: list[str], config_dir: str | None = None, runs_root: st
 
 
 def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_bad_input: bool,
-            resume: Loaded | None = None, on_resume: Callable[[], None] | None = None,
+            resume: Checkpoint | None = None, on_resume: Callable[[], None] | None = None,
             provenance: bool = True) -> dict[str, float]:
     """Validate, train and record one run in `run_dir`. Raises RunFailed with the
     message for the user; the run folder records the outcome either way. When resuming,
@@ -178,7 +178,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
             if isinstance(e, (NonFiniteLoss, CheckpointError)):
                 message = str(e)
             else:
-                message = f"training failed: {type(e).__name__}: {e} (traceback in {run_dir / 'train.log'})"
+                message = f"training failed: {type(e).__name__}: {e} (traceback in {rundir.log})"
                 _log_traceback_to_file()
             log.error("%s", message)  # every rank: a crash on rank 1 shows in train.log too
             if rank == 0:
@@ -260,7 +260,7 @@ def check_devices(t) -> None:
                           "usable core(s) here; lower it, or force it with trainer.oversubscribe=true.")
 
 
-def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: Loaded | None,
+def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: Checkpoint | None,
                     on_resume: Callable[[], None] | None) -> dict[str, float]:
     """`trainer.devices=N`: this process made the run folder; N workers train in it."""
     import json
@@ -274,7 +274,7 @@ def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: Loaded | None,
     rundir = RunDir(run_dir)
     # The workers read config.yaml, so a resume records itself before they start; if they
     # then refuse the checkpoint (exit status 2), the run's record is put back as it was.
-    record = {p: p.read_text() for p in (rundir.meta_path, run_dir / "config.yaml")}
+    record = {p: p.read_text() for p in (rundir.meta_path, rundir.config)}
     if on_resume is not None:
         on_resume()
     try:
@@ -293,8 +293,8 @@ def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: Loaded | None,
         if code == EXIT_BAD_INPUT:  # a worker refused the input (data, model): as for one process
             raise ConfigError(message) from None
         rundir.finish("failed", error=message)  # the root cause, not a peer's "connection closed"
-        if "train.log" not in message:
-            message += f" (details in {run_dir / 'train.log'})"
+        if rundir.log.name not in message:
+            message += f" (details in {rundir.log})"
         raise RunFailed(message, EXIT_FAILED, recorded=True) from None
     except SignalException as e:
         if rundir.read_meta().get("status") == "running":
@@ -304,7 +304,7 @@ def launch_and_wait(typed: dict[str, Any], run_dir: Path, resume: Loaded | None,
     meta = rundir.read_meta()
     if meta.get("status") != "completed":
         raise RunFailed(f"the workers ended with status {meta.get('status')}: {meta.get('error', '')}", EXIT_FAILED)
-    return json.loads((run_dir / "metrics.json").read_text())
+    return json.loads(rundir.metrics.read_text())
 
 
 def run_worker(run_dir: str, checkpoint: str | None) -> int:
@@ -314,12 +314,12 @@ def run_worker(run_dir: str, checkpoint: str | None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
     path = Path(run_dir)
-    cfg = upgrade_saved(OmegaConf.load(path / "config.yaml"))
+    cfg = upgrade_saved(OmegaConf.load(RunDir(path).config))
     state = None
     if checkpoint:
-        from expkit.run.checkpoint import Loaded, load_file
+        from expkit.run.checkpoint import load_file
 
-        state = Loaded(load_file(Path(checkpoint)), Path(checkpoint))
+        state = load_file(Path(checkpoint))
     meta = RunDir(path).read_meta()
     try:
         with using(directory=meta.get("cwd")):  # own code is imported from where the run started

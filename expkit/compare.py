@@ -19,7 +19,7 @@ from typing import Any
 
 from expkit.config.compose import flatten
 from expkit.errors import ConfigError
-from expkit.run.folder import read_json, strict
+from expkit.run.folder import RunDir, strict
 from expkit.run.jobs import JobRecord, read_job, read_scalars
 from expkit.run.provenance import diff_files, has_commit, repo_root, run_git, tracked_diff
 from expkit.runlist import columns
@@ -58,8 +58,9 @@ def load_run(path: str | os.PathLike) -> JobRecord:
     if not folder.is_dir():
         raise ConfigError(f"RUN {str(path)!r} is not a folder." if folder.exists()
                           else f"RUN {str(path)!r} does not exist.")
-    if not (folder / "meta.json").is_file():
-        raise ConfigError(f"{str(path)!r} is not an expkit run folder (it has no meta.json).")
+    rundir = RunDir(folder)
+    if not rundir.is_run():
+        raise ConfigError(f"{str(path)!r} is not an expkit run folder (it has no {rundir.meta_path.name}).")
     return read_job(folder)
 
 
@@ -94,10 +95,9 @@ def _compare_code(c: Comparison) -> None:
     gits = [r.meta.get("git") or {} for r in c.runs]
     c.commits = [g.get("commit") for g in gits]
     c.dirty = [bool(g.get("dirty")) for g in gits]
-    diffs = [(r.path / "git.diff").read_text() if (r.path / "git.diff").is_file() else "" for r in c.runs]
+    diffs = [RunDir(r.path).read_git_diff() for r in c.runs]
     c.uncommitted = [diff_files(d) for d in diffs]
-    c.untracked = [{f["path"]: f["sha256"] for f in read_json(r.path / "untracked.json").get("files", [])}
-                   for r in c.runs]
+    c.untracked = [{f["path"]: f["sha256"] for f in RunDir(r.path).read_untracked()} for r in c.runs]
     differs = (len(set(c.commits)) > 1 or len({tracked_diff(d) for d in diffs}) > 1
                or any(u != c.untracked[0] for u in c.untracked[1:]))
     c.code_differs = differs

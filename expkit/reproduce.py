@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from expkit.errors import ConfigError
-from expkit.run.folder import now, read_json, write_json
+from expkit.run.folder import RunDir, now, write_json
 from expkit.run.provenance import has_commit, read_packages, repo_root, run_git, tracked_diff
 
 EXIT_REPRODUCES, EXIT_DIFFERS = 0, 1
@@ -74,17 +74,19 @@ class Result:
 
 
 def _read_run(run_dir: Path) -> tuple[dict[str, Any], str]:
+    rundir = RunDir(run_dir)
     if not run_dir.exists():
         raise ConfigError(f"RUN_DIR {str(run_dir)!r} does not exist.")
-    if not run_dir.is_dir() or not (run_dir / "meta.json").is_file() or not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{str(run_dir)!r} is not an expkit run folder (it has no meta.json and config.yaml).")
-    meta = read_json(run_dir / "meta.json")
+    if not run_dir.is_dir() or not rundir.is_run() or not rundir.config.is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not an expkit run folder (it has no {rundir.meta_path.name} and "
+                          f"{rundir.config.name}).")
+    meta = rundir.meta_or_empty()
     if not meta:
-        raise ConfigError(f"{str(run_dir)!r}: its meta.json cannot be read.")
+        raise ConfigError(f"{str(run_dir)!r}: its {rundir.meta_path.name} cannot be read.")
     if meta.get("status") != "completed":
         raise ConfigError(f"{str(run_dir)!r} has status {meta.get('status')!r}; only a completed run can be "
                           "reproduced (its final weights and metrics are what the re-run is compared with).")
-    return meta, (run_dir / "config.yaml").read_text()
+    return meta, rundir.config.read_text()
 
 
 def _repository(meta: dict[str, Any]) -> tuple[str, str]:
@@ -145,16 +147,17 @@ def _rebuild_tree(repo: str, commit: str, run_dir: Path, tree: Path, result: Res
     proc = run_git(repo, "worktree", "add", "--detach", str(tree), commit)
     if proc.returncode != 0:
         raise ConfigError(f"git worktree add failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    diff_path = run_dir / "git.diff"
-    patch = tracked_diff(diff_path.read_text()) if diff_path.is_file() else ""
+    recorded = RunDir(run_dir)
+    diff = recorded.read_git_diff()
+    patch = tracked_diff(diff) if diff else ""
     if patch:
-        patch_file = tree.parent / "git.diff"
+        patch_file = tree.parent / recorded.git_diff.name
         patch_file.write_text(patch + "\n")
         proc = run_git(tree, "apply", "--binary", "--whitespace=nowarn", str(patch_file))
         if proc.returncode != 0:
             raise ConfigError(f"the run's git.diff does not apply to commit {commit[:12]}: "
                               f"{(proc.stderr.strip().splitlines() or ['?'])[0]}")
-    untracked = read_json(run_dir / "untracked.json").get("files", [])
+    untracked = recorded.read_untracked()
     for entry in untracked:
         target = tree / entry["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -170,17 +173,23 @@ def _rebuild_tree(repo: str, commit: str, run_dir: Path, tree: Path, result: Res
     what = f"commit {commit[:12]}" + (" + git.diff" if patch else "")
     what += f" + {len(untracked)} untracked file(s)" if untracked else ""
     result.matched.append(f"code rebuilt: {what}")
-    named = (diff_path.read_text().count("\n#   ") if diff_path.is_file() else 0)
+    named = diff.count("\n#   ")
     if named and not untracked:
         result.notes.append(f"git.diff names {named} untracked file(s) whose content the run did not record "
                             "(untracked.json); they are not in the rebuilt tree")
 
 
 def _weights(path: Path) -> dict[str, Any] | None:
-    import torch
+    """The final weights of a run folder (last.pt), read with the checkpoint's own checks."""
+    from expkit.run.checkpoint import LAST, CheckpointError, load_file, named_file
 
-    file = path / "checkpoints" / "last.pt"
-    return torch.load(file, map_location="cpu", weights_only=True)["model"] if file.is_file() else None
+    file = named_file(RunDir(path).checkpoints, LAST)
+    if not file.is_file():
+        return None
+    try:
+        return load_file(file).model
+    except CheckpointError as e:
+        raise ConfigError(f"cannot compare the weights: {e}") from None
 
 
 def _compare(run_dir: Path, rerun: Path, meta: dict[str, Any], result: Result) -> None:
@@ -199,14 +208,14 @@ def _compare(run_dir: Path, rerun: Path, meta: dict[str, Any], result: Result) -
             result.differed.append(f"weights: {len(unequal)} of {len(old)} tensors differ ({', '.join(unequal[:5])})")
         else:
             result.matched.append(f"final weights bitwise equal ({len(old)} tensors)")
-    old_m, new_m = read_json(run_dir / "metrics.json"), read_json(rerun / "metrics.json")
+    old_m, new_m = RunDir(run_dir).read_metrics(), RunDir(rerun).read_metrics()
     keys = [k for k in old_m if isinstance(old_m[k], (int, float))]
     bad = [f"{k} {old_m[k]} -> {new_m.get(k)}" for k in keys if new_m.get(k) != old_m[k]]
     if bad:
         result.differed.append("metrics: " + "; ".join(bad))
     else:
         result.matched.append("metrics: " + ", ".join(f"{k} {old_m[k]:.4g}" for k in keys if "/" in k))
-    new_meta = read_json(rerun / "meta.json")
+    new_meta = RunDir(rerun).meta_or_empty()
     old_sha, new_sha = (meta.get("data") or {}).get("sha256"), (new_meta.get("data") or {}).get("sha256")
     if old_sha and new_sha and old_sha != new_sha:
         result.differed.append(f"data fingerprint {old_sha[:12]} -> {new_sha[:12]}")
@@ -218,9 +227,10 @@ def _compare(run_dir: Path, rerun: Path, meta: dict[str, Any], result: Result) -
 
 def _compare_packages(run_dir: Path, rerun: Path, meta: dict[str, Any], new_meta: dict[str, Any],
                       result: Result) -> None:
-    if (run_dir / "packages.txt").is_file():
-        old = read_packages((run_dir / "packages.txt").read_text())
-        new = read_packages((rerun / "packages.txt").read_text()) if (rerun / "packages.txt").is_file() else {}
+    old_file, new_file = RunDir(run_dir).packages, RunDir(rerun).packages
+    if old_file.is_file():
+        old = read_packages(old_file.read_text())
+        new = read_packages(new_file.read_text()) if new_file.is_file() else {}
         what = "every installed package"
     else:
         old, new, what = meta.get("versions") or {}, new_meta.get("versions") or {}, "package versions in meta.json"
@@ -258,11 +268,12 @@ def reproduce(run_dir: str | os.PathLike, check: bool = False,
         rerun.mkdir()
         if on_rerun is not None:
             on_rerun(rerun)
-        OmegaConf.save(cfg, tmp / "config.yaml")
+        config_file = tmp / "rerun.yaml"  # the config the re-run starts from
+        OmegaConf.save(cfg, config_file)
         git = meta.get("git") or {}
         rel = os.path.relpath(meta.get("cwd") or git.get("repo") or ".", git.get("repo") or ".")
         cwd = tree / rel if not rel.startswith("..") and (tree / rel).is_dir() else tree
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp / "config.yaml"), str(rerun),
+        proc = subprocess.run([sys.executable, "-c", CHILD, str(config_file), str(rerun),
                                *(meta.get("overrides") or [])], cwd=cwd, capture_output=True, text=True,
                               env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
         result.rerun_dir = rerun
@@ -277,7 +288,7 @@ def reproduce(run_dir: str | os.PathLike, check: bool = False,
         result.status = "reproduces" if not result.differed else "differs"
         if result.differed:  # kept to look into: the re-run's train.log, checkpoints, meta.json
             result.notes.append(f"the re-run's folder is kept: {rerun}")
-        write_json(path / "reproduce.json", result.as_dict())
+        write_json(RunDir(path).reproduce_report, result.as_dict())
         return result
     finally:
         if run_git(repo, "worktree", "remove", "--force", str(tree)).returncode != 0 and tree.exists():

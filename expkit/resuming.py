@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
@@ -25,6 +25,10 @@ from expkit.errors import ConfigError
 from expkit.run.folder import RunDir, now
 from expkit.run.provenance import git_info
 from expkit.run.provenance import tracked_diff as _tracked_diff
+from expkit.training.dist import is_main
+
+if TYPE_CHECKING:
+    from expkit.run.checkpoint import Checkpoint
 
 SAFE_KEYS = {
     "trainer.epochs", "trainer.eval_every", "trainer.log_every", "trainer.devices",
@@ -42,7 +46,7 @@ def git_difference(path: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], st
     if git_now.get("commit") != recorded.get("commit"):
         problems.append(f"the run was trained at commit {recorded.get('commit')}, the code is now at "
                         f"{git_now.get('commit') or 'no commit (' + str(git_now.get('note')) + ')'}")
-    recorded_diff = (path / "git.diff").read_text() if (path / "git.diff").exists() else ""
+    recorded_diff = RunDir(path).read_git_diff()
     if _tracked_diff(diff_now) != _tracked_diff(recorded_diff):
         problems.append("the uncommitted changes differ from the run's git.diff" if _tracked_diff(recorded_diff)
                         else "the working tree has uncommitted changes")
@@ -71,20 +75,20 @@ def check_overrides(cfg, overrides: list[str], force: bool) -> str | None:
     return None
 
 
-def check_epochs(cfg, state: dict[str, Any], force: bool) -> str | None:
+def check_epochs(cfg, saved: Checkpoint, force: bool) -> str | None:
     """trainer.epochs may grow, unless the LR schedule is spread over the whole run."""
-    epochs, trained = cfg.trainer.get("epochs"), state["epoch"]
-    saved = (state.get("config") or {}).get("trainer", {}).get("epochs", epochs)
+    epochs, trained = cfg.trainer.get("epochs"), saved.epoch
+    started_with = (saved.config or {}).get("trainer", {}).get("epochs", epochs)
     if epochs < trained:
         return f"trainer.epochs={epochs} is less than the {trained} epochs this run has trained already."
     sched = cfg.get("sched", {}).get("name")
-    if epochs != saved and sched == "onecycle":
-        return (f"trainer.epochs: sched=onecycle spreads its schedule over the {saved} epochs the run started "
-                "with and cannot step past its end; start a new run to train longer.")
-    if epochs != saved and sched == "cosine" and not force:
-        return (f"trainer.epochs: sched=cosine anneals over the {saved} epochs the run started with; changing it "
-                "would not give the schedule of a longer run (the learning rate would rise again after epoch "
-                f"{saved}). Pass --force to accept that, or start a new run.")
+    if epochs != started_with and sched == "onecycle":
+        return (f"trainer.epochs: sched=onecycle spreads its schedule over the {started_with} epochs the run "
+                "started with and cannot step past its end; start a new run to train longer.")
+    if epochs != started_with and sched == "cosine" and not force:
+        return (f"trainer.epochs: sched=cosine anneals over the {started_with} epochs the run started with; "
+                "changing it would not give the schedule of a longer run (the learning rate would rise again "
+                f"after epoch {started_with}). Pass --force to accept that, or start a new run.")
     return None
 
 
@@ -104,22 +108,56 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
     Own code (model.factory, ...) is imported again from the folder the run started in;
     `objects` (group -> object, from the Python API) stand for it instead."""
     from expkit.app import execute
-    from expkit.config.imports import OWN, using
+    from expkit.config.imports import using
 
-    path = Path(run_dir)
-    if not path.exists():
+    rundir, cfg, meta = open_run_folder(run_dir)
+    cfg = resumed_config(cfg, overrides, force, objects)
+    with using(directory=meta.get("cwd"), objects=objects):
+        from expkit.config.schema import validate
+
+        validate(cfg)  # a bad value (trainer.epochs=abc) is refused before anything reads it
+    saved, skipped = newest_checkpoint(rundir, meta)
+    check_fits(cfg, saved, meta, force)
+    git_now, git_warning = git_difference(rundir.path, meta)
+    if git_warning:
+        if strict:
+            raise ConfigError(f"the code differs from the run's: {git_warning} (refused with --strict).")
+        if is_main():  # once, not once per rank under torchrun
+            print(f"expkit resume: warning: the code differs from the run's: {git_warning}", file=sys.stderr)
+
+    def on_resume() -> None:
+        """Called by execute once the checkpoint has loaded into the model."""
+        entry = {"at": now(), "checkpoint": str(saved.path.relative_to(rundir.path)), "epoch": saved.epoch,
+                 "batch": saved.batch, "step": saved.step, "overrides": overrides, "command": sys.argv,
+                 "skipped": skipped, "git": {k: git_now.get(k) for k in ("commit", "dirty")},
+                 "git_warning": git_warning, "forced": force}
+        rundir.record_resume(entry, OmegaConf.to_yaml(cfg, resolve=True) if overrides else None)
+
+    with using(directory=meta.get("cwd"), objects=objects):
+        return execute(cfg, rundir.path, overrides, discard_on_bad_input=False, resume=saved, on_resume=on_resume)
+
+
+def open_run_folder(run_dir: str | Path) -> tuple[RunDir, Any, dict[str, Any]]:
+    """(the folder, its saved config, its meta.json); bad input when it is not a run folder."""
+    rundir = RunDir(run_dir)
+    if not rundir.path.exists():
         raise ConfigError(f"RUN_DIR {str(run_dir)!r} does not exist.")
-    if not path.is_dir():
+    if not rundir.path.is_dir():
         raise ConfigError(f"RUN_DIR {str(run_dir)!r} is not a folder.")
-    if not (path / "meta.json").exists() or not (path / "config.yaml").exists():
-        raise ConfigError(f"{str(run_dir)!r} is not an expkit run folder (it has no meta.json and config.yaml).")
+    if not rundir.meta_path.exists() or not rundir.config.exists():
+        raise ConfigError(f"{str(run_dir)!r} is not an expkit run folder (it has no "
+                          f"{rundir.meta_path.name} and {rundir.config.name}).")
     try:
-        cfg = upgrade_saved(OmegaConf.load(path / "config.yaml"))
-        rundir = RunDir(path)
-        meta = rundir.read_meta()
+        return rundir, upgrade_saved(OmegaConf.load(rundir.config)), rundir.read_meta()
     except Exception as e:
-        raise ConfigError(f"{str(run_dir)!r}: cannot read its config.yaml or meta.json: "
+        raise ConfigError(f"{str(run_dir)!r}: cannot read its {rundir.config.name} or {rundir.meta_path.name}: "
                           f"{str(e).splitlines()[0]}") from None
+
+
+def resumed_config(cfg, overrides: list[str], force: bool, objects: dict[str, Any] | None):
+    """The saved config with the overrides applied, once they are allowed."""
+    from expkit.config.imports import OWN
+
     problem = check_overrides(cfg, overrides, force)
     if problem:
         raise ConfigError(problem)
@@ -129,69 +167,55 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
             raise ConfigError(f"{group}: this run's {group} is {cfg.get(group, {}).get(choice_key)!r}, not own code; "
                               f"the {group} argument is for runs trained with {group}={own}.")
     try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
     except Exception as e:
         raise ConfigError(f"overrides {' '.join(overrides)}: {str(e).splitlines()[0]}") from None
-    from expkit.config.schema import validate
 
-    with using(directory=meta.get("cwd"), objects=objects):
-        validate(cfg)  # a bad value (trainer.epochs=abc) is refused before anything reads it
 
-    from expkit.run.checkpoint import CheckpointError, Loaded, load_latest
-    from expkit.training.dist import is_main, world_size
-    from expkit.training.launch import inside_worker_group
+def newest_checkpoint(rundir: RunDir, meta: dict[str, Any]) -> tuple[Checkpoint, list[str]]:
+    """The checkpoint to continue from and the damaged newer ones skipped on the way."""
+    from expkit.run.checkpoint import CheckpointError, load_latest
     from expkit.training.logs import setup_logging
 
     setup_logging(None)  # checkpoint warnings reach the console before the run's log opens
     skipped: list[str] = []
     try:  # under torchrun every rank gets here; one of them says which checkpoint was skipped
-        state, ckpt_path = load_latest(path / "checkpoints", problems=skipped, warn=is_main())
+        return load_latest(rundir.checkpoints, problems=skipped, warn=is_main()), skipped
     except CheckpointError as e:
         if meta.get("before_first_checkpoint"):
             again = " ".join(["expkit train", *meta.get("overrides", [])])
-            raise ConfigError(f"{str(run_dir)!r} was stopped while starting, before its first checkpoint: there "
-                              f"is nothing to continue. Train it again: {again}") from None
+            raise ConfigError(f"{str(rundir.path)!r} was stopped while starting, before its first checkpoint: "
+                              f"there is nothing to continue. Train it again: {again}") from None
         raise ConfigError(str(e)) from None
+
+
+def check_fits(cfg, saved: Checkpoint, meta: dict[str, Any], force: bool) -> None:
+    """Refuse a resume the checkpoint cannot continue as asked: another number of
+    processes, fewer epochs, a completed or early-stopped run without room to go on."""
+    from expkit.training.dist import world_size
+    from expkit.training.launch import inside_worker_group
+
     # Under torchrun the group is torchrun's (trainer.devices is not what launched it).
-    saved_world = state.get("world_size", 1)
     world = world_size() if inside_worker_group() else cfg.trainer.get("devices", 1)
-    if saved_world != world and not force:
+    if saved.world_size != world and not force:
         how = "processes under torchrun" if inside_worker_group() else "process(es) (trainer.devices)"
-        raise ConfigError(f"trainer.devices: the run trained with {saved_world} process(es) and would resume "
+        raise ConfigError(f"trainer.devices: the run trained with {saved.world_size} process(es) and would resume "
                           f"with {world} {how}; the data order and RNG streams would differ. Pass --force to "
                           "accept that.")
     epochs = cfg.trainer.get("epochs")
-    problem = check_epochs(cfg, state, force)
+    problem = check_epochs(cfg, saved, force)
     if problem:
         raise ConfigError(problem)
-    if meta.get("status") == "completed" and state["epoch"] >= epochs:
+    if meta.get("status") == "completed" and saved.epoch >= epochs:
         raise ConfigError(f"the run already completed its {epochs} epochs; extend it with trainer.epochs=N "
                           f"(N > {epochs}).")
-    stopped = (state.get("early_stop") or {}).get("stopped_epoch")
+    early = saved.early_stop or {}
     patience = cfg.trainer.get("early_stop", {}).get("patience")
-    if meta.get("status") == "completed" and stopped is not None and patience is not None \
-            and state["early_stop"]["wait"] >= patience:
-        raise ConfigError(f"the run stopped early after epoch {stopped} ({state['early_stop']['monitor']} did not "
-                          f"improve for {state['early_stop']['wait']} evaluations); continue it with a larger "
+    if meta.get("status") == "completed" and early.get("stopped_epoch") is not None and patience is not None \
+            and early["wait"] >= patience:
+        raise ConfigError(f"the run stopped early after epoch {early['stopped_epoch']} ({early['monitor']} did "
+                          f"not improve for {early['wait']} evaluations); continue it with a larger "
                           "trainer.early_stop.patience, or with trainer.early_stop.patience=null.")
-    git_now, git_warning = git_difference(path, meta)
-    if git_warning:
-        if strict:
-            raise ConfigError(f"the code differs from the run's: {git_warning} (refused with --strict).")
-        if is_main():  # once, not once per rank under torchrun
-            print(f"expkit resume: warning: the code differs from the run's: {git_warning}", file=sys.stderr)
-
-    def on_resume() -> None:
-        """Called by execute once the checkpoint has loaded into the model."""
-        entry = {"at": now(), "checkpoint": str(ckpt_path.relative_to(path)), "epoch": state["epoch"],
-                 "batch": state["batch"], "step": state["step"], "overrides": overrides, "command": sys.argv,
-                 "skipped": skipped, "git": {k: git_now.get(k) for k in ("commit", "dirty")},
-                 "git_warning": git_warning, "forced": force}
-        rundir.record_resume(entry, OmegaConf.to_yaml(cfg, resolve=True) if overrides else None)
-
-    with using(directory=meta.get("cwd"), objects=objects):
-        return execute(cfg, path, overrides, discard_on_bad_input=False, resume=Loaded(state, ckpt_path),
-                       on_resume=on_resume)
 
 
 def resume_api(run_dir: str | Path, overrides: list[str], force: bool = False, strict: bool = False,

@@ -13,7 +13,7 @@ from typing import Any
 
 from expkit.config.resolvers import direction
 from expkit.errors import ConfigError
-from expkit.run.folder import STATUSES, read_yaml, strict
+from expkit.run.folder import STATUSES, RunDir, read_yaml, strict
 from expkit.run.jobs import JobRecord, read_job, run_folders
 from expkit.summary import _duration, _seconds
 
@@ -108,9 +108,8 @@ def _textual(value: str) -> bool:
 def _read_config(folder: Path, conditions: list[tuple[str, list[str]]]) -> dict[str, Any] | None:
     """The run's resolved config; None when a condition on a text value (optim=adamw) cannot
     hold because the text is nowhere in the file, which spares parsing most files."""
-    path = folder / "config.yaml"
-    if not path.is_file():
-        path = folder / ".hydra" / "config.yaml"
+    rundir = RunDir(folder)
+    path = rundir.config if rundir.config.is_file() else rundir.hydra_config
     try:
         text = path.read_text()
     except OSError:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from expkit.config.resolvers import direction
-from expkit.run.folder import process_gone, read_json, read_yaml, write_atomic
+from expkit.run.folder import RunDir, process_gone, read_json, read_yaml, write_atomic
 from expkit.run.jobs import job_folders, read_job, split_override, varying_keys
 
 SWEEP_FILE = "sweep.json"
@@ -190,10 +190,10 @@ def collect(sweep_dir: Path, metric: str | None = None, stopped: bool = False) -
     metric = metric or info.get("metric") or "val/acc"
     alive = not stopped and _process_alive(info)
     rows, seen = [], set()
-    folders = [] if (sweep_dir / "meta.json").exists() else job_folders(sweep_dir)
+    folders = [] if RunDir(sweep_dir).is_run() else job_folders(sweep_dir)
     for folder in folders:
         job = read_job(folder)
-        status = job.status or ("running" if not (folder / "meta.json").exists() else "?")
+        status = job.status or ("running" if not RunDir(folder).is_run() else "?")
         if status == "running" and not alive:
             status = "crashed"  # its process ended without saying how (SIGKILL, power, OOM killer)
         metrics = {k: v for k, v in job.metrics.items() if isinstance(v, (int, float))}

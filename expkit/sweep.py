@@ -162,7 +162,7 @@ def run_job(cfg, run_dir: Path, overrides: list[str], sweep_dir: Path) -> float 
     metric = str(cfg.get("sweep", {}).get("metric", "val/acc"))
     print(f"--- job {run_dir.name}", flush=True)
     try:
-        if (run_dir / "meta.json").exists():
+        if RunDir(run_dir).is_run():
             if truthy(cfg.get("sweep", {}).get("resume")):
                 return _resume_job(cfg, run_dir, overrides, metric)
             print(f"expkit: {run_dir} holds a run already; left as it is (continue the sweep with "
@@ -196,8 +196,8 @@ def _resume_job(cfg, run_dir: Path, overrides: list[str], metric: str) -> float 
     status = meta.get("status")
     if status == "completed":
         print("expkit: sweep.resume: completed earlier; skipped", flush=True)
-        return _value(read_json(run_dir / "metrics.json"), metric)
-    if any((run_dir / "checkpoints").glob("*.pt")):
+        return _value(rundir.read_metrics(), metric)
+    if any(rundir.checkpoints.glob("*.pt")):
         print(f"expkit: sweep.resume: was {status}; continuing it from its checkpoint", flush=True)
         try:
             return _value(resume(run_dir, []), metric)  # a failed or stopped resume raises RunFailed
@@ -247,6 +247,6 @@ def share_cores(cfg) -> None:
 
 
 def _hydra_overrides(run_dir: Path) -> list[str]:
-    return [str(o) for o in read_yaml(run_dir / ".hydra" / "overrides.yaml") or []]
+    return [str(o) for o in read_yaml(RunDir(run_dir).hydra_overrides) or []]
 
 

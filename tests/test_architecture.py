@@ -1,5 +1,6 @@
 """The layout's promises, checked on the source: imports flow one way (cli -> commands ->
-run lifecycle -> training -> components -> errors), with no cycles, lazy imports included."""
+run lifecycle -> training -> components -> errors), with no cycles, lazy imports included;
+the run folder's file names and the checkpoint's keys are each spelled in one module."""
 
 from __future__ import annotations
 
@@ -87,3 +88,51 @@ def test_no_import_cycles():
         if module not in state:
             visit(module, [module])
     assert not cycles, "\n".join(cycles)
+
+
+def string_constants() -> dict[str, set[str]]:
+    """Every expkit module -> the string constants in its code (docstrings included)."""
+    return {module_name(p): {n.value for n in ast.walk(ast.parse(p.read_text()))
+                             if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+            for p in PACKAGE.rglob("*.py")}
+
+
+def spelled_outside(owner: str, names: set[str]) -> list[str]:
+    return sorted(f"{module} spells {name!r}" for module, found in string_constants().items() if module != owner
+                  for name in names & found)
+
+
+def test_the_run_folder_names_its_files_in_one_module():
+    from pathlib import Path
+
+    from expkit.run.folder import RunDir
+
+    root = Path("/run")
+    paths = [getattr(RunDir(root), name) for name, value in vars(RunDir).items() if isinstance(value, property)]
+    # eval/ and export/ are named like the commands that write them: those words stand everywhere.
+    names = {part for p in paths for part in p.relative_to(root).parts} - {"eval", "export"}
+    assert {"meta.json", "config.yaml", "checkpoints", "train.log", ".lock"} <= names
+    assert not spelled_outside("expkit.run.folder", names)
+
+
+def test_the_checkpoint_names_its_keys_and_reads_its_files_in_one_module():
+    import dataclasses
+
+    from expkit.config.schema import BASES, SCHEMAS, SINGLE
+    from expkit.run.checkpoint import BEST, LAST, Checkpoint
+
+    # Keys that are also config keys or groups (model, data, early_stop, ...) or common words
+    # (step, epoch: metrics.json has them too) stand elsewhere for those; every reader gets
+    # the checkpoint as a typed object, so no module but checkpoint.py subscripts its keys.
+    schemas = [*BASES.values(), *SINGLE.values(), *(s for by in SCHEMAS.values() for s in by.values())]
+    config_words = {f.name for s in schemas for f in dataclasses.fields(s)} | set(BASES) | set(SINGLE)
+    common = {"model", "data", "config", "path", "epoch", "step", "batch", "metrics", "format"}
+    keys = {f.name for f in dataclasses.fields(Checkpoint)} - config_words - common
+    assert {"optimizer", "rng", "train_tally", "rng_ranks"} <= keys
+    assert not spelled_outside("expkit.run.checkpoint", keys | {f"{BEST}.pt", f"{LAST}.pt"})
+    calls = sorted(f"{module_name(p)} calls torch.{n.func.attr}" for p in PACKAGE.rglob("*.py")
+                   for n in ast.walk(ast.parse(p.read_text()))
+                   if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in ("load", "save")
+                   and isinstance(n.func.value, ast.Name) and n.func.value.id == "torch"
+                   and module_name(p) != "expkit.run.checkpoint")
+    assert not calls

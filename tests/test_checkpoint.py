@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from expkit.run.checkpoint import (
+    FORMAT,
     BackgroundSaver,
+    Checkpoint,
     CheckpointError,
     UnsafeCheckpoint,
     load_file,
@@ -28,15 +30,15 @@ from expkit.run.checkpoint import (
 from expkit.run.provenance import sha256_file
 
 
-def state(step: int, size: int = 1000) -> dict:
-    return {"model": {"w": torch.full((size,), float(step))}, "optimizer": {"state": {}, "param_groups": []},
-            "epoch": 0, "batch": step, "step": step, "rng": {"torch": torch.get_rng_state()},
-            "config": {"model": {"width": 32}, "name": None}, "best_acc": -float("inf")}
+def state(step: int, size: int = 1000) -> Checkpoint:
+    return Checkpoint(model={"w": torch.full((size,), float(step))}, optimizer={"state": {}, "param_groups": []},
+                      epoch=0, batch=step, step=step, rng={"torch": torch.get_rng_state()},
+                      config={"model": {"width": 32}, "name": None}, best_acc=-float("inf"))
 
 
 def write_steps(folder: Path, steps, best=(), keep_last: int = 2) -> None:
     for s in steps:
-        save(folder, state(s), s, s in best, keep_last)
+        save(folder, state(s), s in best, keep_last)
 
 
 def test_save_writes_checksums_links_and_plain_data(tmp_path):
@@ -49,14 +51,39 @@ def test_save_writes_checksums_links_and_plain_data(tmp_path):
     assert os.path.samefile(folder / "best.pt", folder / "step-000000001.pt")
     # Loadable with plain torch.load(weights_only=True), as the contract promises.
     loaded = torch.load(folder / "last.pt", weights_only=True)
-    assert loaded["step"] == 2 and torch.equal(loaded["model"]["w"], state(2)["model"]["w"])
-    assert load_file(folder / "best.pt")["step"] == 1
+    assert loaded["step"] == 2 and torch.equal(loaded["model"]["w"], state(2).model["w"])
+    assert loaded["format"] == FORMAT
+    assert load_file(folder / "best.pt").step == 1
     # Checkpoints skip the zip records' CRC-32s where torch can (torch.load never reads them;
     # the sidecar's SHA-256 is checked), but torch.save in the user's own code keeps them.
     if hasattr(torch.serialization, "get_crc32_options"):
         records = zipfile.ZipFile(folder / "last.pt").infolist()
         assert all(r.CRC == 0 for r in records if r.file_size)
         assert torch.serialization.get_crc32_options() is True
+
+
+def write_raw(folder: Path, name: str, blob: dict) -> Path:
+    """A file written by hand as another version of expkit would write it, with its checksum."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    torch.save(blob, path)
+    Path(f"{path}.sha256").write_text(sha256_file(path))
+    return path
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_saying_so(tmp_path):
+    path = write_raw(tmp_path, "last.pt", dict(state(3).to_state(), format=FORMAT + 1))
+    with pytest.raises(CheckpointError, match=rf"format {FORMAT + 1}, newer than this expkit reads .*upgrade"):
+        load_file(path)
+
+
+def test_a_checkpoint_from_before_the_format_version_still_loads(tmp_path):
+    old = state(3).to_state()
+    del old["format"], old["train_tally"]
+    path = write_raw(tmp_path, "last.pt", dict(old, train_sums=[1.5, 3, 4]))
+    loaded = load_file(path)
+    assert loaded.format == 0 and loaded.step == 3 and loaded.path == path
+    assert loaded.train_tally == {"terms": [1.5], "correct": 3, "count": 4}
 
 
 def test_rng_state_restores_every_stream_also_from_an_older_checkpoints_list():
@@ -76,7 +103,8 @@ def test_rng_state_restores_every_stream_also_from_an_older_checkpoints_list():
     # Both keep the second of a pair of normals: the saved state holds a cached value.
     random.gauss(0, 1)
     np.random.randn()
-    saved = torch.load(io.BytesIO(to_bytes({"rng": rng_state()})), weights_only=True)["rng"]
+    blob = to_bytes(Checkpoint(model={}, optimizer={}, epoch=0, batch=0, step=0, rng=rng_state()))
+    saved = torch.load(io.BytesIO(blob), weights_only=True)["rng"]
     expected = draws()
     set_rng_state(saved)
     assert draws() == expected
@@ -92,8 +120,8 @@ def test_keep_last_retention_keeps_only_k_numbered_plus_links(tmp_path):
     sidecars = sorted(p.name for p in folder.glob("step-*.sha256"))
     assert sidecars == [f"{p.name}.sha256" for p in reversed(numbered(folder))]
     # best.pt is a hard link: its data outlives the numbered file it was made from.
-    assert load_file(folder / "best.pt")["step"] == 2
-    assert load_file(folder / "last.pt")["step"] == 7
+    assert load_file(folder / "best.pt").step == 2
+    assert load_file(folder / "last.pt").step == 7
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bit-flipped", "no checksum"])
@@ -111,14 +139,14 @@ def test_damaged_newest_falls_back_with_a_warning_naming_it(tmp_path, caplog, da
         Path(f"{newest}.sha256").unlink()
     problems: list[str] = []
     with caplog.at_level(logging.WARNING, logger="expkit"):
-        loaded, path = load_latest(folder, problems=problems)
-    assert loaded["step"] == 1 and path.name in ("step-000000001.pt", "last.pt")
+        loaded = load_latest(folder, problems=problems)
+    assert loaded.step == 1 and loaded.path.name in ("step-000000001.pt", "last.pt")
     assert "step-000000002.pt" in caplog.text and "resuming from" in caplog.text
     assert problems and "step-000000002.pt" in problems[0]
     # Under torchrun every rank resumes; ranks other than 0 choose the same file silently.
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="expkit"):
-        assert load_latest(folder, warn=False)[0]["step"] == 1
+        assert load_latest(folder, warn=False).step == 1
     assert caplog.text == ""
 
 
@@ -142,21 +170,20 @@ def test_a_file_that_is_not_an_expkit_checkpoint_is_skipped(tmp_path):
     other = folder / "step-000000005.pt"
     torch.save({"weight": torch.zeros(3)}, other)  # a bare state_dict, with a valid checksum
     Path(f"{other}.sha256").write_text(sha256_file(other))
-    loaded, _ = load_latest(folder)
-    assert loaded["step"] == 1
+    assert load_latest(folder).step == 1
 
 
 def test_background_saves_write_the_state_as_submitted_one_at_a_time(tmp_path, monkeypatch):
     monkeypatch.setenv("EXPKIT_TEST_SLOW_WRITE", "0.05")  # a write of ~0.3 s: pauses between its steps
     folder, saver = tmp_path / "checkpoints", BackgroundSaver()
     first = state(1)
-    saver.submit(folder, first, 1, True, 2)
+    saver.submit(folder, first, True, 2)
     assert saver.thread.is_alive()  # submit returned while the write goes on
-    first["model"]["w"].fill_(99.0)  # training changes the weights in place meanwhile
-    saver.submit(folder, state(2), 2, False, 2)  # waits for the first: never two in flight
-    assert load_file(folder / "best.pt")["model"]["w"].eq(1.0).all()
+    first.model["w"].fill_(99.0)  # training changes the weights in place meanwhile
+    saver.submit(folder, state(2), False, 2)  # waits for the first: never two in flight
+    assert load_file(folder / "best.pt").model["w"].eq(1.0).all()
     saver.wait()
-    assert saver.thread is None and load_file(folder / "last.pt")["step"] == 2
+    assert saver.thread is None and load_file(folder / "last.pt").step == 2
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -164,13 +191,13 @@ def test_a_failed_background_save_is_raised_on_the_training_thread(tmp_path):
     blocked = tmp_path / "checkpoints"
     blocked.write_text("a file where the folder should be")
     saver = BackgroundSaver()
-    saver.submit(blocked, state(1), 1, False, 2)
+    saver.submit(blocked, state(1), False, 2)
     with pytest.raises(OSError):
         saver.wait()
     saver.wait()  # raised once; the saver is usable again
-    saver.submit(tmp_path / "elsewhere", state(2), 2, False, 2)
+    saver.submit(tmp_path / "elsewhere", state(2), False, 2)
     saver.wait()
-    assert load_file(tmp_path / "elsewhere" / "last.pt")["step"] == 2
+    assert load_file(tmp_path / "elsewhere" / "last.pt").step == 2
 
 
 def test_leftovers_of_a_killed_save_are_ignored_then_cleaned(tmp_path):
@@ -179,7 +206,7 @@ def test_leftovers_of_a_killed_save_are_ignored_then_cleaned(tmp_path):
     (folder / ".step-000000002.pt.tmp").write_bytes(b"half a checkpoint")
     (folder / "step-000000002.pt.sha256").write_text("0" * 64)  # its data never arrived
     (folder / ".last.pt.tmp").write_bytes(b"")
-    assert load_latest(folder)[0]["step"] == 1
+    assert load_latest(folder).step == 1
     write_steps(folder, [3])
     assert not list(folder.glob(".*.tmp")) and not (folder / "step-000000002.pt.sha256").exists()
 
@@ -188,9 +215,9 @@ def test_a_newer_damaged_file_never_makes_retention_delete_the_good_ones(tmp_pat
     folder = tmp_path / "checkpoints"
     write_steps(folder, [10, 20])
     os.truncate(folder / "step-000000020.pt", 5)
-    assert load_latest(folder)[0]["step"] == 10  # a resume from 10 then saves 11, 12
+    assert load_latest(folder).step == 10  # a resume from 10 then saves 11, 12
     write_steps(folder, [11, 12])
-    assert load_latest(folder)[0]["step"] == 12
+    assert load_latest(folder).step == 12
     assert {p.name for p in numbered(folder)} >= {"step-000000011.pt", "step-000000012.pt"}
 
 
@@ -207,7 +234,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path):
     write_steps(folder, [1])  # an older good one must not be silently used instead
     marker = tmp_path / "pwned"
     evil = folder / "step-000000002.pt"
-    torch.save(dict(state(2), payload=Evil(marker)), evil)
+    torch.save(dict(state(2).to_state(), payload=Evil(marker)), evil)
     Path(f"{evil}.sha256").write_text(sha256_file(evil))  # the checksum matches
     with pytest.raises(UnsafeCheckpoint, match="would run code") as info:
         load_latest(folder)
@@ -249,37 +276,37 @@ size = 150_000  # 600 kB: ten 64 KiB chunks, each followed by a sleep
 os.environ["EXPKIT_TEST_SLOW_WRITE"] = "0.003"
 
 def state(step):
-    return {"model": {"w": torch.full((size,), float(step))}, "optimizer": {}, "epoch": 0, "batch": step,
-            "step": step, "rng": {}}
+    return checkpoint.Checkpoint(model={"w": torch.full((size,), float(step))}, optimizer={}, epoch=0, batch=step,
+                                 step=step, rng={})
 
-checkpoint.save(folder, state(1), 1, True, 2)
+checkpoint.save(folder, state(1), True, 2)
 started = time.perf_counter()
-checkpoint.save(folder, state(2), 2, False, 2)
+checkpoint.save(folder, state(2), False, 2)
 duration = time.perf_counter() - started
 complete, step, rounds = 2, 2, []
 for i in range(points):
     step += 1
     pid = os.fork()
     if pid == 0:
-        checkpoint.save(folder, state(step), step, step % 4 == 0, 2)
+        checkpoint.save(folder, state(step), step % 4 == 0, 2)
         os._exit(0)
     time.sleep(duration * 1.6 * (i + 0.5) / points)  # some kills land after the write is done
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     names = sorted(p.name for p in folder.iterdir())
-    loaded, path = checkpoint.load_latest(folder)
+    loaded = checkpoint.load_latest(folder)
     every_numbered_valid = True
     for p in checkpoint.numbered(folder):
         try:
             checkpoint.load_file(p)
         except checkpoint.CheckpointError:
             every_numbered_valid = False
-    rounds.append({"step": step, "before": complete, "loaded": loaded["step"], "path": path.name,
-                   "right_data": bool(torch.equal(loaded["model"]["w"], state(loaded["step"])["model"]["w"])),
+    rounds.append({"step": step, "before": complete, "loaded": loaded.step, "path": loaded.path.name,
+                   "right_data": bool(torch.equal(loaded.model["w"], state(loaded.step).model["w"])),
                    "tmp": [n for n in names if n.endswith(".tmp")], "every_numbered_valid": every_numbered_valid,
                    "numbered": len(checkpoint.numbered(folder))})
-    complete = loaded["step"]
-checkpoint.save(folder, state(step + 1), step + 1, False, 2)  # a save that is not killed tidies up
+    complete = loaded.step
+checkpoint.save(folder, state(step + 1), False, 2)  # a save that is not killed tidies up
 final = sorted(p.name for p in folder.iterdir())
 print(json.dumps({"duration": duration, "rounds": rounds, "final": final}))
 """

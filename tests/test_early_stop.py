@@ -22,13 +22,12 @@ def resume_trainer(run_dir, overrides):
 
     from expkit.config.compose import task_config
     from expkit.config.schema import validate
-    from expkit.run.checkpoint import Loaded, load_latest
+    from expkit.run.checkpoint import load_latest
     from expkit.training.build import build
 
     with initialize_config_module("expkit.conf", version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    state, path = load_latest(run_dir / "checkpoints")
-    return build(validate(task_config(cfg)), cfg, run_dir, Loaded(state, path))
+    return build(validate(task_config(cfg)), cfg, run_dir, load_latest(run_dir / "checkpoints"))
 
 
 def test_a_resumed_run_stops_at_the_same_epoch_with_the_same_weights(tmp_path):

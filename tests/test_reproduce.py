@@ -13,7 +13,9 @@ import torch
 from conftest import FAST, git, make_git_repo, only_run, run_cli
 
 from expkit.cli import main
+from expkit.errors import ConfigError
 from expkit.reproduce import Result, _compare
+from expkit.run.provenance import sha256_file
 
 pytestmark = pytest.mark.e2e
 
@@ -85,6 +87,11 @@ def test_a_different_result_is_exit_1(trained, tmp_path):
     state["model"][first] = state["model"][first] + 1e-6
     torch.save(state, copy / "checkpoints" / "last.pt")
     meta = json.loads((run / "meta.json").read_text())
+    # The weights are read with the checkpoint's checks: a file that no longer matches its
+    # checksum is not compared as if it were the run's.
+    with pytest.raises(ConfigError, match="last.pt does not match its checksum"):
+        _compare(copy, run, meta, Result(run_dir=copy))
+    (copy / "checkpoints" / "last.pt.sha256").write_text(sha256_file(copy / "checkpoints" / "last.pt"))
     result = Result(run_dir=copy)
     _compare(copy, run, meta, result)  # the original stands in for the re-run
     assert result.exit_code == 1

@@ -365,6 +365,7 @@ def test_which_overrides_and_epoch_changes_a_resume_accepts():
     from omegaconf import OmegaConf
 
     from expkit.resuming import check_epochs, check_overrides
+    from expkit.run.checkpoint import Checkpoint
 
     cfg = OmegaConf.create({"trainer": {"epochs": 3, "max_steps": None}, "model": {"width": 32},
                             "sched": {"name": "none"}})
@@ -376,7 +377,8 @@ def test_which_overrides_and_epoch_changes_a_resume_accepts():
     assert "key=value" in check_overrides(cfg, ["trainer.epochs"], force=False)
 
     def state(epoch, epochs=3):
-        return {"epoch": epoch, "config": {"trainer": {"epochs": epochs}}}
+        return Checkpoint(model={}, optimizer={}, epoch=epoch, batch=0, step=epoch, rng={},
+                          config={"trainer": {"epochs": epochs}})
 
     def with_(sched, epochs):
         return OmegaConf.merge(cfg, {"sched": {"name": sched}, "trainer": {"epochs": epochs}})

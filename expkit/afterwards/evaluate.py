@@ -11,7 +11,7 @@ from typing import Any
 
 from expkit.afterwards.loading import RunModel, load_run
 from expkit.errors import ConfigError
-from expkit.run.folder import strict, write_atomic, write_json
+from expkit.run.folder import RunDir, strict, write_atomic, write_json
 
 SPLITS = ("test", "val", "train")
 
@@ -75,8 +75,8 @@ def evaluate(run_dir: str | Path, split: str = "test", checkpoint: str = "best",
     """The eval dict: split, checkpoint, step, loss, acc, per_class, confusion (and more)."""
     run = load_run(run_dir, checkpoint, overrides)
     loader, data = split_loader(run, split)
-    result = {"split": split, "checkpoint": run.label, "step": run.state.get("step"),
-              "epoch": run.state.get("epoch"), "checkpoint_file": str(run.checkpoint),
+    result = {"split": split, "checkpoint": run.label, "step": run.saved.step,
+              "epoch": run.saved.epoch, "checkpoint_file": str(run.checkpoint),
               "data": data.info["name"], "overrides": list(overrides), **score(run, loader),
               "classes": run.classes}
     result = strict(result)
@@ -86,7 +86,7 @@ def evaluate(run_dir: str | Path, split: str = "test", checkpoint: str = "best",
 
 
 def write_outputs(run: RunModel, result: dict[str, Any]) -> list[str]:
-    folder = run.path / "eval"
+    folder = RunDir(run.path).eval_dir
     folder.mkdir(exist_ok=True)
     stem = f"{result['split']}-{run.label}"
     if result["overrides"]:  # another data set (or setting): its own files, beside the run's own

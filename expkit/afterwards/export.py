@@ -15,7 +15,7 @@ from typing import Any
 
 from expkit.afterwards.loading import RunModel, load_run
 from expkit.errors import EXIT_FAILED, ConfigError, RunFailed
-from expkit.run.folder import write_atomic, write_json
+from expkit.run.folder import RunDir, write_atomic, write_json
 
 FORMATS = {"torchscript": ".torchscript.pt", "exported": ".pt2"}
 ATOL, RTOL = 1e-5, 1e-4
@@ -83,7 +83,7 @@ def export(run_dir: str | Path, checkpoint: str = "best", fmt: str = "torchscrip
     module = normalized(run)
     example = example_batch(run)
     info = {"format": fmt, "checkpoint": run.label, "checkpoint_file": str(run.checkpoint),
-            "step": run.state.get("step"), "epoch": run.state.get("epoch"),
+            "step": run.saved.step, "epoch": run.saved.epoch,
             "input": f"float32 (N, {', '.join(map(str, run.input_shape))}) in [0, 1]; normalized inside",
             "output": f"logits (N, {len(run.classes)})", "input_shape": list(run.input_shape),
             "classes": run.classes, "mean": run.mean, "std": run.std,
@@ -93,7 +93,7 @@ def export(run_dir: str | Path, checkpoint: str = "best", fmt: str = "torchscrip
     except Exception as e:
         raise ConfigError(f"--format {fmt}: this model cannot be exported so: {type(e).__name__}: "
                           f"{(str(e).splitlines() or [''])[0]}") from None
-    folder = run.path / "export"
+    folder = RunDir(run.path).export_dir
     folder.mkdir(exist_ok=True)
     path = folder / f"model-{run.label}{FORMATS[fmt]}"
     write_atomic(path, data)

@@ -14,9 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from expkit.config.compose import upgrade_saved
 from expkit.errors import ConfigError
-from expkit.run.folder import read_json
+from expkit.run.checkpoint import BEST, LAST, Checkpoint
+from expkit.run.folder import RunDir
 
-NAMED = ("best", "last")
+NAMED = (BEST, LAST)
 
 
 @dataclass
@@ -25,7 +26,7 @@ class RunModel:
     cfg: DictConfig  # the run's config, overrides applied
     typed: dict[str, Any]  # the same, validated
     model: Any  # the nn.Module, in eval mode, weights loaded
-    state: dict[str, Any]  # the checkpoint
+    saved: Checkpoint  # what the checkpoint file holds
     label: str  # best, last, or the checkpoint file's stem: names eval/ and export/ outputs
     checkpoint: Path
     classes: list[str]
@@ -35,21 +36,22 @@ class RunModel:
     device: Any
 
     def describe(self) -> str:
-        return f"checkpoint {self.label} (epoch {self.state.get('epoch')}, step {self.state.get('step')})"
+        return f"checkpoint {self.label} (epoch {self.saved.epoch}, step {self.saved.step})"
 
 
 def open_run(run_dir: str | Path) -> tuple[Path, DictConfig]:
-    path = Path(run_dir)
-    if not path.exists():
+    rundir = RunDir(run_dir)
+    if not rundir.path.exists():
         raise ConfigError(f"RUN_DIR {str(run_dir)!r} does not exist.")
-    if not path.is_dir():
+    if not rundir.path.is_dir():
         raise ConfigError(f"RUN_DIR {str(run_dir)!r} is not a folder.")
-    if not (path / "config.yaml").exists():
-        raise ConfigError(f"{str(run_dir)!r} is not an expkit run folder (it has no config.yaml).")
+    name = rundir.config.name
+    if not rundir.config.exists():
+        raise ConfigError(f"{str(run_dir)!r} is not an expkit run folder (it has no {name}).")
     try:
-        return path, upgrade_saved(OmegaConf.load(path / "config.yaml"))
+        return rundir.path, upgrade_saved(OmegaConf.load(rundir.config))
     except Exception as e:
-        raise ConfigError(f"{str(run_dir)!r}: cannot read its config.yaml: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{str(run_dir)!r}: cannot read its {name}: {str(e).splitlines()[0]}") from None
 
 
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -81,22 +83,28 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
 
 
 def checkpoint_file(path: Path, checkpoint: str) -> tuple[str, Path]:
-    """(label, file) for `--checkpoint best|last|FILE`."""
+    """(label, file) for `--checkpoint best|last|FILE`. A relative FILE is looked for in
+    the run folder first (checkpoints/step-000000040.pt), then in its checkpoints/ folder
+    (step-000000040.pt), then in the current folder."""
+    from expkit.run.checkpoint import named_file
+
+    folder = RunDir(path).checkpoints
     if checkpoint in NAMED:
-        file = path / "checkpoints" / f"{checkpoint}.pt"
+        file = named_file(folder, checkpoint)
         if not file.exists():
-            raise ConfigError(f"--checkpoint {checkpoint}: {path} has no checkpoints/{checkpoint}.pt (the run wrote "
-                              "no checkpoint: trainer.checkpoint=false, or it stopped before its first epoch ended).")
+            raise ConfigError(f"--checkpoint {checkpoint}: {path} has no {file.relative_to(path)} (the run wrote no "
+                              "checkpoint: trainer.checkpoint=false, or it stopped before its first epoch ended).")
         return checkpoint, file
-    file = Path(checkpoint)
-    if not file.exists() and (path / "checkpoints" / checkpoint).exists():
-        file = path / "checkpoints" / checkpoint
-    if not file.is_file():
-        raise ConfigError(f"--checkpoint {checkpoint}: no such file (give best, last, or a checkpoint file).")
+    given = Path(checkpoint)
+    places = [given] if given.is_absolute() else [path / given, folder / given, given]
+    file = next((p for p in places if p.is_file()), None)
+    if file is None:
+        raise ConfigError(f"--checkpoint {checkpoint}: no such file in {path}, its {folder.name}/ or the current "
+                          "folder (give best, last, or a checkpoint file).")
     return file.name.removesuffix(".pt"), file
 
 
-def read_checkpoint(file: Path, own: bool) -> dict[str, Any]:
+def read_checkpoint(file: Path, own: bool) -> Checkpoint:
     """weights_only; a damaged file or one that is not an expkit checkpoint is bad input."""
     from expkit.run.checkpoint import CheckpointError, load_file
 
@@ -106,10 +114,10 @@ def read_checkpoint(file: Path, own: bool) -> dict[str, Any]:
         raise ConfigError(f"checkpoint {file}: {' '.join(str(e).split())}") from None
 
 
-def data_facts(path: Path, state: dict[str, Any], typed: dict[str, Any]) -> dict[str, Any]:
+def data_facts(path: Path, saved: Checkpoint, typed: dict[str, Any]) -> dict[str, Any]:
     """Classes, input shape and normalization of the run's training data: from the
     checkpoint, else meta.json, else the run's data built again (checkpoints of older runs)."""
-    for facts in (state.get("data"), read_json(path / "meta.json").get("data")):
+    for facts in (saved.data, RunDir(path).meta_or_empty().get("data")):
         if facts and all(facts.get(k) is not None for k in ("classes", "input_shape", "mean", "std")):
             return facts
     from expkit.data import build_data
@@ -124,7 +132,7 @@ def run_code(run_dir: str | Path, objects: dict[str, Any] | None = None):
     does; `objects` (group -> object, from the Python API) stand for code a notebook defined."""
     from expkit.config.imports import using
 
-    return using(directory=read_json(Path(run_dir) / "meta.json").get("cwd"), objects=objects)
+    return using(directory=RunDir(run_dir).meta_or_empty().get("cwd"), objects=objects)
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str] | tuple[str, ...] = (),
@@ -142,20 +150,20 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
     typed = validate(cfg)
     typed["data"] = dataclasses.replace(typed["data"], augment=False)  # scoring sees the plain examples
     label, file = checkpoint_file(path, checkpoint)
-    own = file.resolve().parent == (path / "checkpoints").resolve()
-    state = read_checkpoint(file, own)
-    facts = data_facts(path, state, validate(saved) if overrides else typed)
+    own = file.resolve().parent == RunDir(path).checkpoints.resolve()
+    checkpoint = read_checkpoint(file, own)
+    facts = data_facts(path, checkpoint, validate(saved) if overrides else typed)
     model = build_model_for(typed, facts["input_shape"], len(facts["classes"]))
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(checkpoint.model)
     except RuntimeError as e:
         from expkit.config.compose import plain
 
-        reason = model_mismatch(state.get("config"), plain(cfg), e)
+        reason = model_mismatch(checkpoint.config, plain(cfg), e)
         raise ConfigError(f"checkpoint {file} does not fit this run's model: {reason}") from None
     target = torch.device(device) if device else pick_device(typed["trainer"].accelerator)
     model.to(target).eval()
-    return RunModel(path=path, cfg=cfg, typed=typed, model=model, state=state, label=label, checkpoint=file,
+    return RunModel(path=path, cfg=cfg, typed=typed, model=model, saved=checkpoint, label=label, checkpoint=file,
                     classes=list(facts["classes"]), mean=list(facts["mean"]), std=list(facts["std"]),
                     input_shape=tuple(facts["input_shape"]), device=target)
 

@@ -46,7 +46,8 @@ def main(args: list[str]) -> int:
 
     from expkit import sweep
     from expkit.app import Stopped, StopSignals
-    from expkit.config.compose import check_overrides, hydra_overrides, is_multirun
+    from expkit.config.compose import CONFIG_MODULE, PRIMARY, check_overrides, hydra_overrides, is_multirun
+    from expkit.run.folder import RunDir
 
     args = sweep.prepare_args(args)  # -m ... sweep.resume=true: find the sweep folder to continue
     multirun = is_multirun(args)
@@ -62,13 +63,13 @@ def main(args: list[str]) -> int:
                     if folder is None and not multirun:
                         check_given_run_dir(cfg)
             sys.argv = [sys.argv[0], *args]  # Hydra reads sys.argv: show it exactly what follows `expkit train`
-            hydra.main(config_path="pkg://expkit.conf", config_name="config", version_base="1.3")(hydra_task)()
+            hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=PRIMARY, version_base="1.3")(hydra_task)()
         except (Stopped, SystemExit) as e:
             code = e.exit_code if isinstance(e, Stopped) else e.code
             sweep_dir = folder or given_dir(args, "hydra.sweep.dir")
             if multirun and isinstance(code, int) and code >= 128 and sweep_dir is not None:
                 sweep.stopped(sweep_dir)  # the summary says which jobs will not run
-            elif isinstance(e, Stopped) and folder is not None and not (folder / "meta.json").exists():
+            elif isinstance(e, Stopped) and folder is not None and not RunDir(folder).is_run():
                 from expkit.app import remove_run_folder
 
                 remove_run_folder(folder)  # stopped before the run began: nothing to keep
@@ -115,9 +116,10 @@ def check_given_run_dir(cfg: DictConfig) -> None:
     """hydra.run.dir=DIR given on the command line: a folder that can be made and written,
     and that holds no run yet (continue one with `expkit resume DIR`)."""
     from expkit.errors import ConfigError
+    from expkit.run.folder import RunDir
 
     path = Path(str(cfg.hydra.run.dir))
-    if (path / "meta.json").exists():
+    if RunDir(path).is_run():
         raise ConfigError(f"hydra.run.dir: {str(path)!r} holds a run already; continue it with "
                           f"`expkit resume {path}`, or choose another folder.")
     if path.is_dir() and any(path.iterdir()):

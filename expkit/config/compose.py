@@ -12,6 +12,7 @@ from expkit.config import resolvers
 from expkit.errors import ConfigError
 
 CONFIG_MODULE = "expkit.conf"
+PRIMARY = "config"  # conf/config.yaml: the defaults list every composition starts from
 resolvers.register()
 
 
@@ -57,7 +58,7 @@ def compose(overrides: list[str], config_dir: str | None = None, hydra: bool = F
 
     extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        return hydra_compose("config", overrides=[*overrides, *extra], return_hydra_config=hydra)
+        return hydra_compose(PRIMARY, overrides=[*overrides, *extra], return_hydra_config=hydra)
 
 
 # ------------------------------------------------------------------ checking overrides

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from expkit.config.compose import flatten
+from expkit.config.compose import PRIMARY, flatten
 from expkit.config.schema import BASES, CHOICE_KEY, SCHEMAS, SINGLE, TOP_LEVEL, type_name
 
 GROUPS = ("data", "model", "optim", "sched", "init", "reg", "trainer")
@@ -61,7 +61,7 @@ def composed_groups() -> tuple[dict[str, str], dict[str, dict[str, dict[str, Any
     conf = files("expkit.conf")
     bases = {base_name(schema): schema for group in GROUPS
              for schema in ([BASES[group], *SCHEMAS[group].values()] if group in SCHEMAS else [SINGLE[group]])}
-    top = yaml.safe_load((conf / "config.yaml").read_text())
+    top = yaml.safe_load((conf / f"{PRIMARY}.yaml").read_text())
     defaults = {g: c for item in top["defaults"] if isinstance(item, dict) for g, c in item.items() if g in GROUPS}
     values: dict[str, dict[str, dict[str, Any]]] = {}
     for group in GROUPS:

@@ -3,7 +3,6 @@ resolving a config never makes a folder (the command that starts a run claims it
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 
@@ -31,9 +30,11 @@ def truthy(value: Any) -> bool:
 def hydra_subdir(output_dir: str, resume: Any) -> str | None:
     """hydra.output_subdir: `.hydra`, except for a job folder an earlier attempt of a resumed
     sweep made (it has a meta.json): Hydra must not rewrite that folder's files."""
-    if truthy(resume) and output_dir and (Path(output_dir) / "meta.json").exists():
+    from expkit.run.folder import RunDir
+
+    if truthy(resume) and output_dir and RunDir(output_dir).is_run():
         return None
-    return ".hydra"
+    return RunDir(".").hydra_dir.name
 
 
 def same_path(path: str) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from expkit.run.folder import RunDir
 from expkit.run.jobs import job_folders, read_job, read_scalars, split_override, varying_keys
 
 CHANCE = 0.1  # ten classes in every bundled data set; only used in wording
@@ -131,7 +132,7 @@ def load_job(folder: Path) -> Job:
     hydra_cfg = record.hydra or {}
     choices = ((hydra_cfg.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
     val_size = None
-    log = folder / "train.log"
+    log = RunDir(folder).log
     if log.exists():
         m = re.search(r": train (\d+), val (\d+)", log.read_text(errors="replace"))
         val_size = int(m.group(2)) if m else None

@@ -41,7 +41,7 @@ import pickle
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,10 @@ from expkit.run.provenance import sha256_file
 log = logging.getLogger("expkit")
 NUMBERED = re.compile(r"^step-(\d+)\.pt$")
 SIDECAR = re.compile(r"^step-(\d+)\.pt\.sha256$")
-# What a checkpoint needs to resume from; a file without these is not an expkit checkpoint.
-REQUIRED_KEYS = ("model", "optimizer", "epoch", "batch", "step", "rng")
+LAST, BEST = "last", "best"  # checkpoints/last.pt, checkpoints/best.pt
+# The layout of the file, raised when it changes: 1 is the first with a version (files
+# without one, written before, are read as 0 and load the same way).
+FORMAT = 1
 
 
 class CheckpointError(RuntimeError):
@@ -62,11 +64,69 @@ class CheckpointError(RuntimeError):
 
 
 @dataclass
-class Loaded:
-    """A checkpoint read back to continue from: its contents and the file it came from."""
+class Checkpoint:
+    """What a checkpoint holds: the one place that names its keys. The trainer fills it
+    (Trainer.checkpoint_state) and reads it back (Trainer.load_checkpoint); eval, predict,
+    export, expkit.load and reproduce read the weights and the facts beside them."""
 
-    state: dict[str, Any]
-    path: Path
+    model: dict[str, Any]  # the weights (state_dict of the plain module)
+    optimizer: dict[str, Any]
+    epoch: int  # epochs completed
+    batch: int  # batches of the current epoch done
+    step: int  # optimizer steps
+    rng: dict[str, Any]  # this rank's random streams (training/trainer.py rng_state)
+    schedule: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None  # fp16's GradScaler
+    best_acc: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # the last evaluation's
+    early_stop: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None  # name, classes, input_shape, mean, std: what predicting needs
+    warned_vanishing: bool = False
+    warned_exploding: bool = False
+    train_tally: dict[str, Any] | None = None  # the epoch's running train loss and accuracy
+    world_size: int = 1
+    config: dict[str, Any] | None = None  # the resolved config that trained these weights
+    rng_ranks: list[Any] | None = None  # DDP: every rank's streams
+    format: int = FORMAT
+    path: Path | None = None  # the file it was read from (not stored)
+
+    def to_state(self) -> dict[str, Any]:
+        """The plain dict that is written (tensors, numbers, strings, lists, dicts)."""
+        state = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
+        if self.rng_ranks is None:
+            del state["rng_ranks"]
+        return state
+
+    @classmethod
+    def from_state(cls, state: Any, path: Path) -> Checkpoint:
+        """Check what was read and type it; a file of another layout gets a message saying so."""
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path.name} is not an expkit checkpoint (it holds a {type(state).__name__})")
+        version = state.get("format", 0)
+        if not isinstance(version, int) or version > FORMAT:
+            raise CheckpointError(f"{path.name} has checkpoint format {version!r}, newer than this expkit reads "
+                                  f"(up to {FORMAT}): it was written by a newer expkit; upgrade expkit to read it")
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+                   and f.name not in state]
+        if missing:
+            raise CheckpointError(f"{path.name} is not an expkit checkpoint (it lacks {', '.join(missing)})")
+        known = {f.name for f in fields(cls)} - {"path"}
+        values = {k: v for k, v in state.items() if k in known}
+        if state.get("train_tally") is None and state.get("train_sums"):  # format 0, before train_tally
+            loss_sum, correct, count = state["train_sums"]
+            values["train_tally"] = {"terms": [loss_sum], "correct": correct, "count": count}
+        values.setdefault("format", 0)
+        return cls(**values, path=path)
+
+    @property
+    def file_label(self) -> str:
+        """How eval/ and export/ name what came from this file: best, last or the file's stem."""
+        return self.path.name.removesuffix(".pt") if self.path is not None else "?"
+
+
+def named_file(folder: Path, name: str) -> Path:
+    """checkpoints/best.pt or checkpoints/last.pt."""
+    return folder / f"{name}.pt"
 
 
 class UnsafeCheckpoint(CheckpointError):
@@ -132,16 +192,16 @@ def without_zip_crcs():
     return config.patch({"save.compute_crc32": False})
 
 
-def to_bytes(state: dict[str, Any]) -> bytes:
+def to_bytes(checkpoint: Checkpoint) -> bytes:
     buffer = io.BytesIO()
     with without_zip_crcs():
-        torch.save(on_cpu(state), buffer)
+        torch.save(on_cpu(checkpoint.to_state()), buffer)
     return buffer.getvalue()
 
 
-def save(folder: Path, state: dict[str, Any], step: int, best: bool, keep_last: int) -> Path:
-    """Write `state` as checkpoints/step-<step>.pt; last.pt (and best.pt) point at it."""
-    return write(folder, to_bytes(state), step, best, keep_last)
+def save(folder: Path, checkpoint: Checkpoint, best: bool, keep_last: int) -> Path:
+    """Write `checkpoint` as checkpoints/step-<step>.pt; last.pt (and best.pt) point at it."""
+    return write(folder, to_bytes(checkpoint), checkpoint.step, best, keep_last)
 
 
 def write(folder: Path, data: bytes, step: int, best: bool, keep_last: int) -> Path:
@@ -165,11 +225,12 @@ def write(folder: Path, data: bytes, step: int, best: bool, keep_last: int) -> P
         raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e} (it needs "
                               f"{len(data) / 1e6:.1f} MB, {free / 1e6:.1f} MB free there); the previous "
                               "checkpoint is intact") from None
-    for name in ("last.pt", "best.pt") if best else ("last.pt",):
+    for name in (LAST, BEST) if best else (LAST,):
+        link = named_file(folder, name)
         _pause()
-        _link_atomic(path, folder / name)
+        _link_atomic(path, link)
         _pause()
-        _link_atomic(sidecar, folder / f"{name}.sha256")
+        _link_atomic(sidecar, folder / f"{link.name}.sha256")
     fsync_dir(folder)
     _pause()
     # Only now that the new one is complete: the numbered ones beyond the newest keep_last.
@@ -192,9 +253,9 @@ class BackgroundSaver:
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
 
-    def submit(self, folder: Path, state: dict[str, Any], step: int, best: bool, keep_last: int) -> None:
+    def submit(self, folder: Path, checkpoint: Checkpoint, best: bool, keep_last: int) -> None:
         self.wait()
-        data = to_bytes(state)
+        data, step = to_bytes(checkpoint), checkpoint.step
 
         def run() -> None:
             started = time.perf_counter()
@@ -231,9 +292,10 @@ def numbered(folder: Path) -> list[Path]:
     return sorted(files, key=_number, reverse=True)
 
 
-def load_file(path: Path, map_location: Any = "cpu", require_checksum: bool = True) -> dict[str, Any]:
-    """Verify the checksum, then load with weights_only=True. `require_checksum=False`: a
-    file copied out of its run folder without its .sha256 is loaded unverified."""
+def load_file(path: Path, map_location: Any = "cpu", require_checksum: bool = True) -> Checkpoint:
+    """The one reader of checkpoints: verify the checksum, load with weights_only=True,
+    check the format. `require_checksum=False`: a file copied out of its run folder without
+    its .sha256 is loaded unverified."""
     sidecar = Path(f"{path}.sha256")
     if not sidecar.exists():
         if require_checksum:
@@ -255,14 +317,11 @@ def load_file(path: Path, map_location: Any = "cpu", require_checksum: bool = Tr
     except Exception as e:
         first = (str(e).splitlines() or [""])[0]
         raise CheckpointError(f"{path.name} could not be loaded: {type(e).__name__}: {first}") from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise CheckpointError(f"{path.name} is not an expkit checkpoint (it lacks {', '.join(missing)})")
-    return state
+    return Checkpoint.from_state(state, path)
 
 
 def load_latest(folder: Path, map_location: Any = "cpu", problems: list[str] | None = None,
-                warn: bool = True) -> tuple[dict[str, Any], Path]:
+                warn: bool = True) -> Checkpoint:
     """The newest valid checkpoint. A damaged newer one is skipped with a warning naming
     it (and appended to `problems`; `warn=False`: only that); a file that would run code
     stops everything."""
@@ -273,7 +332,7 @@ def load_latest(folder: Path, map_location: Any = "cpu", problems: list[str] | N
     # last.pt right after the newest numbered file: in a copy that did not keep the hard
     # links (cp -r, rsync without -H) it is a good second choice.
     newest = numbered(folder)
-    candidates = newest[:1] + [folder / "last.pt"] + newest[1:] + [folder / "best.pt"]
+    candidates = newest[:1] + [named_file(folder, LAST)] + newest[1:] + [named_file(folder, BEST)]
     candidates = [p for p in candidates if p.exists()]
     if not candidates:
         raise CheckpointError(f"{folder} holds no checkpoint to resume from")
@@ -285,7 +344,7 @@ def load_latest(folder: Path, map_location: Any = "cpu", problems: list[str] | N
             continue  # a link to a file already tried
         tried.add((st.st_dev, st.st_ino))
         try:
-            state = load_file(path, map_location)
+            checkpoint = load_file(path, map_location)
         except UnsafeCheckpoint:
             raise
         except CheckpointError as e:
@@ -294,6 +353,6 @@ def load_latest(folder: Path, map_location: Any = "cpu", problems: list[str] | N
             problems.append(str(e))
             continue
         if problems and warn:
-            log.warning("resuming from %s (step %s) instead", path, state.get("step"))
-        return state, path
+            log.warning("resuming from %s (step %s) instead", path, checkpoint.step)
+        return checkpoint
     raise CheckpointError(f"no usable checkpoint in {folder}: " + "; ".join(problems))

@@ -7,6 +7,12 @@ and its status. Everything that writes a run's record goes through here.
     git.diff      only when the tree was dirty: `git diff HEAD` + untracked files' names
     untracked.json  the untracked files: text up to a size cap, size and sha256 of all
     packages.txt  every installed distribution, `name==version`
+    train.log     the log; TensorBoard's event files sit beside it
+    metrics.json  the last evaluation's metrics, the best, the test split's
+    checkpoints/  run/checkpoint.py's files
+    eval/ export/ what `expkit eval` and `expkit export` write
+    reproduce.json  `expkit reproduce`'s report
+    .lock         names the process that holds the folder (FolderLock)
 """
 
 from __future__ import annotations
@@ -116,24 +122,61 @@ def read_yaml(path: Path) -> Any:
         return None
 
 
-
-
-
-
-
-
+def _inside(*parts: str) -> property:
+    return property(lambda self: self.path.joinpath(*parts))
 
 
 class RunDir:
+    """A run folder: the one place that names its files. Every other module asks it for a
+    path (`RunDir(path).metrics`) rather than joining a name itself."""
+
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
 
-    @property
-    def meta_path(self) -> Path:
-        return self.path / "meta.json"
+    # The files of a run folder (see the module's docstring).
+    CONFIG, META, HYDRA, CHECKPOINTS = "config.yaml", "meta.json", ".hydra", "checkpoints"
+    config = _inside(CONFIG)
+    hydra_dir = _inside(HYDRA)
+    hydra_config = _inside(HYDRA, CONFIG)
+    hydra_settings = _inside(HYDRA, "hydra.yaml")
+    hydra_overrides = _inside(HYDRA, "overrides.yaml")
+    meta_path = _inside(META)
+    git_diff = _inside("git.diff")
+    untracked = _inside("untracked.json")
+    packages = _inside("packages.txt")
+    log = _inside("train.log")
+    metrics = _inside("metrics.json")
+    checkpoints = _inside(CHECKPOINTS)
+    eval_dir = _inside("eval")
+    export_dir = _inside("export")
+    reproduce_report = _inside("reproduce.json")
+    lock = _inside(".lock")
+
+    def is_run(self) -> bool:
+        """A run folder, not a sweep's or a date's: it has its meta.json."""
+        return self.meta_path.is_file()
+
+    def read_config(self) -> Any:
+        """The resolved config as plain YAML (Hydra's copy for a job still starting); None if neither reads."""
+        found = read_yaml(self.config)
+        return found if found is not None else read_yaml(self.hydra_config)
+
+    def read_metrics(self) -> dict[str, Any]:
+        return read_json(self.metrics)
+
+    def read_untracked(self) -> list[dict[str, Any]]:
+        files = read_json(self.untracked).get("files", [])
+        return files if isinstance(files, list) else []
+
+    def read_git_diff(self) -> str:
+        return self.git_diff.read_text() if self.git_diff.is_file() else ""
 
     def read_meta(self) -> dict[str, Any]:
         return json.loads(self.meta_path.read_text())
+
+    def meta_or_empty(self) -> dict[str, Any]:
+        """meta.json, or {} while it is missing or unreadable (a run still starting)."""
+        return read_json(self.meta_path)
 
     def update_meta(self, **fields: Any) -> dict[str, Any]:
         meta = self.read_meta() if self.meta_path.exists() else {}
@@ -145,18 +188,19 @@ class RunDir:
                          world_size: int, cwd: str | None = None,
                          untracked_max_bytes: int = 256 * 1024) -> dict[str, Any]:
         self.path.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path / "config.yaml", resolved_yaml)
+        write_atomic(self.config, resolved_yaml)
         from expkit.run.provenance import environment, git_info, packages, packages_text, untracked_files, versions
 
         here = Path(cwd or os.getcwd())
         git, diff = git_info(cwd, exclude=(here / "runs", self.path))
         if diff is not None:
-            write_atomic(self.path / "git.diff", diff)
+            write_atomic(self.git_diff, diff)
         if git.get("untracked"):
-            files = untracked_files(git["repo"], git["untracked"], untracked_max_bytes, exclude=self.path)
+            files = untracked_files(git["repo"], git["untracked"], untracked_max_bytes,
+                                    is_run=lambda p: RunDir(p).is_run(), exclude=self.path)
             if files:
-                write_json(self.path / "untracked.json", {"max_bytes": untracked_max_bytes, "files": files})
-        write_atomic(self.path / "packages.txt", packages_text(packages()))
+                write_json(self.untracked, {"max_bytes": untracked_max_bytes, "files": files})
+        write_atomic(self.packages, packages_text(packages()))
         env = environment()
         return self.update_meta(
             git={k: v for k, v in git.items() if k != "untracked"},
@@ -178,7 +222,7 @@ class RunDir:
         meta.update(status="running", ended=None, resumes=[*meta.get("resumes", []), entry])
         write_json(self.meta_path, meta)
         if config_yaml is not None:
-            write_atomic(self.path / "config.yaml", config_yaml)
+            write_atomic(self.config, config_yaml)
 
     def restart(self) -> None:
         """Empty the folder (but Hydra's .hydra/) to train a job again from scratch, keeping
@@ -188,7 +232,7 @@ class RunDir:
         meta = self.read_meta()
         previous = {k: meta.get(k) for k in ("status", "started", "ended", "error") if meta.get(k) is not None}
         for child in self.path.iterdir():
-            if child.name not in (".hydra", ".lock"):
+            if child not in (self.hydra_dir, self.lock):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         self.update_meta(restarts=[*meta.get("restarts", []), previous])
 
@@ -213,7 +257,7 @@ def writer_gone(folder: str | os.PathLike) -> bool:
     """True when the process that last held the folder's lock is gone: a run still marked
     running was killed (SIGKILL, the OOM killer, a power cut)."""
     try:
-        pid, _, host = (Path(folder) / ".lock").read_text().strip().partition(" on ")
+        pid, _, host = RunDir(folder).lock.read_text().strip().partition(" on ")
     except OSError:
         return False
     return process_gone(pid, host)
@@ -225,7 +269,7 @@ class FolderLock:
     included), so it never stays stuck; the file only names the last holder."""
 
     def __init__(self, folder: str | os.PathLike):
-        self.path = Path(folder) / ".lock"
+        self.path = RunDir(folder).lock
         self.fd: int | None = None
 
     @property

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expkit.run.folder import read_json, read_yaml, writer_gone
+from expkit.run.folder import RunDir, read_yaml, writer_gone
 
 
 @dataclass
@@ -35,13 +35,13 @@ def job_folders(sweep_dir: Path, with_meta_only: bool = False) -> list[Path]:
     """The job folders of a sweep, by job number: those with a meta.json, and (unless
     `with_meta_only`) those Hydra has made for a job that has not written one yet. A run
     folder given as the sweep is its own only job."""
-    if (sweep_dir / "meta.json").exists():
+    if RunDir(sweep_dir).is_run():
         return [sweep_dir]
-    found = {p.parent for p in sweep_dir.glob("*/meta.json")}
-    found |= {p.parent for p in sweep_dir.glob("*/*/meta.json") if p.parent.parent not in found}
+    found = {p.parent for p in sweep_dir.glob(f"*/{RunDir.META}")}
+    found |= {p.parent for p in sweep_dir.glob(f"*/*/{RunDir.META}") if p.parent.parent not in found}
     if not with_meta_only:
         found |= {p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-                  and (p / ".hydra").is_dir()}
+                  and RunDir(p).hydra_dir.is_dir()}
     return sorted(found, key=lambda p: (job_number(p.name) is None, job_number(p.name) or 0, p.name))
 
 
@@ -57,7 +57,7 @@ def run_folders(root: Path) -> list[Path]:
                 entries = list(entries)
         except OSError:
             continue
-        if any(e.name == "meta.json" and e.is_file() for e in entries):
+        if any(e.name == RunDir.META and e.is_file() for e in entries):
             found.append(Path(folder))
             continue
         stack += [e.path for e in entries if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
@@ -67,19 +67,20 @@ def run_folders(root: Path) -> list[Path]:
 def read_job(folder: Path, config: bool = True) -> JobRecord:
     """A job or run folder read back; `config=False` skips config.yaml and Hydra's files
     (listing thousands of runs reads meta.json and metrics.json only)."""
-    meta = read_json(folder / "meta.json")
+    rundir = RunDir(folder)
+    meta = rundir.meta_or_empty()
     status = meta.get("status")
     if status == "running" and writer_gone(folder):
         status = "crashed"  # its process ended without saying how (SIGKILL, the OOM killer, a power cut)
     overrides = meta.get("overrides")
     if overrides is None:
-        overrides = read_yaml(folder / ".hydra" / "overrides.yaml") or []
-    metrics = read_json(folder / "metrics.json") or dict(meta.get("metrics") or {})
+        overrides = read_yaml(rundir.hydra_overrides) or []
+    metrics = rundir.read_metrics() or dict(meta.get("metrics") or {})
     if not config:
         return JobRecord(path=folder, number=job_number(folder.name), status=status, meta=meta,
                          metrics=metrics, overrides=[str(o) for o in overrides])
-    config = read_yaml(folder / "config.yaml") or read_yaml(folder / ".hydra" / "config.yaml") or {}
-    hydra = read_yaml(folder / ".hydra" / "hydra.yaml")
+    config = rundir.read_config() or {}
+    hydra = read_yaml(rundir.hydra_settings)
     return JobRecord(path=folder, number=job_number(folder.name), status=status, meta=meta,
                      metrics=metrics, overrides=[str(o) for o in overrides],
                      config=config if isinstance(config, dict) else {},

@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,13 @@ def tracked_diff(text: str | None) -> str:
     return text.split(UNTRACKED_HEADER, 1)[0].strip()
 
 
-def _in_run_folder(path: Path, root: Path, known: dict[Path, bool]) -> bool:
-    """Whether `path` lies inside an expkit run folder (one holding meta.json) below `root`."""
+def _in_run_folder(path: Path, root: Path, known: dict[Path, bool], is_run: Callable[[Path], bool]) -> bool:
+    """Whether `path` lies inside an expkit run folder (`is_run`) below `root`."""
     for parent in path.parents:
         if parent == root or root not in parent.parents:
             return False
         if parent not in known:
-            known[parent] = (parent / "meta.json").is_file()
+            known[parent] = is_run(parent)
         if known[parent]:
             return True
     return False
@@ -89,11 +90,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def untracked_files(repo_root: str | os.PathLike, names: list[str], cap_bytes: int,
+def untracked_files(repo_root: str | os.PathLike, names: list[str], cap_bytes: int, is_run: Callable[[Path], bool],
                     exclude: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """What rebuilds the untracked, non-ignored files: each one's path, size and sha256,
-    and the text itself for text files up to `cap_bytes`. Files inside run folders (and
-    inside `exclude`, the run's own folder) are outputs, not code, and are left out."""
+    and the text itself for text files up to `cap_bytes`. Files inside run folders (those
+    `is_run` tells; and inside `exclude`, the run's own folder) are outputs, not code, and
+    are left out."""
     root = Path(repo_root)
     skip = Path(exclude).resolve() if exclude is not None else None
     known: dict[Path, bool] = {}
@@ -102,7 +104,7 @@ def untracked_files(repo_root: str | os.PathLike, names: list[str], cap_bytes: i
         path = root / name
         if skip is not None and (path.resolve() == skip or skip in path.resolve().parents):
             continue
-        if _in_run_folder(path, root, known) or not path.is_file():
+        if _in_run_folder(path, root, known, is_run) or not path.is_file():
             continue
         size = path.stat().st_size
         entry: dict[str, Any] = {"path": name, "size": size, "sha256": sha256_file(path)}

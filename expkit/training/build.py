@@ -16,7 +16,7 @@ from expkit.errors import ConfigError
 from expkit.run.folder import RunDir
 
 if TYPE_CHECKING:
-    from expkit.run.checkpoint import Loaded
+    from expkit.run.checkpoint import Checkpoint
 
 log = logging.getLogger("expkit")
 
@@ -34,7 +34,7 @@ def pick_device(accelerator: str):
     return torch.device("cuda", dist.local_rank())
 
 
-def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: Loaded | None = None):
+def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: Checkpoint | None = None):
     """Everything the Trainer needs, in the order the course teaches it."""
     import torch
 
@@ -78,19 +78,18 @@ def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: Loaded 
     if t.compile:
         model = torch.compile(model)
 
-    state = resume.state if resume else None
     # On resume the TensorBoard writer opens only once the checkpoint fits (a refused resume
     # leaves no event file), purging what the run logged after the checkpoint's step.
-    writer = NullWriter() if state else make_writer(run_dir, dist.is_main() and t.tensorboard)
+    writer = NullWriter() if resume is not None else make_writer(run_dir, dist.is_main() and t.tensorboard)
     trainer = Trainer(cfg=typed, model=model, optimizer=optimizer, schedule=schedule, data=data,
                       device=device, run_dir=run_dir, writer=writer, config_plain=plain(cfg))
-    if state:
+    if resume is not None:
         try:
-            trainer.load_state_dict(state)
+            trainer.load_checkpoint(resume)
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
             raise ConfigError(f"checkpoint {resume.path} does not fit this model/config: "
                               f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
-        trainer.writer = make_writer(run_dir, dist.is_main() and t.tensorboard, purge_step=state["step"] + 1)
+        trainer.writer = make_writer(run_dir, dist.is_main() and t.tensorboard, purge_step=resume.step + 1)
         log.info("resumed from %s: epoch %d, batch %d, step %d", resume.path, trainer.epoch,
                  trainer.batch, trainer.step)
     elif dist.is_main():
@@ -127,7 +126,7 @@ def _short(values: list[float]) -> str:
 def log_header(typed, cfg: DictConfig, run_dir: Path, device) -> None:
     import json
 
-    meta = RunDir(run_dir).read_meta() if (run_dir / "meta.json").exists() else {}
+    meta = RunDir(run_dir).meta_or_empty()
     log.info("run folder: %s", run_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(task_config(cfg), resolve=True).rstrip())
     log.info("git: %s", json.dumps(meta.get("git", {})))
@@ -153,7 +152,7 @@ def _describe(module) -> str:
 def write_text_summaries(writer, cfg: DictConfig, run_dir: Path, model) -> None:
     import json
 
-    meta = RunDir(run_dir).read_meta() if (run_dir / "meta.json").exists() else {}
+    meta = RunDir(run_dir).meta_or_empty()
     writer.text("config", OmegaConf.to_yaml(task_config(cfg), resolve=True))
     writer.text("git", json.dumps(meta.get("git", {}), indent=2))
     writer.text("model", str(model))

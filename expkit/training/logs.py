@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from expkit.run.folder import RunDir
+
 LOGGER = "expkit"
 FILE_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
@@ -25,7 +27,7 @@ def setup_logging(run_dir: Path | None, rank: int = 0, level: int = logging.INFO
         handler.setLevel(logging.WARNING)
         log.addHandler(handler)
         if run_dir is not None:  # their errors (and tracebacks) land in train.log too
-            file_handler = logging.FileHandler(Path(run_dir) / "train.log")
+            file_handler = logging.FileHandler(RunDir(run_dir).log)
             file_handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s"))
             file_handler.setLevel(logging.ERROR)
             log.addHandler(file_handler)
@@ -35,7 +37,7 @@ def setup_logging(run_dir: Path | None, rank: int = 0, level: int = logging.INFO
                                            datefmt="%H:%M:%S"))
     log.addHandler(console)
     if run_dir is not None:
-        file_handler = logging.FileHandler(Path(run_dir) / "train.log")
+        file_handler = logging.FileHandler(RunDir(run_dir).log)
         file_handler.setFormatter(logging.Formatter(FILE_FORMAT))
         log.addHandler(file_handler)
     return log

@@ -39,7 +39,7 @@ from torch import nn
 
 from expkit.config.compose import flatten
 from expkit.run import checkpoint
-from expkit.run.folder import write_json
+from expkit.run.folder import RunDir, write_json
 from expkit.training import dist
 from expkit.training.early_stop import EarlyStop, resolve_monitor
 from expkit.training.logs import Progress
@@ -182,6 +182,7 @@ class Trainer:
         self.cfg, self.t, self.reg = cfg, cfg["trainer"], cfg["reg"]
         self.model, self.optimizer, self.schedule, self.data = model, optimizer, schedule, data
         self.device, self.run_dir, self.writer = device, Path(run_dir), writer
+        self.rundir = RunDir(run_dir)
         self.config_plain = config_plain
         self.main = dist.is_main()
         self.raw_model = unwrap(model)
@@ -498,22 +499,23 @@ class Trainer:
 
     def score_test(self) -> None:
         """The best checkpoint's weights on the test split, then the last weights back."""
-        best_pt = self.run_dir / "checkpoints" / "best.pt"
+        best_pt = checkpoint.named_file(self.rundir.checkpoints, checkpoint.BEST)
+        shown = best_pt.relative_to(self.run_dir)
         dist.barrier()  # rank 0 has written best.pt before any rank reads it
         if not (self.t.checkpoint and best_pt.exists()):
             test, _ = self.evaluate(self.data.test)
-            scored, step = "the last weights (trainer.checkpoint=false: no best.pt)", self.step
+            scored, step = f"the last weights (trainer.checkpoint=false: no {best_pt.name})", self.step
         else:
-            state = checkpoint.load_file(best_pt, map_location=self.device)
+            best_state = checkpoint.load_file(best_pt, map_location=self.device)
             last = {k: v.detach().clone() for k, v in self.raw_model.state_dict().items()}
-            self.raw_model.load_state_dict(state["model"])
+            self.raw_model.load_state_dict(best_state.model)
             try:
                 test, _ = self.evaluate(self.data.test)
             finally:
                 self.raw_model.load_state_dict(last)
-            step = state["step"]
+            step = best_state.step
             best = self.early_stop.best
-            scored = (f"checkpoints/best.pt (epoch {state['epoch']}, step {step}"
+            scored = (f"{shown} (epoch {best_state.epoch}, step {step}"
                       + (f", best {self.early_stop.monitor} {best:.4f})" if best is not None else ")"))
         self.last_metrics.update({"test/loss": test["loss"], "test/acc": test["acc"], "test/step": step})
         self.writer.scalars({"test/loss": test["loss"], "test/acc": test["acc"]}, step)
@@ -522,7 +524,7 @@ class Trainer:
 
     def write_metrics(self) -> None:
         if self.main:
-            write_json(self.run_dir / "metrics.json", dict(self.last_metrics, epoch=self.epoch, step=self.step))
+            write_json(self.rundir.metrics, dict(self.last_metrics, epoch=self.epoch, step=self.step))
 
     # ---------------------------------------------------------------- helpers
     def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -559,46 +561,43 @@ class Trainer:
         raise Interrupted(self.stop_signal, self.step)
 
     # ------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.raw_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "epoch": self.epoch, "batch": self.batch, "step": self.step,
-            "best_acc": self.best_acc, "metrics": dict(self.last_metrics),
-            "early_stop": self.early_stop.state_dict(),
+    def checkpoint_state(self) -> checkpoint.Checkpoint:
+        return checkpoint.Checkpoint(
+            model=self.raw_model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            schedule=self.schedule.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            epoch=self.epoch, batch=self.batch, step=self.step,
+            best_acc=self.best_acc, metrics=dict(self.last_metrics),
+            early_stop=self.early_stop.state_dict(),
             # What predicting with the weights needs: the input's normalization and the classes.
-            "data": {"name": self.data.info.get("name"), "classes": list(self.data.classes),
-                     "input_shape": list(self.data.input_shape), "mean": list(self.data.mean),
-                     "std": list(self.data.std)},
-            "warned_vanishing": self.warned_vanishing, "warned_exploding": self.warned_exploding,
-            "train_tally": self.tally.state_dict() if self.batch else None,
-            "rng": rng_state(), "world_size": dist.world_size(),
-            "config": self.config_plain,
-        }
+            data={"name": self.data.info.get("name"), "classes": list(self.data.classes),
+                  "input_shape": list(self.data.input_shape), "mean": list(self.data.mean),
+                  "std": list(self.data.std)},
+            warned_vanishing=self.warned_vanishing, warned_exploding=self.warned_exploding,
+            train_tally=self.tally.state_dict() if self.batch else None,
+            rng=rng_state(), world_size=dist.world_size(),
+            config=self.config_plain,
+        )
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_checkpoint(self, saved: checkpoint.Checkpoint) -> None:
         try:
-            self.raw_model.load_state_dict(state["model"])
+            self.raw_model.load_state_dict(saved.model)
         except RuntimeError as e:
-            raise ValueError(model_mismatch(state.get("config"), self.config_plain, e)) from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
-        self.best_acc, self.last_metrics = state["best_acc"], dict(state["metrics"])
-        self.early_stop.load_state_dict(state.get("early_stop"), self.best_acc)
-        self.warned_vanishing = state.get("warned_vanishing", False)
-        self.warned_exploding = state.get("warned_exploding", False)
-        self.restored_tally = state.get("train_tally")
-        if self.restored_tally is None and state.get("train_sums"):  # written before train_tally
-            loss_sum, correct, count = state["train_sums"]
-            self.restored_tally = {"terms": [loss_sum], "correct": correct, "count": count}
+            raise ValueError(model_mismatch(saved.config, self.config_plain, e)) from None
+        self.optimizer.load_state_dict(saved.optimizer)
+        if saved.schedule is not None:
+            self.schedule.load_state_dict(saved.schedule)
+        if self.scaler is not None and saved.scaler:
+            self.scaler.load_state_dict(saved.scaler)
+        self.epoch, self.batch, self.step = saved.epoch, saved.batch, saved.step
+        self.best_acc, self.last_metrics = saved.best_acc, dict(saved.metrics)
+        self.early_stop.load_state_dict(saved.early_stop, self.best_acc)
+        self.warned_vanishing, self.warned_exploding = saved.warned_vanishing, saved.warned_exploding
+        self.restored_tally = saved.train_tally
         # Every rank continues its own streams (dropout masks, augmentation differ per rank).
-        ranks, rank = state.get("rng_ranks"), dist.rank()
-        set_rng_state(ranks[rank] if ranks and rank < len(ranks) else state["rng"])
+        ranks, rank = saved.rng_ranks, dist.rank()
+        set_rng_state(ranks[rank] if ranks and rank < len(ranks) else saved.rng)
 
     def release_model(self) -> None:
         """Drop the DDP and torch.compile wrappers once training is over (the plain module,
@@ -638,16 +637,15 @@ class Trainer:
             torch.distributed.all_gather_object(rng_ranks, rng_state())
         if not self.main:
             return
-        state = self.state_dict()
-        if rng_ranks is not None:
-            state["rng_ranks"] = rng_ranks
-        folder = self.run_dir / "checkpoints"
+        state = self.checkpoint_state()
+        state.rng_ranks = rng_ranks
+        folder = self.rundir.checkpoints
         if self.t.checkpoint_async and not wait:
-            self.saver.submit(folder, state, self.step, best, self.t.keep_last)
+            self.saver.submit(folder, state, best, self.t.keep_last)
             return
         self.saver.wait()
         started = time.perf_counter()
-        checkpoint.save(folder, state, self.step, best, self.t.keep_last)
+        checkpoint.save(folder, state, best, self.t.keep_last)
         log.debug("checkpoint at step %d written in %.3f s", self.step, time.perf_counter() - started)
 
 
