@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
         setup_logging(run_dir)
-        trainer = build(typed, cfg, run_dir, None)
+        trainer = build(typed, run_dir, None)
         sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
         trainer.train_epoch(0)  # warm-up
         sync()

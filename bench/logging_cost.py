@@ -54,7 +54,7 @@ def build_trainer(c: Config, extra: list[str], run_dir: Path):
     overrides = [*c.expkit_overrides(), "trainer.progress=off", *extra]
     with initialize_config_module("expkit.conf", version_base="1.3"):
         cfg = task_config(compose("config", overrides=overrides))
-    return build(validate(cfg), cfg, run_dir, None)
+    return build(validate(cfg), run_dir, None)
 
 
 @contextlib.contextmanager

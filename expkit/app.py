@@ -38,6 +38,7 @@ from expkit.run.folder import FolderLock, RunDir, unique_dir, write_atomic
 from expkit.training.build import build, write_hparams
 
 if TYPE_CHECKING:
+    from expkit.config.schema import RunConfig
     from expkit.run.checkpoint import Checkpoint
 
 log = logging.getLogger("expkit")
@@ -75,12 +76,13 @@ def train_api(overrides: list[str], config_dir: str | None = None, runs_root: st
 
 def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_bad_input: bool,
             resume: Checkpoint | None = None, on_resume: Callable[[], None] | None = None,
-            provenance: bool = True) -> dict[str, float]:
+            provenance: bool = True, typed: RunConfig | None = None) -> dict[str, float]:
     """Validate, train and record one run in `run_dir`. Raises RunFailed with the
     message for the user; the run folder records the outcome either way. When resuming,
     `on_resume` records the resume once the checkpoint has loaded into the model.
     `provenance=False`: a worker of expkit's own DDP launch (the launcher writes the
-    record and holds the folder's lock)."""
+    record and holds the folder's lock). `typed`: `cfg` validated already (a resume
+    checks it before it picks the checkpoint), so it is not validated again."""
     from expkit.training import dist
     from expkit.training.logs import close_logging, setup_logging
 
@@ -96,11 +98,11 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
                 lock.acquire()
             setup_logging(run_dir, rank)
             try:
-                typed = validate(task_config(cfg))
+                typed = typed if typed is not None else validate(task_config(cfg))
             except ConfigError as e:
                 raise RunFailed(str(e), EXIT_BAD_INPUT) from None
             if resume is None and lock is not None:
-                rundir.write_provenance(OmegaConf.to_yaml(task_config(cfg), resolve=True),
+                rundir.write_provenance(typed.to_yaml(),
                                         command=sys.argv, overrides=overrides,
                                         world_size=max(dist.world_size(), typed["trainer"].devices),
                                         untracked_max_bytes=typed["trainer"].untracked_max_kb * 1024)
@@ -116,7 +118,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
                 stop.release()  # torch elastic handles the signals while its workers run
                 resumed = on_resume is not None
                 return launch_and_wait(typed, run_dir, resume, on_resume)
-            trainer = build(typed, cfg, run_dir, resume)
+            trainer = build(typed, run_dir, resume)
             if on_resume is not None and rank == 0:
                 on_resume()  # the run's record changes only once its checkpoint fits
             resumed = on_resume is not None
@@ -124,7 +126,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
             metrics = trainer.fit()
             stop.recording = True
             if rank == 0:
-                write_hparams(trainer, typed, cfg)
+                write_hparams(trainer, typed)
                 late = {"signal": stop.received} if stop.received else {}
                 stopped = trainer.early_stop.record(typed["trainer"].epochs)
                 rundir.finish("completed", metrics=metrics, **late, **({"stopped_early": stopped} if stopped else {}))

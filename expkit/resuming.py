@@ -115,7 +115,7 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
     with using(directory=meta.get("cwd"), objects=objects):
         from expkit.config.schema import validate
 
-        validate(cfg)  # a bad value (trainer.epochs=abc) is refused before anything reads it
+        typed = validate(cfg)  # a bad value (trainer.epochs=abc) is refused before anything reads it
     saved, skipped = newest_checkpoint(rundir, meta)
     check_fits(cfg, saved, meta, force)
     git_now, git_warning = git_difference(rundir.path, meta)
@@ -131,10 +131,11 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
                  "batch": saved.batch, "step": saved.step, "overrides": overrides, "command": sys.argv,
                  "skipped": skipped, "git": {k: git_now.get(k) for k in ("commit", "dirty")},
                  "git_warning": git_warning, "forced": force}
-        rundir.record_resume(entry, OmegaConf.to_yaml(cfg, resolve=True) if overrides else None)
+        rundir.record_resume(entry, typed.to_yaml() if overrides else None)
 
     with using(directory=meta.get("cwd"), objects=objects):
-        return execute(cfg, rundir.path, overrides, discard_on_bad_input=False, resume=saved, on_resume=on_resume)
+        return execute(cfg, rundir.path, overrides, discard_on_bad_input=False, resume=saved, on_resume=on_resume,
+                       typed=typed)
 
 
 def open_run_folder(run_dir: str | Path) -> tuple[RunDir, Any, dict[str, Any]]:

@@ -58,7 +58,7 @@ def build_trainer(run_dir: Path, overrides: list[str]):
     with initialize_config_module("expkit.conf", version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return build(validate(task_config(cfg)), cfg, run_dir, None)
+    return build(validate(task_config(cfg)), run_dir, None)
 
 
 def run_dirs(root: Path) -> list[Path]:

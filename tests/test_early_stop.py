@@ -27,7 +27,7 @@ def resume_trainer(run_dir, overrides):
 
     with initialize_config_module("expkit.conf", version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    return build(validate(task_config(cfg)), cfg, run_dir, load_latest(run_dir / "checkpoints"))
+    return build(validate(task_config(cfg)), run_dir, load_latest(run_dir / "checkpoints"))
 
 
 def test_a_resumed_run_stops_at_the_same_epoch_with_the_same_weights(tmp_path):

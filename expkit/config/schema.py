@@ -479,11 +479,43 @@ def _range_errors(typed: dict[str, Any]) -> list[str]:
     return errors
 
 
-def validate(cfg: DictConfig) -> dict[str, Any]:
-    """Check a composed config; return it as typed dataclasses keyed by group.
+class RunConfig(dict):
+    """A config validated once: group -> its dataclass (seed, name -> their values), and
+    `plain`, the same config resolved to plain data, which is what the records hold
+    (config.yaml, the checkpoint's config, TensorBoard's config text and hparams).
+    `validate` makes it; the builders and the Trainer take this one object."""
+
+    def __init__(self, groups: dict[str, Any], plain: dict[str, Any]):
+        super().__init__(groups)
+        self.plain = plain
+
+    def to_yaml(self) -> str:
+        return OmegaConf.to_yaml(OmegaConf.create(self.plain))
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The config without Hydra's node, every interpolation resolved, as plain data; an
+    interpolation that does not resolve (`${nope}`, `${oc.env:UNSET}`) is bad input."""
+    try:
+        out = OmegaConf.to_container(cfg, resolve=True)
+    except oc_errors.InterpolationResolutionError as e:
+        raw = OmegaConf.to_container(cfg, resolve=False)
+        for part in str(e.full_key).split("."):
+            raw = raw.get(part) if isinstance(raw, dict) else None
+        reason = str(e).splitlines()[0].replace("KeyError raised while resolving interpolation: ", "")
+        raise ConfigError(f"{e.full_key}: value {raw!r} does not resolve ({reason}); expected a value or an "
+                          "interpolation of a key that exists (${{optim.lr}}, ${{oc.env:NAME,default}}).") from None
+    out.pop("hydra", None)
+    return out
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    """Check a composed config; return it as typed dataclasses keyed by group, with its
+    resolved plain form (RunConfig).
 
     Raises ConfigError whose message lists every problem found, one per line.
     """
+    plain = resolved(cfg)
     errors: list[str] = []
     typed: dict[str, Any] = {}
     known = set(SCHEMAS) | set(SINGLE) | set(TOP_LEVEL)
@@ -529,7 +561,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         errors += check_imports(typed)
     if errors:
         raise ConfigError("\n".join(errors))
-    return typed
+    return RunConfig(typed, plain)
 
 
 def resolve_norm(norm: str | None, batchnorm: bool | None) -> str:

@@ -9,13 +9,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from expkit.config.compose import flatten, plain, task_config
+from expkit.config.compose import flatten
 from expkit.errors import ConfigError
 from expkit.run.folder import RunDir
 
 if TYPE_CHECKING:
+    from expkit.config.schema import RunConfig
     from expkit.run.checkpoint import Checkpoint
 
 log = logging.getLogger("expkit")
@@ -34,8 +33,9 @@ def pick_device(accelerator: str):
     return torch.device("cuda", dist.local_rank())
 
 
-def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: Checkpoint | None = None):
-    """Everything the Trainer needs, in the order the course teaches it."""
+def build(typed: RunConfig, run_dir: Path, resume: Checkpoint | None = None):
+    """Everything the Trainer needs, in the order the course teaches it, from the config
+    `validate` made."""
     import torch
 
     from expkit.data import build_data, describe_test
@@ -56,7 +56,7 @@ def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: Checkpo
     torch.backends.cudnn.benchmark = device.type == "cuda" and not t.deterministic
     dist.setup(device)
     seed_everything(typed["seed"] + dist.rank())  # dropout masks differ per rank, as they should
-    log_header(typed, cfg, run_dir, device)
+    log_header(typed, run_dir, device)
 
     data = build_data(typed["data"], typed["seed"], dist.rank(), dist.world_size(), device)
     log.info("data %s (%s, %s loader) from %s: %s; input %s; mean %s std %s",
@@ -82,7 +82,7 @@ def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: Checkpo
     # leaves no event file), purging what the run logged after the checkpoint's step.
     writer = NullWriter() if resume is not None else make_writer(run_dir, dist.is_main() and t.tensorboard)
     trainer = Trainer(cfg=typed, model=model, optimizer=optimizer, schedule=schedule, data=data,
-                      device=device, run_dir=run_dir, writer=writer, config_plain=plain(cfg))
+                      device=device, run_dir=run_dir, writer=writer)
     if resume is not None:
         try:
             trainer.load_checkpoint(resume)
@@ -93,7 +93,7 @@ def build(typed: dict[str, Any], cfg: DictConfig, run_dir: Path, resume: Checkpo
         log.info("resumed from %s: epoch %d, batch %d, step %d", resume.path, trainer.epoch,
                  trainer.batch, trainer.step)
     elif dist.is_main():
-        write_text_summaries(writer, cfg, run_dir, model)
+        write_text_summaries(writer, typed, run_dir, model)
     rundir = RunDir(run_dir)
     if dist.is_main() and rundir.meta_path.exists():  # once the checkpoint fits: a refused resume changes nothing
         record_data(rundir, typed["data"], data)
@@ -123,12 +123,12 @@ def _short(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
 
 
-def log_header(typed, cfg: DictConfig, run_dir: Path, device) -> None:
+def log_header(typed: RunConfig, run_dir: Path, device) -> None:
     import json
 
     meta = RunDir(run_dir).meta_or_empty()
     log.info("run folder: %s", run_dir)
-    log.info("config:\n%s", OmegaConf.to_yaml(task_config(cfg), resolve=True).rstrip())
+    log.info("config:\n%s", typed.to_yaml().rstrip())
     log.info("git: %s", json.dumps(meta.get("git", {})))
     log.info("environment: %s; versions: %s; device %s; threads %d", json.dumps(meta.get("environment", {})),
              json.dumps(meta.get("versions", {})), device, __import__("torch").get_num_threads())
@@ -149,23 +149,23 @@ def _describe(module) -> str:
     return text if len(text) < 80 else text[:77] + "..."
 
 
-def write_text_summaries(writer, cfg: DictConfig, run_dir: Path, model) -> None:
+def write_text_summaries(writer, typed: RunConfig, run_dir: Path, model) -> None:
     import json
 
     meta = RunDir(run_dir).meta_or_empty()
-    writer.text("config", OmegaConf.to_yaml(task_config(cfg), resolve=True))
+    writer.text("config", typed.to_yaml())
     writer.text("git", json.dumps(meta.get("git", {}), indent=2))
     writer.text("model", str(model))
 
 
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+def flat_hparams(typed: RunConfig) -> dict[str, Any]:
     """The config as HPARAMS takes it: dotted keys, scalar values (lists as text)."""
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(plain(cfg)).items()}
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(typed.plain).items()}
 
 
-def write_hparams(trainer, typed, cfg: DictConfig) -> None:
+def write_hparams(trainer, typed: RunConfig) -> None:
     m = trainer.last_metrics
     metrics = {f"hparams/{k.replace('/', '_')}": float(m[k])
                for k in ("val/acc", "val/loss", "best/val/acc", "train/loss", "test/acc", "test/loss")
                if isinstance(m.get(k), (int, float))}
-    trainer.writer.hparams(flat_hparams(cfg), metrics, trainer.step)
+    trainer.writer.hparams(flat_hparams(typed), metrics, trainer.step)

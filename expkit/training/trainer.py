@@ -31,7 +31,7 @@ import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from expkit.run.folder import RunDir, write_json
 from expkit.training import dist
 from expkit.training.early_stop import EarlyStop, resolve_monitor
 from expkit.training.logs import Progress
+
+if TYPE_CHECKING:
+    from expkit.config.schema import RunConfig
 
 log = logging.getLogger("expkit")
 # Test hook: EXPKIT_TEST_CRASH="RANK:STEP" makes that rank raise after that step, to test
@@ -177,13 +180,13 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    def __init__(self, *, cfg: dict[str, Any], model: nn.Module, optimizer, schedule, data,
-                 device: torch.device, run_dir: Path, writer, config_plain: dict[str, Any]):
+    def __init__(self, *, cfg: RunConfig, model: nn.Module, optimizer, schedule, data,
+                 device: torch.device, run_dir: Path, writer):
         self.cfg, self.t, self.reg = cfg, cfg["trainer"], cfg["reg"]
         self.model, self.optimizer, self.schedule, self.data = model, optimizer, schedule, data
         self.device, self.run_dir, self.writer = device, Path(run_dir), writer
         self.rundir = RunDir(run_dir)
-        self.config_plain = config_plain
+        self.config_plain = cfg.plain  # the resolved config, recorded in every checkpoint
         self.main = dist.is_main()
         self.raw_model = unwrap(model)
         self.label_smoothing = self.reg.label_smoothing
