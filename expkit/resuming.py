@@ -29,7 +29,7 @@ from expkit.run.provenance import tracked_diff as _tracked_diff
 
 SAFE_KEYS = {
     "trainer.epochs", "trainer.eval_every", "trainer.log_every", "trainer.devices",
-    "trainer.progress", "trainer.keep_last", "trainer.checkpoint", "trainer.histogram_every",
+    "trainer.progress", "trainer.verbose", "trainer.keep_last", "trainer.checkpoint", "trainer.histogram_every",
     "trainer.max_steps", "trainer.num_threads", "trainer.graph", "trainer.tensorboard", "data.num_workers",
     "trainer.test_at_end", "trainer.early_stop.patience", "trainer.early_stop.min_delta",
 }
