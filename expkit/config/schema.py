@@ -312,8 +312,9 @@ class TrainerConfig:
     checkpoint_async: bool = key(True, "write checkpoints on a background thread while training goes on "
                                        "(one at a time; a stop signal's checkpoint is always written at once)")
     progress: str = key("auto", "progress bar: auto (only in a terminal), on, off", ("auto", "on", "off"))
-    verbose: bool = key(False, "also print the full config, the model's layer table, git and environment on "
-                               "the console (train.log always has them; the console gets one line for each)")
+    verbose: bool = key(False, "also print the full config, the model's layer table, git, environment and class "
+                               "counts on the console (train.log always has them; by default the console gets one "
+                               "line each for config and model)")
     histogram_every: int = key(0, "weight/gradient histograms every N epochs; 0 = off", check=ge(0))
     tensorboard: bool = key(True, "write TensorBoard events (false: train.log and metrics.json only)")
     graph: bool = key(True, "write the model graph to TensorBoard once")
