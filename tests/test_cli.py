@@ -115,6 +115,11 @@ def test_program_names_the_one_beside_this_python_only_when_it_exists(tmp_path, 
     monkeypatch.chdir(tmp_path)
     assert program("tensorboard") == str(Path(sys.executable).parent / "tensorboard")
     assert program("no-such-program") == "no-such-program"
+    from expkit.training.logs import next_steps
+
+    # `expkit runs` searches ./runs: a run folder elsewhere is named, one below it need not be.
+    assert f"expkit runs {tmp_path.parent / 'elsewhere'};" in next_steps(tmp_path.parent / "elsewhere")
+    assert "expkit runs; " in next_steps(tmp_path / "runs" / "2026-12-06" / "12-00-00")
 
 
 def test_dirty_tree_writes_git_diff(git_repo):

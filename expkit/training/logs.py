@@ -91,7 +91,9 @@ def next_steps(run_dir: str | os.PathLike) -> str:
     """The closing line of a run: what to do with it now."""
     where = shell_path(run_dir)
     expkit = program("expkit")
-    return f"next: {expkit} eval {where}; {expkit} runs; {program('tensorboard')} --logdir {where}"
+    # `expkit runs` searches runs/ of the current folder; a run elsewhere (hydra.run.dir=...) is named
+    runs = "runs" if Path(run_dir).resolve().is_relative_to(Path("runs").resolve()) else f"runs {where}"
+    return f"next: {expkit} eval {where}; {expkit} {runs}; {program('tensorboard')} --logdir {where}"
 
 
 def close_logging() -> None:
