@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -145,8 +146,6 @@ def test_runs_counts_only_the_time_a_real_resumed_run_trained(tmp_path):
     assert first_end is not None and first_end < entry["at"]
 
     def seconds(a: str, b: str) -> float:
-        from datetime import datetime
-
         return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
 
     [row] = json.loads(run_cli(["runs", "--json"], cwd=tmp_path, check=True).stdout)
@@ -191,7 +190,8 @@ def test_a_sigkilled_run_is_crashed_not_running(tmp_path):
         # The pid reused: the lock file names a live process started after the run wrote it.
         lock = run / ".lock"
         written = lock.stat()
-        time.sleep(max(0.0, written.st_mtime + 2.5 - time.time()))
+        started = datetime.fromisoformat(read_json(run / "meta.json")["started"]).timestamp()
+        time.sleep(max(0.0, max(written.st_mtime, started) + 2.5 - time.time()))
         other = subprocess.Popen(["sleep", "60"])
         lock.write_text(f"{other.pid} on {socket.gethostname()}\n")
         os.utime(lock, ns=(written.st_atime_ns, written.st_mtime_ns))
@@ -204,6 +204,22 @@ def test_a_sigkilled_run_is_crashed_not_running(tmp_path):
         if other is not None:
             other.kill()
             other.wait()
+
+
+def test_a_live_writer_is_running_even_if_the_lock_files_clock_runs_behind(tmp_path):
+    from expkit.run.folder import writer_gone
+
+    now = datetime.now().astimezone().isoformat(timespec="seconds")
+    run = make_run(tmp_path / "run", status="running", started=now, ended=None)
+    lock = run / ".lock"
+    lock.write_text(f"{os.getpid()} on {socket.gethostname()}\n")  # this test's process: alive, the holder
+    assert not writer_gone(run)
+    os.utime(lock, (time.time() - 86400, time.time() - 86400))  # a file server's clock a day behind
+    assert not writer_gone(run)  # meta.json's local times say this process could have written it
+    meta = read_json(run / "meta.json")
+    meta["started"] = "2026-01-01T00:00:00+00:00"  # now every record predates this process: not its run
+    (run / "meta.json").write_text(json.dumps(meta))
+    assert writer_gone(run)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -243,11 +243,14 @@ def _started_after(pid: int, when: float) -> bool:
     return started > when + 1.0  # btime is whole seconds
 
 
-def writer_gone(folder: str | os.PathLike) -> bool:
+def writer_gone(folder: str | os.PathLike, meta: dict[str, Any] | None = None) -> bool:
     """True when the process that last held the folder's lock is gone: a run still marked
     running was killed (SIGKILL, the OOM killer, a power cut). The file names its holder by
     pid, and pids are reused (soon after a reboot, or a long time after the kill): a live
-    process that started after the holder wrote the file cannot be that holder."""
+    process that started after the holder wrote the file, and after the holder's last
+    record in meta.json (`started`, a resume's `at`), cannot be that holder. The latest of
+    these times is taken, so a file server's clock running behind cannot make a live
+    writer look gone."""
     path = Path(folder) / ".lock"
     try:
         pid, _, host = path.read_text().strip().partition(" on ")
@@ -256,9 +259,17 @@ def writer_gone(folder: str | os.PathLike) -> bool:
         return False
     if process_gone(pid, host):
         return True
+    import contextlib
     import socket
 
-    return host == socket.gethostname() and pid.isdigit() and _started_after(int(pid), written)
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    meta = read_json(path.parent / "meta.json") if meta is None else meta
+    resumes = [r for r in meta.get("resumes") or [] if isinstance(r, dict)]
+    for stamp in (meta.get("started"), *(r.get("at") for r in resumes[-1:])):
+        with contextlib.suppress(TypeError, ValueError):  # a time not recorded: the others decide
+            written = max(written, dt.datetime.fromisoformat(stamp).timestamp())
+    return _started_after(int(pid), written)
 
 
 class FolderLock:

@@ -70,7 +70,7 @@ def read_job(folder: Path, config: bool = True) -> JobRecord:
     (listing thousands of runs reads meta.json and metrics.json only)."""
     meta = read_json(folder / "meta.json")
     status = meta.get("status")
-    if status == "running" and writer_gone(folder):
+    if status == "running" and writer_gone(folder, meta):
         status = "crashed"  # its process ended without saying how (SIGKILL, the OOM killer, a power cut)
     overrides = meta.get("overrides")
     if overrides is None:
