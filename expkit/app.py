@@ -84,7 +84,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
     record and holds the folder's lock). `typed`: `cfg` validated already (a resume
     checks it before it picks the checkpoint), so it is not validated again."""
     from expkit.training import dist
-    from expkit.training.logs import close_logging, setup_logging
+    from expkit.training.logs import close_logging, next_steps, setup_logging
 
     rundir = RunDir(run_dir)
     rank = dist.rank()
@@ -132,7 +132,8 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
                 rundir.finish("completed", metrics=metrics, **late, **({"stopped_early": stopped} if stopped else {}))
                 log.info("done: val/acc %.4f (best %.4f) in %s", metrics.get("val/acc", float("nan")),
                          metrics.get("best/val/acc", float("nan")), run_dir)
-                log.info("TensorBoard: tensorboard --logdir %s", run_dir)
+                if not in_sweep():  # a sweep says it once, for all its jobs, after its summary
+                    log.info("%s", next_steps(run_dir))
             try:
                 # DDP: the wrapper's reducer holds the process group; without it the group is
                 # freed inside teardown, not in the interpreter's exit where gloo's threads abort.
@@ -192,6 +193,14 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
             close_logging()
             if lock is not None:
                 lock.release()
+
+
+def in_sweep() -> bool:
+    """Whether this is a job of a Hydra multirun (in this process or a launcher's worker)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _stopped(e: Stopped, rundir: RunDir, run_dir: Path, trainer, rank: int, *, fresh: bool, resumed: bool,

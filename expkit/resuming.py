@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 
 from expkit.config.compose import upgrade_saved
+from expkit.config.schema import did_you_mean
 from expkit.errors import ConfigError
 from expkit.run.folder import RunDir, now
 from expkit.run.provenance import git_info
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 SAFE_KEYS = {
     "trainer.epochs", "trainer.eval_every", "trainer.log_every", "trainer.devices",
-    "trainer.progress", "trainer.keep_last", "trainer.checkpoint", "trainer.histogram_every",
+    "trainer.progress", "trainer.verbose", "trainer.keep_last", "trainer.checkpoint", "trainer.histogram_every",
     "trainer.max_steps", "trainer.num_threads", "trainer.graph", "trainer.tensorboard", "data.num_workers",
     "trainer.test_at_end", "trainer.early_stop.patience", "trainer.early_stop.min_delta",
 }
@@ -66,7 +67,11 @@ def check_overrides(cfg, overrides: list[str], force: bool) -> str | None:
             return (f"{item!r} picks a config group; resume continues the config saved in the run folder, so "
                     "only key=value overrides of it are possible (e.g. trainer.epochs=20).")
         if not plus and current is None and not _has_key(cfg, key):
-            return f"{key!r} is not a key of this run's config (add it with +{key}=... and --force)."
+            parent, _, leaf = key.rpartition(".")
+            siblings = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+            keys = list(siblings) if OmegaConf.is_dict(siblings) else []
+            hint = did_you_mean(leaf, keys, f"{parent}." if parent else "")
+            return f"{key!r} is not a key of this run's config{hint} (add it with +{key}=... and --force)."
         if key not in SAFE_KEYS:
             unsafe.append(key)
     if unsafe and not force:

@@ -14,8 +14,8 @@ from typing import Any
 from expkit.config.resolvers import direction
 from expkit.errors import ConfigError
 from expkit.run.folder import STATUSES, RunDir, read_yaml, strict
-from expkit.run.jobs import JobRecord, read_job, run_folders
-from expkit.summary import _duration, _seconds
+from expkit.run.jobs import JobRecord, active_seconds, read_job, run_folders
+from expkit.summary import _duration
 
 METRICS = ("val/acc", "best/val/acc", "test/acc")
 HEADER = ("folder", "status", "start", "duration", "commit", "overrides", "val/acc", "best", "test/acc")
@@ -88,12 +88,26 @@ def row(job: JobRecord, root: Path) -> dict[str, Any]:
         folder = str(job.path)
     metrics = strict(dict(job.metrics))
     started, ended = meta.get("started"), meta.get("ended")
+    resumes = [r for r in meta.get("resumes") or [] if isinstance(r, dict)]
     return {
         "folder": folder, "path": str(job.path), "status": job.status or "?", "started": started, "ended": ended,
-        "duration_s": _seconds(started, ended) if ended else None,
+        # the time it trained: a resumed run's pauses do not count
+        "duration_s": active_seconds(meta) if ended else None,
         "commit": git.get("commit"), "dirty": git.get("dirty"), "overrides": job.overrides,
+        "resumes": len(resumes), "resume_overrides": [str(o) for o in resumes[-1].get("overrides") or []]
+        if resumes else [],
         **{k: metrics.get(k) for k in METRICS}, "metrics": metrics,
     }
+
+
+def _overrides(r: dict[str, Any]) -> str:
+    """The first command's overrides, then how often it was resumed and the last resume's
+    own (trainer.epochs=20): the config it ends with is the last resume's."""
+    text = " ".join(r["overrides"]) or "-"
+    if r["resumes"]:
+        text += f" [+{r['resumes']} resume{'s' * (r['resumes'] > 1)}"
+        text += f": {' '.join(r['resume_overrides'])}]" if r["resume_overrides"] else "]"
+    return text
 
 
 def _textual(value: str) -> bool:
@@ -195,7 +209,7 @@ def table(rows: list[dict[str, Any]], sort: str | None = None) -> str:
     extra = [sort] if sort and sort not in METRICS else []
     head = [*HEADER, *extra]
     cells = [[r["folder"], r["status"], _start(r["started"]),
-              _duration(r["duration_s"]) or "-", _commit(r), " ".join(r["overrides"]) or "-",
+              _duration(r["duration_s"]) or "-", _commit(r), _overrides(r),
               *[_metric(r[k]) for k in METRICS], *[_metric(r["metrics"].get(k)) for k in extra]] for r in rows]
     return columns(head, cells, right_from=HEADER.index("val/acc"))
 

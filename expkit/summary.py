@@ -6,7 +6,6 @@ reader never sees half a table."""
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 import math
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from typing import Any
 
 from expkit.config.resolvers import direction
 from expkit.run.folder import RunDir, process_gone, read_json, read_yaml, write_atomic
-from expkit.run.jobs import job_folders, read_job, split_override, varying_keys
+from expkit.run.jobs import active_seconds, job_folders, read_job, split_override, varying_keys
 
 SWEEP_FILE = "sweep.json"
 SUMMARY_MD, SUMMARY_CSV = "summary.md", "summary.csv"
@@ -157,15 +156,6 @@ def _optuna_best(sweep_dir: Path) -> dict[str, Any] | None:
     return read_yaml(path) if path.exists() else None
 
 
-def _seconds(start: str | None, end: str | None) -> float | None:
-    try:
-        begin = dt.datetime.fromisoformat(start)
-        finish = dt.datetime.fromisoformat(end) if end else dt.datetime.now().astimezone()
-        return max(0.0, (finish - begin).total_seconds())
-    except (TypeError, ValueError):
-        return None
-
-
 def _process_alive(info: dict[str, Any]) -> bool:
     """Whether the process running the sweep still lives (when it runs on this host)."""
     return not process_gone(info.get("pid"), info.get("host"))
@@ -199,7 +189,7 @@ def collect(sweep_dir: Path, metric: str | None = None, stopped: bool = False) -
         metrics = {k: v for k, v in job.metrics.items() if isinstance(v, (int, float))}
         seen.add(job.number)
         rows.append(Row(folder=folder.name, job=job.number, status=status, overrides=_split(job.overrides),
-                        metrics=metrics, seconds=_seconds(job.meta.get("started"), job.meta.get("ended")),
+                        metrics=metrics, seconds=active_seconds(job.meta, until_now=True),
                         error=str(job.meta.get("error") or "").split("\n")[0]))
     planned = info.get("planned")
     if isinstance(planned, list):

@@ -115,7 +115,16 @@ class SweepCallback(Callback):
         summary = write_summary(Path(str(config.hydra.sweep.dir)))
         print("\n" + summary.markdown(), end="")
         print(f"summary: {summary.path / SUMMARY_MD} and {SUMMARY_CSV}")
+        print(sweep_next_steps(summary.path))  # the jobs leave this out: said once, here
         _last = summary.counts()
+
+
+def sweep_next_steps(sweep_dir: Path) -> str:
+    """The sweep's closing line: its jobs in `expkit runs`, its table again, its curves."""
+    from expkit.training.logs import program, shell_path
+
+    where, expkit = shell_path(sweep_dir), program("expkit")
+    return f"next: {expkit} runs {where}; {expkit} summary {where}; {program('tensorboard')} --logdir {where}"
 
 
 def planned_jobs(config, overrides: list[str]) -> int | list[list[str]] | None:

@@ -151,10 +151,13 @@ def test_predict_reads_images_as_torchvision_does_for_folder_data(tmp_path, chan
 
 
 @pytest.mark.e2e
-def test_export_loads_with_plain_torch_and_gives_the_checkpoints_outputs(run, tmp_path):
-    for fmt in ("torchscript", "exported"):
-        assert main(["export", str(run), "--format", fmt]) == 0
+def test_export_loads_with_plain_torch_and_gives_the_checkpoints_outputs(run, tmp_path, capsys):
     files = {"torchscript": run / "export" / "model-best.torchscript.pt", "exported": run / "export" / "model-best.pt2"}
+    # No --format: torch.export, not the TorchScript torch deprecates.
+    assert main(["export", str(run)]) == 0
+    assert files["exported"].is_file() and not files["torchscript"].exists()
+    assert "(exported, checkpoint best" in capsys.readouterr().out
+    assert main(["export", str(run), "--format", "torchscript"]) == 0
     model, _ = expkit.load(run)
     info = model.expkit_info
     x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +28,7 @@ def test_train_writes_a_complete_run_folder(git_repo):
     proc = run_cli(["train", "model=mlp", "optim=sgd", "optim.lr=0.05", "trainer.epochs=2",
                     "data.sample=256", "trainer.progress=off"], cwd=git_repo, check=True)
     run = only_run(git_repo)
-    assert str(run) in proc.stdout and f"tensorboard --logdir {run}" in proc.stdout
+    assert str(run) in proc.stdout and f"--logdir {run.relative_to(git_repo)}" in proc.stdout
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["arch"] == "mlp" and config["optim"]["name"] == "sgd"
@@ -73,6 +75,51 @@ def test_train_writes_a_complete_run_folder(git_repo):
     assert metrics["epoch"] == 2 and metrics["step"] == 8
     assert metrics["val/acc"] == tags["val/acc"][-1][1] == pytest.approx(meta["metrics"]["val/acc"])
     assert metrics["best/val/acc"] == max(v for _, v in tags["val/acc"])
+
+
+def test_console_is_one_line_each_for_config_and_model_and_train_log_has_all(tmp_path):
+    # PATH without the venv's bin, as when a venv's expkit is run without activating it.
+    bare = {"PATH": os.defpath}
+    proc = run_cli(["train", *FAST, "model=mlp", "optim.lr=0.01"], cwd=tmp_path, env=bare, check=True)
+    run = only_run(tmp_path)
+    out, log = proc.stdout, (run / "train.log").read_text()
+    for detail in ("arch: mlp", "Linear", "environment:", "git:", "class counts:"):
+        assert detail in log and detail not in out, detail  # the full config, layer table, ...
+    [config] = [line for line in out.splitlines() if "config:" in line]
+    assert "data=digits model=mlp optim=adamw sched=none init=default; lr 0.01, batch 64, 1 epoch," in config
+    assert "overrides: data.sample=128" in config and "optim.lr=0.01" in config and "trainer.verbose=true" in config
+    [model] = [line for line in out.splitlines() if "model:" in line]
+    total = int(log.split(" parameters\n", 1)[0].rsplit("model: ", 1)[1])  # the layer table's head in train.log
+    assert model.endswith(f"model: mlp (Sequential), {total:,} parameters in 14 layers"), model
+    assert len(out.splitlines()) <= 12, out
+
+    # The closing line names the next commands; off PATH, the ones beside the running expkit.
+    bin_dir = Path(EXPKIT).parent
+    where = run.relative_to(tmp_path)
+    assert out.splitlines()[-1].endswith(f"next: {bin_dir}/expkit eval {where}; {bin_dir}/expkit runs; "
+                                         f"{bin_dir}/tensorboard --logdir {where}"), out
+
+    # trainer.verbose: all of it on the console too; with the venv on PATH, bare names.
+    on_path = {"PATH": f"{bin_dir}{os.pathsep}{os.defpath}"}
+    loud = run_cli(["train", *FAST, "model=mlp", "trainer.verbose=true"], cwd=tmp_path, env=on_path, check=True)
+    for detail in ("arch: mlp", "Linear", "environment:", "git:", "class counts:"):
+        assert detail in loud.stdout, detail
+    assert "or trainer.verbose=true)" not in loud.stdout  # no hint to ask for what it shows
+    assert " expkit runs; tensorboard --logdir runs/" in loud.stdout.splitlines()[-1]
+
+
+def test_program_names_the_one_beside_this_python_only_when_it_exists(tmp_path, monkeypatch):
+    from expkit.training.logs import program
+
+    monkeypatch.setenv("PATH", os.defpath)
+    monkeypatch.chdir(tmp_path)
+    assert program("tensorboard") == str(Path(sys.executable).parent / "tensorboard")
+    assert program("no-such-program") == "no-such-program"
+    from expkit.training.logs import next_steps
+
+    # `expkit runs` searches ./runs: a run folder elsewhere is named, one below it need not be.
+    assert f"expkit runs {tmp_path.parent / 'elsewhere'};" in next_steps(tmp_path.parent / "elsewhere")
+    assert "expkit runs; " in next_steps(tmp_path / "runs" / "2026-12-06" / "12-00-00")
 
 
 def test_dirty_tree_writes_git_diff(git_repo):

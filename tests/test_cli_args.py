@@ -51,6 +51,18 @@ BAD = [
     (["train", "x=[1,"], ["x=[1,", "malformed"]),
     (["train", "foo=1"], ["foo", "unknown key", "trainer"]),
     (["train", "trainer.foo=1"], ["trainer.foo", "unknown key", "epochs"]),
+    # A mistyped key or choice: the closest valid one is named first, as for own code's names.
+    (["train", "trainer.max_epochs=3"], ["trainer.max_epochs", "'3'", "did you mean trainer.epochs?",
+                                         "Keys of trainer: accelerator"]),
+    (["train", "+trainer.max_epochs=3"], ["trainer.max_epochs", "did you mean trainer.epochs?"]),
+    (["train", "traner.epochs=3"], ["traner.epochs", "did you mean trainer.epochs?"]),
+    (["train", "trainer.early_stop.patiense=2"], ["did you mean trainer.early_stop.patience?"]),
+    (["train", "optim.LR=0.1"], ["optim.LR", "did you mean optim.lr?", "Keys of optim=adamw"]),
+    (["train", "optim.momentun=0.9"], ["did you mean optim.momentum (with optim=rmsprop, sgd)?"]),
+    (["train", "seeed=1"], ["seeed", "did you mean seed?", "Top-level keys"]),
+    (["train", "model=cnnn"], ["model", "'cnnn'", "did you mean cnn? Choose one of cnn, mlp"]),
+    (["train", "-m", "model=cnn,mpl"], ["'mpl'", "did you mean mlp?"]),
+    (["train", "trainer.progress=of"], ["trainer.progress", "'of'", "did you mean off? Choose one of auto, on, off"]),
     (["train", "optim.lr=abc"], ["optim.lr", "abc", "not of type float"]),
     (["train", "optim.lr=-1"], ["optim.lr", "-1", "> 0"]),
     (["train", "trainer.epochs=0"], ["trainer.epochs", "0", ">= 1"]),
@@ -124,3 +136,17 @@ def test_resume_with_a_bad_value_changes_nothing(in_tmp, capsys):
     err = capsys.readouterr().err
     assert "trainer.epochs" in err and "abc" in err and "int" in err and "Traceback" not in err
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_export_defaults_to_torch_export_and_keeps_torchscript(in_tmp, capsys):
+    # torch deprecates TorchScript: the default is torch.export, both names stay selectable.
+    assert main(["export", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "{exported,torchscript}" in out and "(default exported)" in out, out
+
+
+@pytest.mark.parametrize("override", ["trainer.foo=1", "foo=1", "model=bogus"])
+def test_no_suggestion_when_nothing_is_close(override, in_tmp, capsys):
+    assert main(["train", override]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean" not in err and override.split("=")[0] in err, err

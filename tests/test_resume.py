@@ -374,6 +374,7 @@ def test_which_overrides_and_epoch_changes_a_resume_accepts():
     assert check_overrides(cfg, ["model.width=64"], force=True) is None
     assert "config group" in check_overrides(cfg, ["model=mlp"], force=True)
     assert "not a key" in check_overrides(cfg, ["trainer.epoch=5"], force=True)
+    assert "did you mean trainer.epochs?" in check_overrides(cfg, ["trainer.max_epochs=5"], force=False)
     assert "key=value" in check_overrides(cfg, ["trainer.epochs"], force=False)
 
     def state(epoch, epochs=3):

@@ -4,11 +4,17 @@ run writes, made directly), and on real git repositories for the code comparison
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import git
+from conftest import EXPKIT, FAST, git, only_run, read_json, run_cli
 
 import expkit
 from expkit.cli import main
@@ -92,6 +98,128 @@ def test_table_and_json_on_the_command_line(root, capsys):
     rows = json.loads(capsys.readouterr().out)  # strict JSON: NaN became null
     assert rows == json.loads(json.dumps(expkit.runs(str(root))))
     assert rows[3]["metrics"]["val/loss"] is None
+
+
+def test_a_resumed_run_shows_its_resumes_and_the_time_it_trained(tmp_path, capsys):
+    run = make_run(tmp_path / "runs" / "2026-11-28" / "12-00-00", overrides=["model=mlp"],
+                   started="2026-11-28T12:00:00+00:00", ended="2026-11-28T15:00:30+00:00")
+    meta = read_json(run / "meta.json")
+    meta["resumes"] = [  # trained 60 s, paused an hour, 30 s, paused, 30 s
+        {"at": "2026-11-28T13:01:00+00:00", "previous_end": "2026-11-28T12:01:00+00:00", "overrides": []},
+        {"at": "2026-11-28T15:00:00+00:00", "previous_end": "2026-11-28T13:01:30+00:00",
+         "overrides": ["trainer.epochs=20"]}]
+    (run / "meta.json").write_text(json.dumps(meta))
+    [row] = expkit.runs(str(tmp_path / "runs"))
+    assert row["duration_s"] == 120.0 and row["resumes"] == 2 and row["resume_overrides"] == ["trainer.epochs=20"]
+    assert main(["runs", str(tmp_path / "runs")]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert " 2m00s " in line and "model=mlp [+2 resumes: trainer.epochs=20]" in line, line
+    # A resume recorded before `previous_end` existed: its pause counts, as the time up to it.
+    del meta["resumes"][0]["previous_end"]
+    (run / "meta.json").write_text(json.dumps(meta))
+    assert expkit.runs(str(tmp_path / "runs"))[0]["duration_s"] == 60 + 3600 + 30 + 30
+
+
+def test_a_resume_of_a_killed_run_ends_its_first_span_at_the_checkpoint(tmp_path):
+    from expkit.run.folder import RunDir
+
+    run = make_run(tmp_path / "run", status="running", ended=None)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "step-9.pt").write_bytes(b"x")
+    when = time.mktime((2026, 11, 28, 12, 5, 0, 0, 0, -1))
+    os.utime(run / "checkpoints" / "step-9.pt", (when, when))
+    RunDir(run).record_resume({"at": "2026-11-28T13:00:00+00:00", "checkpoint": "checkpoints/step-9.pt"}, None)
+    [entry] = read_json(run / "meta.json")["resumes"]
+    assert entry["previous_end"].startswith("2026-11-28T12:05:00")
+
+
+@pytest.mark.e2e
+def test_runs_counts_only_the_time_a_real_resumed_run_trained(tmp_path):
+    small = [*FAST, "model=mlp", "model.width=16"]
+    run_cli(["train", *small], cwd=tmp_path, check=True)
+    run = only_run(tmp_path)
+    time.sleep(3)  # the pause between the run and its resume
+    run_cli(["resume", str(run), "trainer.epochs=2"], cwd=tmp_path, check=True)
+    meta = read_json(run / "meta.json")
+    [entry] = meta["resumes"]
+    first_end = entry["previous_end"]
+    assert first_end is not None and first_end < entry["at"]
+
+    def seconds(a: str, b: str) -> float:
+        return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
+
+    [row] = json.loads(run_cli(["runs", "--json"], cwd=tmp_path, check=True).stdout)
+    assert row["duration_s"] == seconds(meta["started"], first_end) + seconds(entry["at"], meta["ended"])
+    assert row["duration_s"] <= seconds(meta["started"], meta["ended"]) - 2  # the pause is left out
+    assert row["resumes"] == 1 and row["resume_overrides"] == ["trainer.epochs=2"]
+    table = run_cli(["runs"], cwd=tmp_path, check=True).stdout
+    assert "[+1 resume: trainer.epochs=2]" in table
+
+
+def _exited(pid: int) -> None:
+    """Wait until `pid` has exited, without collecting it: it stays a zombie."""
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+
+
+@pytest.mark.e2e
+def test_a_sigkilled_run_is_crashed_not_running(tmp_path):
+    """A real `expkit train`, SIGKILLed: meta.json still says running, `expkit runs` says crashed:
+    while it is a zombie not yet collected, once collected, and when its pid names a newer process."""
+    proc = subprocess.Popen([EXPKIT, "train", *FAST, "model=mlp", "model.width=16", "trainer.epochs=100000"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    other = None
+    try:
+        deadline = time.time() + 120
+        while not list((tmp_path / "runs").rglob("last.pt")):  # recorded, locked, training
+            assert proc.poll() is None and time.time() < deadline, "the run never wrote a checkpoint"
+            time.sleep(0.1)
+        run = only_run(tmp_path)
+
+        def status() -> str:
+            [row] = json.loads(run_cli(["runs", "--json"], cwd=tmp_path, check=True).stdout)
+            return row["status"]
+
+        assert status() == "running"  # its writer lives and holds the lock
+        proc.send_signal(signal.SIGKILL)
+        _exited(proc.pid)
+        assert read_json(run / "meta.json")["status"] == "running"  # nothing could record the kill
+        assert status() == "crashed"  # a zombie still answers signal 0
+        proc.wait()
+        assert status() == "crashed"
+
+        # The pid reused: the lock file names a live process started after the run wrote it.
+        lock = run / ".lock"
+        written = lock.stat()
+        started = datetime.fromisoformat(read_json(run / "meta.json")["started"]).timestamp()
+        time.sleep(max(0.0, max(written.st_mtime, started) + 2.5 - time.time()))
+        other = subprocess.Popen(["sleep", "60"])
+        lock.write_text(f"{other.pid} on {socket.gethostname()}\n")
+        os.utime(lock, ns=(written.st_atime_ns, written.st_mtime_ns))
+        assert status() == "crashed"
+        listed = run_cli(["runs", "--status", "crashed"], cwd=tmp_path, check=True).stdout
+        assert " crashed " in listed.splitlines()[1]
+    finally:
+        proc.kill()
+        proc.wait()
+        if other is not None:
+            other.kill()
+            other.wait()
+
+
+def test_a_live_writer_is_running_even_if_the_lock_files_clock_runs_behind(tmp_path):
+    from expkit.run.folder import writer_gone
+
+    now = datetime.now().astimezone().isoformat(timespec="seconds")
+    run = make_run(tmp_path / "run", status="running", started=now, ended=None)
+    lock = run / ".lock"
+    lock.write_text(f"{os.getpid()} on {socket.gethostname()}\n")  # this test's process: alive, the holder
+    assert not writer_gone(run)
+    os.utime(lock, (time.time() - 86400, time.time() - 86400))  # a file server's clock a day behind
+    assert not writer_gone(run)  # meta.json's local times say this process could have written it
+    meta = read_json(run / "meta.json")
+    meta["started"] = "2026-01-01T00:00:00+00:00"  # now every record predates this process: not its run
+    (run / "meta.json").write_text(json.dumps(meta))
+    assert writer_gone(run)
 
 
 @pytest.mark.parametrize("args, message", [

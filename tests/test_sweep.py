@@ -90,6 +90,16 @@ def test_grid_gives_a_folder_per_job_and_a_sorted_summary(tmp_path):
     assert [(r[2], r[3]) for r in body] == [(r["optim"], r["optim.lr"]) for r in rows]
     assert "4 jobs: 4 completed" in md and "same in every job: " in md and "model.width=32" in md
     assert md in proc.stdout  # the console shows the table at the end
+    # A quiet console: a line for each job's config and model (their details are in train.log),
+    # the table, and one closing line naming the next commands.
+    lines = proc.stdout.splitlines()
+    assert "arch: mlp" not in proc.stdout and "Linear" not in proc.stdout
+    assert sum("] config: " in line for line in lines) == 4 and sum("] model: mlp" in line for line in lines) == 4
+    assert len(lines) <= 4 * 11 + len(md.splitlines()) + 3, proc.stdout
+    where = sweep.relative_to(tmp_path)
+    assert [line for line in lines if "next: " in line] == [lines[-1]]
+    assert f"expkit runs {where};" in lines[-1] and f"expkit summary {where};" in lines[-1]
+    assert lines[-1].endswith(f"tensorboard --logdir {where}")
 
     again = run_cli(["summary", str(sweep)], cwd=tmp_path, check=True)
     assert again.stdout == md

@@ -1,5 +1,6 @@
 """`expkit export RUN_DIR`: the checkpoint's model as one file plain torch loads without
-expkit: TorchScript (`torch.jit.load`) or torch.export (`torch.export.load(...).module()`).
+expkit: torch.export (`torch.export.load(...).module()`, the default) or TorchScript
+(`torch.jit.load`, which torch deprecates).
 The normalization of the run's training data is inside, so the file takes raw inputs in
 [0, 1] shaped (N, *input_shape) and returns logits. The file is read back after writing
 and its outputs compared with the checkpoint's on a batch; a JSON file beside it says
@@ -73,7 +74,7 @@ def load_exported(path: Path, fmt: str):
     return torch.export.load(str(path)).module()
 
 
-def export(run_dir: str | Path, checkpoint: str = "best", fmt: str = "torchscript",
+def export(run_dir: str | Path, checkpoint: str = "best", fmt: str = "exported",
            overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     import torch
 

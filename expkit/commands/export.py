@@ -5,19 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "write a run's model as a file plain torch loads (TorchScript or torch.export), normalization inside"
+HELP = "write a run's model as a file plain torch loads (torch.export or TorchScript), normalization inside"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "export", help=HELP, description=HELP + ". Written under RUN_DIR/export/, read back and checked against "
         "the checkpoint on a batch.",
-        epilog="Load it without expkit: torch.jit.load(FILE) (torchscript) or torch.export.load(FILE).module() "
-               "(exported); it takes inputs in [0, 1] shaped (N, *input_shape) and returns logits.")
+        epilog="Load it without expkit: torch.export.load(FILE).module() (exported) or torch.jit.load(FILE) "
+               "(torchscript); it takes inputs in [0, 1] shaped (N, *input_shape) and returns logits.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder")
     p.add_argument("--checkpoint", default="best", metavar="best|last|FILE", help="which weights (default %(default)s)")
-    p.add_argument("--format", dest="fmt", default="torchscript", choices=("torchscript", "exported"),
-                   help="torchscript (torch.jit.load) or exported (torch.export.load) (default %(default)s)")
+    # torch.export by default: torch deprecates TorchScript (torch.jit warns from 2.14 on), and
+    # a default should not be the format torch asks users to move away from.
+    p.add_argument("--format", dest="fmt", default="exported", choices=("exported", "torchscript"),
+                   help="exported (torch.export.load, a .pt2 file; the format torch recommends) or torchscript "
+                        "(torch.jit.load, a .torchscript.pt file; deprecated by torch) (default %(default)s)")
     return p
 
 

@@ -11,13 +11,14 @@ HELP = "every run folder under ROOT in one table (sweep jobs included)"
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "runs", help=HELP, description=HELP + ": status, start, duration, git commit (* when the tree was "
-        "dirty), overrides, val/acc, best val/acc, test/acc. Newest first, or best first with --sort.",
+        "dirty), overrides (+N resumes and the last resume's), val/acc, best val/acc, test/acc; the duration is "
+        "the time it trained, without the pauses between resumes. Newest first, or best first with --sort.",
         epilog="Examples: expkit runs --status completed --sort val/acc --limit 10; "
                "expkit runs --where optim=adamw --where optim.lr=0.001; expkit runs runs/multirun --json")
     p.add_argument("root", metavar="ROOT", nargs="?", default="runs", help="folder to search (default: runs)")
     p.add_argument("--status", action="append", metavar="S",
-                   help="only runs with this status (running, completed, failed, interrupted); repeat or "
-                        "comma-separate for several")
+                   help="only runs with this status (running, completed, failed, interrupted, crashed: marked "
+                        "running, but its process is gone); repeat or comma-separate for several")
     p.add_argument("--where", action="append", metavar="KEY=VALUE",
                    help="only runs whose resolved config (config.yaml) has KEY=VALUE; a group stands for its "
                         "choice (optim=adamw); VALUE may list choices (optim=adam,adamw); repeat to combine")

@@ -88,7 +88,7 @@ def check_overrides(overrides: list[str], config_dirs: list[str] | tuple[str, ..
     from hydra.errors import OverrideParseException
 
     from expkit.config.groups import list_choices
-    from expkit.config.schema import validate
+    from expkit.config.schema import did_you_mean, validate
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -107,8 +107,10 @@ def check_overrides(overrides: list[str], config_dirs: list[str] | tuple[str, ..
         if o.key_or_group in choices and not o.is_delete() and values is not None:
             unknown = [v for v in values if v not in choices[o.key_or_group]]
             if unknown:
-                raise ConfigError(f"{o.key_or_group}: value {unknown[0]!r} is not a known {o.key_or_group} choice; "
-                                  f"choose one of {', '.join(choices[o.key_or_group])}.")
+                hint = did_you_mean(unknown[0], choices[o.key_or_group])
+                raise ConfigError(f"{o.key_or_group}: value {unknown[0]!r} is not a known {o.key_or_group} choice"
+                                  f"{hint + ' Choose' if hint else '; choose'} one of "
+                                  f"{', '.join(choices[o.key_or_group])}.")
         if values is None or not o.is_sweep_override():
             jobs = [[*job, o.input_line] for job in jobs]
             continue
@@ -183,7 +185,7 @@ def missing_key_message(key: str, value: str, overrides: list[str], config_dir: 
     """`optim.momentum=0.9` with optim=adam: which choices of the group have that key."""
     import dataclasses
 
-    from expkit.config.schema import CHOICE_KEY, SCHEMAS, SINGLE
+    from expkit.config.schema import CHOICE_KEY, SCHEMAS, SINGLE, closest, did_you_mean
 
     group, _, name = key.partition(".")
     if group in CHOICE_KEY and name and "." not in name:
@@ -199,7 +201,13 @@ def missing_key_message(key: str, value: str, overrides: list[str], config_dir: 
         if having:
             return (f"{key}: not a key of {group}={chosen} (value {value!r}); {group}={', '.join(having)} "
                     f"{'has' if len(having) == 1 else 'have'} it. Keys of {group}={chosen}: {', '.join(keys)}.")
-        return f"{key}: unknown key (value {value!r}). Keys of {group}={chosen}: {', '.join(keys)}."
+        hint = did_you_mean(name, keys, f"{group}.")
+        near = None if hint else closest(name, group_keys(group))
+        if near:  # a typo of a key another choice has: optim.momentun with optim=adam
+            owners = sorted(c for c, schema in SCHEMAS[group].items()
+                            if near in {f.name for f in dataclasses.fields(schema)})
+            hint = f"; did you mean {group}.{near} (with {group}={', '.join(owners)})?"
+        return f"{key}: unknown key (value {value!r}){hint or '.'} Keys of {group}={chosen}: {', '.join(keys)}."
     if group in SINGLE and name:
         schema, where = SINGLE[group], group
         *parents, _ = name.split(".")
@@ -211,8 +219,26 @@ def missing_key_message(key: str, value: str, overrides: list[str], config_dir: 
             schema, where = type(default), f"{where}.{part}"
         else:
             keys = sorted(f.name for f in dataclasses.fields(schema))
-            return f"{key}: unknown key (value {value!r}). Keys of {where}: {', '.join(keys)}."
+            hint = did_you_mean(name.rpartition(".")[2], keys, f"{where}.")
+            return f"{key}: unknown key (value {value!r}){hint or '.'} Keys of {where}: {', '.join(keys)}."
     top = sorted([*CHOICE_KEY, *SINGLE, "seed", "name"])
     if "." not in key:
-        return f"{key}: unknown key (value {value!r}). Top-level keys: {', '.join(top)}."
+        hint = did_you_mean(key, top)
+        return f"{key}: unknown key (value {value!r}){hint or '.'} Top-level keys: {', '.join(top)}."
+    near_group = closest(group, [*CHOICE_KEY, *SINGLE]) if group not in (*CHOICE_KEY, *SINGLE) else None
+    head, _, rest = name.partition(".")
+    near_key = head if head in group_keys(near_group or "") else closest(head, group_keys(near_group or ""))
+    if near_group and near_key:  # a mistyped group, traner.epochs: the key it was meant for, not a new one
+        meant = ".".join([near_group, near_key, *([rest] if rest else [])])
+        return f"{key}: unknown key (value {value!r}); did you mean {meant}? Top-level keys: {', '.join(top)}."
     return f"{key}: unknown key (value {value!r}); add a new key with +{key}={value}."
+
+
+def group_keys(group: str) -> set[str]:
+    """Every key a group's choices have (trainer's own for the groups without choices)."""
+    import dataclasses
+
+    from expkit.config.schema import SCHEMAS, SINGLE
+
+    schemas = list(SCHEMAS.get(group, {}).values()) or ([SINGLE[group]] if group in SINGLE else [])
+    return {f.name for schema in schemas for f in dataclasses.fields(schema)}

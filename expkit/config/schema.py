@@ -15,6 +15,7 @@ registry key inside the group (`data.name`, `model.arch`, `optim.name`, `sched.n
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -312,6 +313,9 @@ class TrainerConfig:
     checkpoint_async: bool = key(True, "write checkpoints on a background thread while training goes on "
                                        "(one at a time; a stop signal's checkpoint is always written at once)")
     progress: str = key("auto", "progress bar: auto (only in a terminal), on, off", ("auto", "on", "off"))
+    verbose: bool = key(False, "also print the full config, the model's layer table, git, environment and class "
+                               "counts on the console (train.log always has them; by default the console gets one "
+                               "line each for config and model)")
     histogram_every: int = key(0, "weight/gradient histograms every N epochs; 0 = off", check=ge(0))
     tensorboard: bool = key(True, "write TensorBoard events (false: train.log and metrics.json only)")
     graph: bool = key(True, "write the model graph to TensorBoard once")
@@ -383,6 +387,21 @@ def schema_for(group: str, choice: str) -> type | None:
 
 
 # ---------------------------------------------------------------------- validation
+def closest(word: Any, options) -> str | None:
+    """The option closest to a mistyped `word` (difflib's ratio, case ignored, as imports.py
+    suggests module names), or None when none is close."""
+    by_lower = {str(o).lower(): str(o) for o in options}
+    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1)
+    return by_lower[close[0]] if close else None
+
+
+def did_you_mean(word: Any, options, prefix: str = "") -> str:
+    """'; did you mean PREFIX+OPTION?' or '' (callers end the clause with '.' then): a list
+    of twenty keys is read faster with the likely one named first."""
+    close = closest(word, options)
+    return f"; did you mean {prefix}{close}?" if close else ""
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, (DictConfig, ListConfig)):
         value = OmegaConf.to_container(value)
@@ -400,7 +419,7 @@ def _merge_group(prefix: str, schema: type, values: DictConfig) -> Any:
     for k in values:
         if k not in allowed:
             raise ConfigError(
-                f"{prefix}.{k}: unknown key (value {_fmt(values[k])}). "
+                f"{prefix}.{k}: unknown key (value {_fmt(values[k])}){did_you_mean(k, allowed, f'{prefix}.') or '.'} "
                 f"Allowed keys here: {', '.join(allowed)}."
             )
     for k in values:
@@ -427,7 +446,9 @@ def _check_choices(prefix: str, obj: Any) -> list[str]:
             errors += _check_choices(f"{prefix}.{f.name}", value)
         elif choices and value is not None and value not in choices:
             allowed = ", ".join(str(c) for c in choices)
-            errors.append(f"{prefix}.{f.name}: value {value!r} is not allowed; choose one of {allowed}.")
+            hint = did_you_mean(value, choices)
+            errors.append(f"{prefix}.{f.name}: value {value!r} is not allowed"
+                          f"{hint + ' Choose' if hint else '; choose'} one of {allowed}.")
     return errors
 
 
@@ -521,7 +542,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     known = set(SCHEMAS) | set(SINGLE) | set(TOP_LEVEL)
     for k in cfg:
         if k not in known:
-            errors.append(f"{k}: unknown top-level key (value {_fmt(cfg[k])}). "
+            errors.append(f"{k}: unknown top-level key (value {_fmt(cfg[k])}){did_you_mean(k, known) or '.'} "
                           f"Allowed: {', '.join(sorted(known))}.")
     for group, choice_key in CHOICE_KEY.items():
         values = cfg.get(group)
@@ -532,7 +553,9 @@ def validate(cfg: DictConfig) -> RunConfig:
         schema = schema_for(group, choice)
         if schema is None:
             allowed = ", ".join(sorted(SCHEMAS[group]))
-            errors.append(f"{group}.{choice_key}: value {choice!r} is not a known {group}; choose one of {allowed}.")
+            hint = did_you_mean(choice, SCHEMAS[group])
+            errors.append(f"{group}.{choice_key}: value {choice!r} is not a known {group}"
+                          f"{hint + ' Choose' if hint else '; choose'} one of {allowed}.")
             continue
         try:
             typed[group] = _merge_group(group, schema, values)

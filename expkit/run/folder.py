@@ -219,6 +219,10 @@ class RunDir:
         meta = self.read_meta()
         for stale in ("interrupted_at_step", "signal", "error", "stopped_early"):  # from how the run last ended
             meta.pop(stale, None)
+        # When the span before this resume ended, so that `expkit runs` sums the time trained,
+        # not the pause: its recorded end, or for a killed run (none recorded) the time of the
+        # checkpoint resumed from, the last of its work that counts.
+        entry = {"previous_end": meta.get("ended") or mtime(self.path / str(entry.get("checkpoint"))), **entry}
         meta.update(status="running", ended=None, resumes=[*meta.get("resumes", []), entry])
         write_json(self.meta_path, meta)
         if config_yaml is not None:
@@ -237,9 +241,17 @@ class RunDir:
         self.update_meta(restarts=[*meta.get("restarts", []), previous])
 
 
+def mtime(path: Path) -> str | None:
+    try:
+        return dt.datetime.fromtimestamp(path.stat().st_mtime).astimezone().isoformat(timespec="seconds")
+    except OSError:
+        return None
+
+
 def process_gone(pid: Any, host: Any) -> bool:
-    """True only when `pid` names a process on this host that no longer exists; False when
-    it lives, or when that cannot be told from here (another host, no pid)."""
+    """True only when `pid` names a process on this host that no longer exists, or has
+    exited and waits for its parent to collect it (a zombie: signal 0 still reaches it);
+    False when it lives, or when that cannot be told from here (another host, no pid)."""
     import socket
 
     if host != socket.gethostname() or not pid:
@@ -250,17 +262,58 @@ def process_gone(pid: Any, host: Any) -> bool:
         return True
     except (OSError, ValueError):
         return False
-    return False
+    stat = _proc_stat(int(pid))
+    return stat is not None and stat[0] == "Z"
 
 
-def writer_gone(folder: str | os.PathLike) -> bool:
-    """True when the process that last held the folder's lock is gone: a run still marked
-    running was killed (SIGKILL, the OOM killer, a power cut)."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state first); None without /proc."""
     try:
-        pid, _, host = RunDir(folder).lock.read_text().strip().partition(" on ")
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2:].split()  # the name, in parentheses, may hold spaces
+
+
+def _started_after(pid: int, when: float) -> bool:
+    """Whether process `pid` started after the time `when` (Linux /proc; False elsewhere)."""
+    stat = _proc_stat(pid)
+    try:
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        started = boot + int(stat[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start, in ticks after boot
+    except (OSError, StopIteration, TypeError, ValueError, IndexError):
+        return False
+    return started > when + 1.0  # btime is whole seconds
+
+
+def writer_gone(folder: str | os.PathLike, meta: dict[str, Any] | None = None) -> bool:
+    """True when the process that last held the folder's lock is gone: a run still marked
+    running was killed (SIGKILL, the OOM killer, a power cut). The file names its holder by
+    pid, and pids are reused (soon after a reboot, or a long time after the kill): a live
+    process that started after the holder wrote the file, and after the holder's last
+    record in meta.json (`started`, a resume's `at`), cannot be that holder. The latest of
+    these times is taken, so a file server's clock running behind cannot make a live
+    writer look gone."""
+    path = RunDir(folder).lock
+    try:
+        pid, _, host = path.read_text().strip().partition(" on ")
+        written = path.stat().st_mtime
     except OSError:
         return False
-    return process_gone(pid, host)
+    if process_gone(pid, host):
+        return True
+    import contextlib
+    import socket
+
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    meta = RunDir(folder).meta_or_empty() if meta is None else meta
+    resumes = [r for r in meta.get("resumes") or [] if isinstance(r, dict)]
+    for stamp in (meta.get("started"), *(r.get("at") for r in resumes[-1:])):
+        with contextlib.suppress(TypeError, ValueError):  # a time not recorded: the others decide
+            written = max(written, dt.datetime.fromisoformat(stamp).timestamp())
+    return _started_after(int(pid), written)
 
 
 class FolderLock:

@@ -5,6 +5,7 @@ error."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from dataclasses import dataclass, field
@@ -70,7 +71,7 @@ def read_job(folder: Path, config: bool = True) -> JobRecord:
     rundir = RunDir(folder)
     meta = rundir.meta_or_empty()
     status = meta.get("status")
-    if status == "running" and writer_gone(folder):
+    if status == "running" and writer_gone(folder, meta):
         status = "crashed"  # its process ended without saying how (SIGKILL, the OOM killer, a power cut)
     overrides = meta.get("overrides")
     if overrides is None:
@@ -85,6 +86,36 @@ def read_job(folder: Path, config: bool = True) -> JobRecord:
                      metrics=metrics, overrides=[str(o) for o in overrides],
                      config=config if isinstance(config, dict) else {},
                      hydra=hydra if isinstance(hydra, dict) else None)
+
+
+def _time(text: Any) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def active_seconds(meta: dict[str, Any], until_now: bool = False) -> float | None:
+    """How long a run trained: from `started` to its end, less the pauses between its
+    resumes (each entry of meta.json's `resumes` starts a span at `at`, and says where the
+    span before it ended in `previous_end`; an entry from before expkit recorded that
+    counts up to its own start). None when the run has not ended (with `until_now`: the
+    time up to now) or a time is missing."""
+    spans, begin = [], meta.get("started")
+    for entry in meta.get("resumes") or []:
+        spans.append((begin, entry.get("previous_end") or entry.get("at")))
+        begin = entry.get("at")
+    end = meta.get("ended")
+    if end is None and until_now:
+        end = dt.datetime.now().astimezone().isoformat()
+    spans.append((begin, end))
+    total = 0.0
+    for a, b in spans:
+        start, finish = _time(a), _time(b)
+        if start is None or finish is None:
+            return None
+        total += max(0.0, (finish - start).total_seconds())
+    return total
 
 
 def split_override(override: str) -> tuple[str, str]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from expkit.config.compose import flatten
 from expkit.errors import ConfigError
 from expkit.run.folder import RunDir
+from expkit.training.logs import console_extra
 
 if TYPE_CHECKING:
     from expkit.config.schema import RunConfig
@@ -56,18 +57,19 @@ def build(typed: RunConfig, run_dir: Path, resume: Checkpoint | None = None):
     torch.backends.cudnn.benchmark = device.type == "cuda" and not t.deterministic
     dist.setup(device)
     seed_everything(typed["seed"] + dist.rank())  # dropout masks differ per rank, as they should
-    log_header(typed, run_dir, device)
+    log_header(typed, run_dir, device, resumed=resume is not None)
 
     data = build_data(typed["data"], typed["seed"], dist.rank(), dist.world_size(), device)
     log.info("data %s (%s, %s loader) from %s: %s; input %s; mean %s std %s",
              data.info["name"], data.info["mode"], data.info["loader"], data.info["location"],
              ", ".join(f"{k} {v}" for k, v in data.info["sizes"].items()), data.info["input_shape"],
              _short(data.mean), _short(data.std))
-    log.info("%s; class counts: %s", describe_test(data.info), data.info["class_counts"])
+    log.info("%s", describe_test(data.info))
+    log.info("class counts: %s", data.info["class_counts"], extra=console_extra(t.verbose))
 
     model = build_model_for(typed, data.input_shape, data.num_classes)
     apply_init(model, typed["init"], typed["model"].activation)
-    log_model(model)
+    log_model(model, typed["model"].arch, t.verbose)
     model.to(device)
     if t.channels_last and len(data.input_shape) == 3:
         model.to(memory_format=torch.channels_last)
@@ -123,25 +125,46 @@ def _short(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
 
 
-def log_header(typed: RunConfig, run_dir: Path, device) -> None:
+def log_header(typed: RunConfig, run_dir: Path, device, resumed: bool = False) -> None:
+    """The run's header in train.log; on the console, unless trainer.verbose, one line for
+    the config (the full config, git and environment only in train.log)."""
     import json
 
     meta = RunDir(run_dir).meta_or_empty()
+    detail = console_extra(typed["trainer"].verbose)
     log.info("run folder: %s", run_dir)
-    log.info("config:\n%s", typed.to_yaml().rstrip())
-    log.info("git: %s", json.dumps(meta.get("git", {})))
+    log.info("%s", config_line(typed, [] if resumed else meta.get("overrides") or []))
+    log.info("config:\n%s", typed.to_yaml().rstrip(), extra=detail)
+    log.info("git: %s", json.dumps(meta.get("git", {})), extra=detail)
     log.info("environment: %s; versions: %s; device %s; threads %d", json.dumps(meta.get("environment", {})),
-             json.dumps(meta.get("versions", {})), device, __import__("torch").get_num_threads())
+             json.dumps(meta.get("versions", {})), device, __import__("torch").get_num_threads(), extra=detail)
 
 
-def log_model(model) -> None:
+def config_line(typed: dict[str, Any], overrides: list[str]) -> str:
+    """The config in one line: each group's choice, the numbers most runs differ in, and
+    the command line's overrides (a resume's own are in its "resumed from" line)."""
+    from expkit.config.schema import CHOICE_KEY
+
+    t, o, d = typed["trainer"], typed["optim"], typed["data"]
+    choices = " ".join(f"{group}={getattr(typed[group], key)}" for group, key in CHOICE_KEY.items())
+    line = (f"config: {choices}; lr {o.lr:g}, batch {d.batch_size}, {t.epochs} epoch{'s' * (t.epochs != 1)}, "
+            f"seed {typed['seed']}")
+    if overrides:
+        line += f"; overrides: {' '.join(overrides)}"
+    return line + ("" if t.verbose else " (every key: train.log, or trainer.verbose=true)")
+
+
+def log_model(model, arch: str = "", verbose: bool = True) -> None:
+    """The model in one line, and its layer table (train.log; the console with verbose)."""
     lines, total = [], 0
     for name, module in model.named_modules():
         if name and not list(module.children()):
             count = sum(p.numel() for p in module.parameters(recurse=False))
             total += count
             lines.append(f"  {name:<24} {type(module).__name__:<14} {count:>10,}  {_describe(module)}")
-    log.info("model: %d parameters\n%s", total, "\n".join(lines))
+    kind = f"{arch} ({type(model).__name__})" if arch else type(model).__name__
+    log.info("model: %s, %s parameters in %d layers", kind, f"{total:,}", len(lines))
+    log.info("model: %d parameters\n%s", total, "\n".join(lines), extra=console_extra(verbose))
 
 
 def _describe(module) -> str:

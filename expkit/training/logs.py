@@ -1,9 +1,17 @@
 """Console and train.log. The console gets a rich progress bar in a terminal and plain
-periodic lines elsewhere (CI, SLURM, files); train.log never gets ANSI escapes."""
+periodic lines elsewhere (CI, SLURM, files); train.log never gets ANSI escapes.
+
+train.log gets every record. The console skips records logged with `extra=FILE_ONLY` (the
+full config, the model's layer table, git, environment: ~100 lines a run, a wall of text
+per sweep job) unless trainer.verbose asks for them; it gets a one-line summary of each."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,6 +19,16 @@ from expkit.run.folder import RunDir
 
 LOGGER = "expkit"
 FILE_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+FILE_ONLY = {"console": False}  # `log.info(..., extra=FILE_ONLY)`: train.log only
+
+
+def console_extra(verbose: bool) -> dict[str, bool]:
+    """The `extra` of a detail record: on the console too with trainer.verbose=true."""
+    return {} if verbose else FILE_ONLY
+
+
+def _on_console(record: logging.LogRecord) -> bool:
+    return getattr(record, "console", True)
 
 
 def setup_logging(run_dir: Path | None, rank: int = 0, level: int = logging.INFO) -> logging.Logger:
@@ -35,12 +53,49 @@ def setup_logging(run_dir: Path | None, rank: int = 0, level: int = logging.INFO
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter("%(message)s" if sys.stdout.isatty() else "[%(asctime)s] %(message)s",
                                            datefmt="%H:%M:%S"))
+    console.addFilter(_on_console)
     log.addHandler(console)
     if run_dir is not None:
         file_handler = logging.FileHandler(RunDir(run_dir).log)
         file_handler.setFormatter(logging.Formatter(FILE_FORMAT))
         log.addHandler(file_handler)
     return log
+
+
+def program(name: str) -> str:
+    """How the user calls `name` (expkit, tensorboard) from this shell: by its bare name
+    when PATH finds the one installed beside the running Python (an activated venv, a
+    system-wide install), else by the path of that one (`.venv/bin/tensorboard`) when it
+    exists: a venv used without activating it has its bin off PATH, and another
+    tensorboard found on PATH would not be this environment's."""
+    beside = Path(sys.executable).parent / name  # not resolved: a venv's python is a symlink out of it
+    if not beside.is_file():
+        return name
+    found = shutil.which(name)
+    try:
+        if found and os.path.samefile(found, beside):
+            return name
+    except OSError:
+        pass
+    return shell_path(beside)
+
+
+def shell_path(path: str | os.PathLike) -> str:
+    """A path as the user types it: relative to the current folder when below it, quoted
+    for the shell when it must be."""
+    path = Path(path)
+    with contextlib.suppress(OSError, ValueError):  # elsewhere: the path as given
+        path = path.resolve().relative_to(Path.cwd().resolve())
+    return shlex.quote(str(path))
+
+
+def next_steps(run_dir: str | os.PathLike) -> str:
+    """The closing line of a run: what to do with it now."""
+    where = shell_path(run_dir)
+    expkit = program("expkit")
+    # `expkit runs` searches runs/ of the current folder; a run elsewhere (hydra.run.dir=...) is named
+    runs = "runs" if Path(run_dir).resolve().is_relative_to(Path("runs").resolve()) else f"runs {where}"
+    return f"next: {expkit} eval {where}; {expkit} {runs}; {program('tensorboard')} --logdir {where}"
 
 
 def close_logging() -> None:
