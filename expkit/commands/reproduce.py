@@ -24,10 +24,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from expkit.reproduce import reproduce
+    from expkit.run.folder import RunDir
 
     def say(folder) -> None:
-        print(f"expkit reproduce: code rebuilt; re-running on CPU in {folder} (its log: {folder}/train.log)",
-              file=sys.stderr, flush=True)
+        print(f"expkit reproduce: code rebuilt; re-running on CPU. Follow it in {RunDir(folder).log} while it "
+              "runs; that folder is removed at the end unless the result differs.", file=sys.stderr, flush=True)
 
     result = reproduce(args.run_dir, check=args.check, on_rerun=say)
     print(result.text(), end="")
