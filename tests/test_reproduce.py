@@ -15,8 +15,6 @@ from conftest import FAST, git, make_git_repo, only_run, run_cli
 from expkit.cli import main
 from expkit.reproduce import Result, _compare
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
