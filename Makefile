@@ -8,7 +8,7 @@ ARGS   ?=
 # torch, so two pytest workers keep two cores busy (`make test WORKERS=0` runs in one process).
 WORKERS ?= 2
 
-.PHONY: train test test-fast tb sweep lessons bench gpu-check lint clean
+.PHONY: train test test-fast tb sweep lessons bench gpu-check lint reference clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,13 @@ bench: $(BENCH_STAMP)
 # the CPU-runnable parts, writes bench/results/gpu_cpu_dryrun.md (never gpu.md), exits 0.
 gpu-check: $(STAMP)
 	$(BIN)/python bench/gpu_check.py $(ARGS)
+
+# docs/reference.md from the config dataclasses (expkit/config/reference.py); tests/test_readme.py
+# fails while the page differs from what this writes. Written to a temporary file first, so a
+# failed run leaves the page as it was.
+reference: $(STAMP)
+	$(BIN)/python -m expkit.config.reference > docs/reference.md.tmp
+	mv docs/reference.md.tmp docs/reference.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check expkit tests bench

@@ -18,17 +18,56 @@ EXPKIT = str(Path(sys.executable).parent / "expkit")
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# The end-to-end tier: modules whose tests start real expkit processes (training, DDP,
-# sweeps, signals). Single such tests elsewhere carry @pytest.mark.e2e. `make test-fast`
-# runs the rest (`-m "not e2e"`), the unit tier; `make test` runs both.
-E2E_MODULES = {"test_bench", "test_cli", "test_ddp", "test_gpu", "test_lessons", "test_packaging", "test_plugin",
-               "test_resume", "test_sweep", "test_switches", "test_tensorboard"}
+# The end-to-end tier, in this one list and nowhere else (no @pytest.mark.e2e, no pytestmark):
+# whole modules, or single tests as "module::test", that start real expkit processes or other
+# slow real ones (torchrun, a Jupyter kernel, a wheel install, SIGKILLed writers). `make test-fast`
+# runs the rest (`-m "not e2e"`), the unit tier; `make test` runs both. Every entry must name a
+# test that exists, and run_cli refuses to start expkit inside a test the list leaves out, so
+# the unit tier cannot grow an expkit process unnoticed.
+E2E = {
+    "test_bench::test_scaling_bench_reads_time_and_memory_of_a_whole_run",
+    "test_bench::test_ddp_interleaved_bench_runs_under_torchrun",
+    "test_afterwards::test_export_loads_with_plain_torch_and_gives_the_checkpoints_outputs",
+    "test_checkpoint::test_sigkill_at_many_points_of_a_write_always_leaves_a_valid_checkpoint",
+    "test_choices::test_expkit_sched_draws_the_schedule",
+    "test_cli", "test_config_reference::test_train_help_shows_the_composed_defaults_per_choice",
+    "test_data::test_data_errors_through_the_cli_are_one_message_without_traceback",
+    "test_data::test_digits_does_not_import_sklearn_datasets", "test_ddp",
+    "test_docs::test_page_runs_as_shown", "test_gpu", "test_gpu_check", "test_lessons", "test_notebook",
+    "test_own_code::test_cli_and_its_ddp_workers_import_from_the_current_directory", "test_packaging",
+    "test_plugin", "test_records", "test_reproduce", "test_resume",
+    "test_runs::test_runs_counts_only_the_time_a_real_resumed_run_trained",
+    "test_runs::test_a_sigkilled_run_is_crashed_not_running", "test_signals", "test_sweep", "test_switches",
+    "test_tensorboard",
+}
+
+
+def _e2e(item) -> bool:
+    module = item.module.__name__.rpartition(".")[2]
+    return module in E2E or f"{module}::{item.originalname}" in E2E
 
 
 def pytest_collection_modifyitems(config, items):
+    tests_dir = Path(__file__).parent
+    for entry in E2E:  # a renamed module or test must not drop out of the tier silently
+        module, _, test = entry.partition("::")
+        source = tests_dir / f"{module}.py"
+        assert source.exists() and (not test or f"def {test}(" in source.read_text()), \
+            f"tests/conftest.py E2E names {entry}, which does not exist"
     for item in items:
-        if item.module.__name__.rpartition(".")[2] in E2E_MODULES:
+        if _e2e(item):
             item.add_marker(pytest.mark.e2e)
+
+
+_IN_E2E_TEST = False  # set for the test being run: run_cli starts expkit only in e2e tests
+
+
+@pytest.fixture(autouse=True)
+def _tier(request):
+    global _IN_E2E_TEST
+    _IN_E2E_TEST = request.node.get_closest_marker("e2e") is not None
+    yield
+    _IN_E2E_TEST = False
 
 
 # Small and fast: a sample of the bundled digits, one or two epochs, no progress bar.
@@ -37,6 +76,7 @@ FAST = ["data.sample=128", "trainer.epochs=1", "trainer.progress=off", "trainer.
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300,
             check: bool = False, unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    assert _IN_E2E_TEST, "this test starts an expkit process: list it in tests/conftest.py E2E"
     full_env = dict(os.environ, **(env or {}))
     for name in ("EXPKIT_TRACEBACK", *unset):
         full_env.pop(name, None)

@@ -150,7 +150,6 @@ def test_predict_reads_images_as_torchvision_does_for_folder_data(tmp_path, chan
     assert torch.equal(load_image(path, (channels, 12, 12)), expected)
 
 
-@pytest.mark.e2e
 def test_export_loads_with_plain_torch_and_gives_the_checkpoints_outputs(run, tmp_path, capsys):
     files = {"torchscript": run / "export" / "model-best.torchscript.pt", "exported": run / "export" / "model-best.pt2"}
     # No --format: torch.export, not the TorchScript torch deprecates.

@@ -79,7 +79,6 @@ def test_checkpoint_bench_on_one_thread_runs_as_a_command_of_its_own(tmp_path):
     assert "1 torch thread on" in "\n".join(checkpoint_interleaved.table(res))
 
 
-@pytest.mark.e2e
 def test_scaling_bench_reads_time_and_memory_of_a_whole_run():
     res = scaling.measure([256], [1])
     [cell] = res["cells"]
@@ -87,7 +86,6 @@ def test_scaling_bench_reads_time_and_memory_of_a_whole_run():
     assert "| 256 | 1 |" in "\n".join(scaling.table(res))
 
 
-@pytest.mark.e2e
 def test_ddp_interleaved_bench_runs_under_torchrun(tmp_path):
     out = tmp_path / "ddp.json"
     proc = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2",

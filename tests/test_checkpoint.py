@@ -312,7 +312,6 @@ print(json.dumps({"duration": duration, "rounds": rounds, "final": final}))
 """
 
 
-@pytest.mark.e2e
 def test_sigkill_at_many_points_of_a_write_always_leaves_a_valid_checkpoint(tmp_path):
     folder = tmp_path / "checkpoints"
     points = 24

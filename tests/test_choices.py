@@ -322,7 +322,6 @@ def test_validation_names_key_value_and_allowed(overrides, message):
     assert message in str(e.value)
 
 
-@pytest.mark.e2e
 def test_expkit_sched_draws_the_schedule(tmp_path):
     out = tmp_path / "lr.png"
     proc = run_cli(["sched", "sched=cosine", "sched.warmup_epochs=2", "--out", str(out)], cwd=tmp_path, check=True)

@@ -189,7 +189,6 @@ def test_only_the_missing_files_are_named(tmp_path):
      ["train-images-idx3-ubyte", "{tmp}/nowhere/MNIST/raw"]),
     (["data=folder"], ["data.root: value None is not allowed for data=folder"]),
 ], ids=["mnist", "folder"])
-@pytest.mark.e2e
 def test_data_errors_through_the_cli_are_one_message_without_traceback(tmp_path, args, expected):
     proc = run_cli(["train", *(a.format(tmp=tmp_path) for a in args), "trainer.progress=off"], cwd=tmp_path,
                    timeout=120)
@@ -354,7 +353,6 @@ def test_sample_mode_sizes_are_proportional_and_stable():
     assert big.info["sizes"] == full.info["sizes"]
 
 
-@pytest.mark.e2e
 def test_digits_does_not_import_sklearn_datasets():
     code = ("import sys; import expkit.data.sources as s; from expkit.config.schema import DataConfig; "
             "src = s.load_digits(DataConfig()); "

@@ -9,15 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import gpu_check  # noqa: E402
 
 
-@pytest.mark.e2e
 def test_without_a_gpu_it_says_so_runs_the_cpu_parts_and_exits_0(tmp_path):
     real = ROOT / "bench" / "results" / "gpu.md"
     before = real.read_bytes() if real.exists() else None

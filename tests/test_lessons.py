@@ -283,7 +283,6 @@ def test_lesson_list_names_each_claim_in_one_line(capsys):
     assert all(len(ln.split(None, 1)[1]) > 20 for ln in lines)
 
 
-@pytest.mark.e2e
 def test_expkit_lesson_runs_the_sweep_with_seeds_and_reports(tmp_path):
     proc = run_cli(["lesson", "dropout", "--seeds", "2", *SMALL[:-1], "model.width=16"], cwd=tmp_path, check=True)
     [sweep] = (tmp_path / "runs" / "lessons" / "dropout").iterdir()

@@ -12,7 +12,6 @@ import signal
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +44,6 @@ def stop_tensorboards_started_in(folder: Path) -> list[int]:
     return stopped
 
 
-@pytest.mark.e2e
 def test_quickstart_notebook_runs_in_a_kernel(tmp_path):
     import nbformat
     from nbclient import NotebookClient

@@ -226,7 +226,6 @@ def test_resume_imports_from_the_folder_the_run_started_in(project, tmp_path_fac
     assert Path(sys.modules["ownmod"].__file__) == project / "ownmod.py"
 
 
-@pytest.mark.e2e
 def test_cli_and_its_ddp_workers_import_from_the_current_directory(project):
     args = ["model=python", "model.factory=ownmod:build_model", "init=function", "init.function=ownmod:init_weights",
             "trainer.devices=2", "trainer.accelerator=cpu", *FAST]

@@ -24,7 +24,7 @@ from conftest import FAST, git, make_git_repo
 ROOT = Path(__file__).resolve().parents[1]
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
 # The tests build in the repository (build/, *.egg-info): one pytest-xdist worker runs them.
-pytestmark = [pytest.mark.xdist_group("packaging"), pytest.mark.e2e]
+pytestmark = pytest.mark.xdist_group("packaging")
 
 
 def fresh_venv(path: Path) -> Path:

@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 from conftest import FAST, assert_strict_json, git, read_json, run_cli
 
-pytestmark = pytest.mark.e2e
-
 SMALL = [*FAST, "model=mlp", "model.width=32"]
 # The real CLI, holding after training step 3 until it is signalled (the folder stays locked).
 HOLD = r"""

@@ -17,8 +17,6 @@ from expkit.errors import ConfigError
 from expkit.reproduce import Result, _compare
 from expkit.run.provenance import sha256_file
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:

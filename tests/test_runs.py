@@ -133,7 +133,6 @@ def test_a_resume_of_a_killed_run_ends_its_first_span_at_the_checkpoint(tmp_path
     assert entry["previous_end"].startswith("2026-11-28T12:05:00")
 
 
-@pytest.mark.e2e
 def test_runs_counts_only_the_time_a_real_resumed_run_trained(tmp_path):
     small = [*FAST, "model=mlp", "model.width=16"]
     run_cli(["train", *small], cwd=tmp_path, check=True)
@@ -161,7 +160,6 @@ def _exited(pid: int) -> None:
     os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
 
 
-@pytest.mark.e2e
 def test_a_sigkilled_run_is_crashed_not_running(tmp_path):
     """A real `expkit train`, SIGKILLed: meta.json still says running, `expkit runs` says crashed:
     while it is a zombie not yet collected, once collected, and when its pid names a newer process."""

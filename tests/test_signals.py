@@ -12,10 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from conftest import FAST, assert_strict_json, read_json
-
-pytestmark = pytest.mark.e2e
 
 # Pauses the real CLI in one phase (argv[1]) and writes argv[2] when it is there.
 HARNESS = r"""
