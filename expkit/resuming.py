@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
-from expkit.config.compose import upgrade_saved
+from expkit.config.compose import upgrade_saved, with_overrides
 from expkit.config.schema import did_you_mean
 from expkit.errors import ConfigError
 from expkit.run.folder import RunDir, now
@@ -172,10 +172,7 @@ def resumed_config(cfg, overrides: list[str], force: bool, objects: dict[str, An
         if cfg.get(group, {}).get(choice_key) != own:
             raise ConfigError(f"{group}: this run's {group} is {cfg.get(group, {}).get(choice_key)!r}, not own code; "
                               f"the {group} argument is for runs trained with {group}={own}.")
-    try:
-        return OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
-    except Exception as e:
-        raise ConfigError(f"overrides {' '.join(overrides)}: {str(e).splitlines()[0]}") from None
+    return with_overrides(cfg, overrides)
 
 
 def newest_checkpoint(rundir: RunDir, meta: dict[str, Any]) -> tuple[Checkpoint, list[str]]:

@@ -150,3 +150,22 @@ def test_no_suggestion_when_nothing_is_close(override, in_tmp, capsys):
     assert main(["train", override]) == 2
     err = capsys.readouterr().err
     assert "did you mean" not in err and override.split("=")[0] in err, err
+
+
+def test_overrides_of_a_saved_config_read_values_as_train_reads_them():
+    # resume and eval apply key=value to the run's saved config: `off` is the text off (as on
+    # expkit train's command line), not YAML 1.1's false.
+    from omegaconf import OmegaConf
+
+    from expkit.config.compose import with_overrides
+    from expkit.errors import ConfigError
+
+    saved = OmegaConf.create({"trainer": {"progress": "auto", "epochs": 3}, "optim": {"lr": 0.1}, "name": None})
+    cfg = with_overrides(saved, ["trainer.progress=off", "trainer.epochs=5", "optim.lr=1e-3", "name=null",
+                                 "+trainer.extra=[1,2]"])
+    assert cfg.trainer.progress == "off" and cfg.trainer.epochs == 5 and cfg.optim.lr == 1e-3
+    assert cfg.name is None and list(cfg.trainer.extra) == [1, 2] and saved.trainer.progress == "auto"
+    with pytest.raises(ConfigError, match="is a sweep"):
+        with_overrides(saved, ["optim.lr=0.1,0.2"])
+    with pytest.raises(ConfigError, match="malformed"):
+        with_overrides(saved, ["optim.lr=[0.1"])

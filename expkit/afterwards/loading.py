@@ -57,7 +57,7 @@ def open_run(run_dir: str | Path) -> tuple[Path, DictConfig]:
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """`data=folder data.root=DIR` replaces the data group with that choice as conf/ composes
     it; `key=value` changes one key of the saved config."""
-    from expkit.config.compose import compose, explain_compose_error
+    from expkit.config.compose import compose, explain_compose_error, with_overrides
     from expkit.config.schema import CHOICE_KEY, SINGLE
 
     for item in overrides:
@@ -74,12 +74,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             raise ConfigError(explain_compose_error(e, in_groups, None)) from None
         for group in groups:
             cfg[group] = composed[group]
-    if rest:
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in rest]))
-        except Exception as e:
-            raise ConfigError(f"overrides {' '.join(rest)}: {str(e).splitlines()[0]}") from None
-    return cfg
+    return with_overrides(cfg, rest) if rest else cfg
 
 
 def checkpoint_file(path: Path, checkpoint: str) -> tuple[str, Path]:

@@ -65,6 +65,30 @@ def compose(overrides: list[str], config_dir: str | None = None, hydra: bool = F
 MAX_CHECKED_JOBS = 64  # a sweep's jobs composed before it starts; the rest are checked as they run
 
 
+def with_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """`key=value` (and `+key=value`) overrides applied to a saved config, each value read as
+    Hydra reads it on a command line: `off` stays the text off, `1e-3` is a number, `null`
+    is None, `[1,2]` a list. (OmegaConf's dotlist would read YAML 1.1: off as false.)"""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as e:
+        reason = (getattr(e, "message", "") or str(e)).splitlines()[0]
+        raise ConfigError(f"override {getattr(e, 'override', '') or ''!r} is malformed: {reason}.") from None
+    cfg = cfg.copy()
+    for o in parsed:
+        if o.is_sweep_override():
+            raise ConfigError(f"{o.key_or_group}: value {o.input_line.split('=', 1)[-1]!r} is a sweep; give one "
+                              "value.")
+        try:
+            OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True, force_add=o.is_add())
+        except Exception as e:
+            raise ConfigError(f"{o.input_line}: {str(e).splitlines()[0]}") from None
+    return cfg
+
+
 def is_multirun(args: list[str]) -> bool:
     return any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in args)
 
@@ -129,10 +153,15 @@ def check_overrides(overrides: list[str], config_dirs: list[str] | tuple[str, ..
 
 def _values(o) -> list[str] | None:
     """The values an override stands for as strings (several for a sweep); None when they
-    cannot be listed before the sweeper runs (interval(), glob())."""
+    cannot be listed before the sweeper runs (glob()). An interval() stands for its two
+    ends: the sweeper picks values between them, so each end is checked as a value."""
+    from hydra.core.override_parser.types import IntervalSweep
+
     if not o.is_sweep_override():
         value = o.value()
         return [value] if isinstance(value, str) else [o.get_value_element_as_str()]
+    if isinstance(o.value(), IntervalSweep):
+        return [str(o.value().start), str(o.value().end)]
     try:
         return [str(v) for v in o.sweep_string_iterator()]
     except Exception:
