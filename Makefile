@@ -62,7 +62,7 @@ gpu-check: $(STAMP)
 # fails while the page differs from what this writes. Written to a temporary file first, so a
 # failed run leaves the page as it was.
 reference: $(STAMP)
-	$(BIN)/python -m expkit.config.reference > docs/reference.md.tmp
+	$(BIN)/python -m expkit.config.reference > docs/reference.md.tmp || { rm -f docs/reference.md.tmp; exit 1; }
 	mv docs/reference.md.tmp docs/reference.md
 
 lint: $(STAMP)

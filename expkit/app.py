@@ -196,7 +196,8 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
 
 
 def in_sweep() -> bool:
-    """Whether this is a job of a Hydra multirun (in this process or a launcher's worker)."""
+    """Whether this process runs a job of a Hydra multirun. (A job's own DDP workers,
+    trainer.devices > 1, cannot tell: rank 0 of such a job prints its own closing line.)"""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 
 from expkit.config.compose import upgrade_saved, with_overrides
-from expkit.config.schema import did_you_mean
-from expkit.errors import ConfigError
+from expkit.errors import ConfigError, did_you_mean
 from expkit.run.folder import RunDir, now
 from expkit.run.provenance import git_info
 from expkit.run.provenance import tracked_diff as _tracked_diff

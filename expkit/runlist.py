@@ -92,7 +92,7 @@ def row(job: JobRecord, root: Path) -> dict[str, Any]:
     return {
         "folder": folder, "path": str(job.path), "status": job.status or "?", "started": started, "ended": ended,
         # the time it trained: a resumed run's pauses do not count
-        "duration_s": active_seconds(meta) if ended else None,
+        "duration_s": active_seconds(meta),
         "commit": git.get("commit"), "dirty": git.get("dirty"), "overrides": job.overrides,
         "resumes": len(resumes), "resume_overrides": [str(o) for o in resumes[-1].get("overrides") or []]
         if resumes else [],

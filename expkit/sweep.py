@@ -206,7 +206,9 @@ def _resume_job(cfg, run_dir: Path, overrides: list[str], metric: str) -> float 
     if status == "completed":
         print("expkit: sweep.resume: completed earlier; skipped", flush=True)
         return _value(rundir.read_metrics(), metric)
-    if any(rundir.checkpoints.glob("*.pt")):
+    from expkit.run.checkpoint import has_any
+
+    if has_any(rundir.checkpoints):
         print(f"expkit: sweep.resume: was {status}; continuing it from its checkpoint", flush=True)
         try:
             return _value(resume(run_dir, []), metric)  # a failed or stopped resume raises RunFailed

@@ -62,11 +62,16 @@ def pytest_collection_modifyitems(config, items):
 _IN_E2E_TEST = False  # set for the test being run: run_cli starts expkit only in e2e tests
 
 
-@pytest.fixture(autouse=True)
-def _tier(request):
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    # Before any fixture of the test is set up: a module-scoped fixture that trains a run for
+    # the module's tests starts its expkit process here.
     global _IN_E2E_TEST
-    _IN_E2E_TEST = request.node.get_closest_marker("e2e") is not None
-    yield
+    _IN_E2E_TEST = item.get_closest_marker("e2e") is not None
+
+
+def pytest_runtest_teardown(item):
+    global _IN_E2E_TEST
     _IN_E2E_TEST = False
 
 

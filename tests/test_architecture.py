@@ -98,8 +98,10 @@ def string_constants() -> dict[str, set[str]]:
 
 
 def spelled_outside(owner: str, names: set[str]) -> list[str]:
-    return sorted(f"{module} spells {name!r}" for module, found in string_constants().items() if module != owner
-                  for name in names & found)
+    """Modules other than `owner` with a string that is one of `names`, or ends in one after
+    a slash (an f-string's "/train.log")."""
+    return sorted(f"{module} spells {text!r}" for module, found in string_constants().items() if module != owner
+                  for text in found for name in names if text == name or text.endswith("/" + name))
 
 
 def test_the_run_folder_names_its_files_in_one_module():

@@ -101,6 +101,28 @@ def test_norm_is_the_one_key_and_batchnorm_its_alias():
     assert typed(["reg.batchnorm=false", "reg.norm=layer", "reg.norm_position=after"])["reg"].norm_position == "after"
     with pytest.raises(ConfigError, match=r"reg.batchnorm: value true .* contradicts reg.norm=group"):
         typed(["reg.batchnorm=true", "reg.norm=group"])
+    # What the records hold is the norm that trained, however it was asked for.
+    resolved = typed(["reg=none", "reg.batchnorm=true"])
+    assert resolved.plain["reg"]["norm"] == "batch" and resolved.plain["reg"]["batchnorm"] is True
+    assert resolved["reg"].batchnorm is True  # the alias agrees, for builders that read it
+
+
+def test_a_config_saved_before_the_alias_keeps_its_norm():
+    from omegaconf import OmegaConf
+
+    from expkit.config.compose import compose, task_config, upgrade_saved
+    from expkit.config.schema import validate
+
+    def saved(**reg):
+        cfg = OmegaConf.create(OmegaConf.to_container(task_config(compose(["reg=none"])), resolve=True))
+        cfg.reg.update(reg)
+        return validate(upgrade_saved(cfg))["reg"].norm
+
+    # Before reg.batchnorm was an alias, a reg.norm that was set won over it.
+    assert saved(norm="batch", batchnorm=False) == "batch"
+    assert saved(norm="layer", batchnorm=False) == "layer"
+    assert saved(norm=None, batchnorm=True) == "batch"
+    assert saved(norm=None, batchnorm=False) == "none"
 
 
 # ---------------------------------------------------------------- gradient warnings

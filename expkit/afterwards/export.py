@@ -92,8 +92,9 @@ def export(run_dir: str | Path, checkpoint: str = "best", fmt: str = "exported",
     try:
         data = to_bytes(module, example, fmt, {"expkit.json": json.dumps(info)})
     except Exception as e:
+        other = next(f for f in FORMATS if f != fmt)
         raise ConfigError(f"--format {fmt}: this model cannot be exported so: {type(e).__name__}: "
-                          f"{(str(e).splitlines() or [''])[0]}") from None
+                          f"{(str(e).splitlines() or [''])[0]}; try --format {other}") from None
     folder = RunDir(run.path).export_dir
     folder.mkdir(exist_ok=True)
     path = folder / f"model-{run.label}{FORMATS[fmt]}"

@@ -146,19 +146,17 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
     typed["data"] = dataclasses.replace(typed["data"], augment=False)  # scoring sees the plain examples
     label, file = checkpoint_file(path, checkpoint)
     own = file.resolve().parent == RunDir(path).checkpoints.resolve()
-    checkpoint = read_checkpoint(file, own)
-    facts = data_facts(path, checkpoint, validate(saved) if overrides else typed)
+    saved_state = read_checkpoint(file, own)
+    facts = data_facts(path, saved_state, validate(saved) if overrides else typed)
     model = build_model_for(typed, facts["input_shape"], len(facts["classes"]))
     try:
-        model.load_state_dict(checkpoint.model)
+        model.load_state_dict(saved_state.model)
     except RuntimeError as e:
-        from expkit.config.compose import plain
-
-        reason = model_mismatch(checkpoint.config, plain(cfg), e)
+        reason = model_mismatch(saved_state.config, typed.plain, e)
         raise ConfigError(f"checkpoint {file} does not fit this run's model: {reason}") from None
     target = torch.device(device) if device else pick_device(typed["trainer"].accelerator)
     model.to(target).eval()
-    return RunModel(path=path, cfg=cfg, typed=typed, model=model, saved=checkpoint, label=label, checkpoint=file,
+    return RunModel(path=path, cfg=cfg, typed=typed, model=model, saved=saved_state, label=label, checkpoint=file,
                     classes=list(facts["classes"]), mean=list(facts["mean"]), std=list(facts["std"]),
                     input_shape=tuple(facts["input_shape"]), device=target)
 

@@ -35,18 +35,19 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def plain(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(task_config(cfg), resolve=True)
-
-
 def upgrade_saved(cfg: DictConfig) -> DictConfig:
     """A run folder's config.yaml written by an older expkit: keys whose new default would
     change what that run did get the value it had. Runs from before data.test_fraction
-    trained on every example of a data set without a test split."""
+    trained on every example of a data set without a test split. Before reg.batchnorm
+    became an alias, a reg.norm that was set won over it (reg=none reg.norm=batch saved
+    batchnorm: false beside norm: batch); the alias is dropped there so the norm still wins."""
     data = cfg.get("data")
     if OmegaConf.is_dict(data) and "test_fraction" not in data:
         with open_dict(cfg):
             cfg.data.test_fraction = 0.0
+    reg = cfg.get("reg")
+    if OmegaConf.is_dict(reg) and isinstance(reg.get("batchnorm"), bool) and reg.get("norm") is not None:
+        cfg.reg.batchnorm = None
     return cfg
 
 
@@ -112,7 +113,8 @@ def check_overrides(overrides: list[str], config_dirs: list[str] | tuple[str, ..
     from hydra.errors import OverrideParseException
 
     from expkit.config.groups import list_choices
-    from expkit.config.schema import did_you_mean, validate
+    from expkit.config.schema import validate
+    from expkit.errors import did_you_mean
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -214,7 +216,8 @@ def missing_key_message(key: str, value: str, overrides: list[str], config_dir: 
     """`optim.momentum=0.9` with optim=adam: which choices of the group have that key."""
     import dataclasses
 
-    from expkit.config.schema import CHOICE_KEY, SCHEMAS, SINGLE, closest, did_you_mean
+    from expkit.config.schema import CHOICE_KEY, SCHEMAS, SINGLE
+    from expkit.errors import closest, did_you_mean
 
     group, _, name = key.partition(".")
     if group in CHOICE_KEY and name and "." not in name:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import difflib
 import hashlib
 import importlib
 import inspect
@@ -180,9 +179,10 @@ def _modules_in(directory: Path, missing: str) -> str:
                    ) if parent.is_dir() else []
     prefix = ".".join(missing.split(".")[:-1])
     found = [f"{prefix}.{f}" if prefix else f for f in found]
-    close = difflib.get_close_matches(missing, found, n=1)
+    from expkit.errors import did_you_mean
+
     text = ", ".join(found[:20]) + (", ..." if len(found) > 20 else "") if found else "no Python modules"
-    return text + (f"; did you mean {close[0]}?" if close else "")
+    return text + did_you_mean(missing, found)
 
 
 def _missing_attribute(key: str, path: str, module_name: str, module: Any, parts: list[str], obj: Any) -> str:
@@ -190,11 +190,12 @@ def _missing_attribute(key: str, path: str, module_name: str, module: Any, parts
                      and (inspect.isfunction(v) or inspect.isclass(v))
                      and getattr(v, "__module__", None) == module_name)
     name = ".".join(parts)
-    close = difflib.get_close_matches(parts[-1], defined, n=1)
+    from expkit.errors import did_you_mean
+
     where = getattr(module, "__file__", None) or module_name
     return (f"{key}: value {path!r}: {module_name} ({where}) has no {name}; it defines "
             f"{', '.join(defined) if defined else 'no functions or classes'}"
-            f"{f'; did you mean {close[0]}?' if close else '.'}")
+            f"{did_you_mean(parts[-1], defined) or '.'}")
 
 
 # ------------------------------------------------------------------ kinds and arguments

@@ -34,7 +34,7 @@ def hydra_subdir(output_dir: str, resume: Any) -> str | None:
 
     if truthy(resume) and output_dir and RunDir(output_dir).is_run():
         return None
-    return RunDir(".").hydra_dir.name
+    return RunDir.HYDRA
 
 
 def same_path(path: str) -> str:

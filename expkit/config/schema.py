@@ -15,7 +15,6 @@ registry key inside the group (`data.name`, `model.arch`, `optim.name`, `sched.n
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
-from expkit.errors import ConfigError
+from expkit.errors import ConfigError, did_you_mean
 
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "sigmoid")
 NORMS = ("none", "batch", "layer", "group", "instance")
@@ -275,7 +274,7 @@ class RegConfig:
     dropout: float = key(0.0, "dropout before each linear layer", check=fraction())
     dropout_conv: float = key(0.0, "dropout after each conv stage's pooling", check=fraction())
     norm: str | None = key("none", "normalization layer after each conv/linear layer of the built-in models; "
-                                   "null, in configs older than this key, = none", NORMS)
+                                   "null (configs older than this key) = what reg.batchnorm says", NORMS)
     batchnorm: bool | None = key(None, "the old name of the batchnorm switch, kept as an alias: true = "
                                        "reg.norm=batch, false = no batchnorm (reg.norm=batch becomes none); "
                                        "null = unused")
@@ -387,21 +386,6 @@ def schema_for(group: str, choice: str) -> type | None:
 
 
 # ---------------------------------------------------------------------- validation
-def closest(word: Any, options) -> str | None:
-    """The option closest to a mistyped `word` (difflib's ratio, case ignored, as imports.py
-    suggests module names), or None when none is close."""
-    by_lower = {str(o).lower(): str(o) for o in options}
-    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1)
-    return by_lower[close[0]] if close else None
-
-
-def did_you_mean(word: Any, options, prefix: str = "") -> str:
-    """'; did you mean PREFIX+OPTION?' or '' (callers end the clause with '.' then): a list
-    of twenty keys is read faster with the likely one named first."""
-    close = closest(word, options)
-    return f"; did you mean {prefix}{close}?" if close else ""
-
-
 def _fmt(value: Any) -> str:
     if isinstance(value, (DictConfig, ListConfig)):
         value = OmegaConf.to_container(value)
@@ -482,7 +466,8 @@ def _range_errors(typed: dict[str, Any]) -> list[str]:
                       "optim.momentum > 0.")
     r = typed["reg"]
     try:
-        r.norm, r.batchnorm = resolve_norm(r.norm, r.batchnorm), None
+        r.norm = resolve_norm(r.norm, r.batchnorm)
+        r.batchnorm = r.norm == "batch"  # the alias, agreeing with it, for builders that read it
     except ConfigError as e:
         errors.append(str(e))
     if r.norm == "instance" and typed["model"].arch == "mlp":
@@ -584,6 +569,8 @@ def validate(cfg: DictConfig) -> RunConfig:
         errors += check_imports(typed)
     if errors:
         raise ConfigError("\n".join(errors))
+    if isinstance(plain.get("reg"), dict):  # the records say which norm trained, not how it was asked for
+        plain["reg"].update(norm=typed["reg"].norm, batchnorm=typed["reg"].batchnorm)
     return RunConfig(typed, plain)
 
 

@@ -118,10 +118,6 @@ class Checkpoint:
         values.setdefault("format", 0)
         return cls(**values, path=path)
 
-    @property
-    def file_label(self) -> str:
-        """How eval/ and export/ name what came from this file: best, last or the file's stem."""
-        return self.path.name.removesuffix(".pt") if self.path is not None else "?"
 
 
 def named_file(folder: Path, name: str) -> Path:
@@ -282,6 +278,11 @@ class BackgroundSaver:
 
 def _number(path: Path) -> int:
     return int(NUMBERED.match(path.name).group(1))
+
+
+def has_any(folder: Path) -> bool:
+    """Whether `folder` holds a checkpoint to continue from (complete or not: loading decides)."""
+    return bool(numbered(folder)) or named_file(folder, LAST).exists()
 
 
 def numbered(folder: Path) -> list[Path]:
