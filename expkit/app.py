@@ -83,116 +83,200 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], *, discard_on_
     `provenance=False`: a worker of expkit's own DDP launch (the launcher writes the
     record and holds the folder's lock). `typed`: `cfg` validated already (a resume
     checks it before it picks the checkpoint), so it is not validated again."""
-    from expkit.training import dist
-    from expkit.training.logs import close_logging, next_steps, setup_logging
+    from expkit.training.launch import inside_worker_group
 
-    rundir = RunDir(run_dir)
-    rank = dist.rank()
-    lock = FolderLock(run_dir) if rank == 0 and provenance else None
-    stop = StopSignals()
-    trainer = None
-    resumed = False  # the run's record says a resume started (on_resume ran)
-    with stop:
+    life = RunLife(run_dir, resume=resume, on_resume=on_resume, provenance=provenance,
+                   discard_on_bad_input=discard_on_bad_input)
+    with life.stop:
         try:
-            if lock is not None:
-                lock.acquire()
-            setup_logging(run_dir, rank)
-            try:
-                typed = typed if typed is not None else validate(task_config(cfg))
-            except ConfigError as e:
-                raise RunFailed(str(e), EXIT_BAD_INPUT) from None
-            if resume is None and lock is not None:
-                rundir.write_provenance(typed.to_yaml(),
-                                        command=sys.argv, overrides=overrides,
-                                        world_size=max(dist.world_size(), typed["trainer"].devices),
-                                        untracked_max_bytes=typed["trainer"].untracked_max_kb * 1024)
-            own = own_code(typed)  # own code: the import path, and the file it came from
-            for key, entry in own.items():
-                log.info("%s: %s from %s", key, entry["path"], entry.get("file") or "the calling process")
-            if own and resume is None and lock is not None:
-                rundir.update_meta(imports=own)
-            from expkit.training.launch import inside_worker_group
-
+            typed = life.start(cfg, overrides, typed)
             if typed["trainer"].devices > 1 and not inside_worker_group():
-                check_devices(typed["trainer"])  # before anything records a resume
-                stop.release()  # torch elastic handles the signals while its workers run
-                resumed = on_resume is not None
-                return launch_and_wait(typed, run_dir, resume, on_resume)
-            trainer = build(typed, run_dir, resume)
-            if on_resume is not None and rank == 0:
-                on_resume()  # the run's record changes only once its checkpoint fits
-            resumed = on_resume is not None
-            stop.attach(trainer)
-            metrics = trainer.fit()
-            stop.recording = True
-            if rank == 0:
-                write_hparams(trainer, typed)
-                late = {"signal": stop.received} if stop.received else {}
-                stopped = trainer.early_stop.record(typed["trainer"].epochs)
-                rundir.finish("completed", metrics=metrics, **late, **({"stopped_early": stopped} if stopped else {}))
-                log.info("done: val/acc %.4f (best %.4f) in %s", metrics.get("val/acc", float("nan")),
-                         metrics.get("best/val/acc", float("nan")), run_dir)
-                if not in_sweep():  # a sweep says it once, for all its jobs, after its summary
-                    log.info("%s", next_steps(run_dir))
-            try:
-                # DDP: the wrapper's reducer holds the process group; without it the group is
-                # freed inside teardown, not in the interpreter's exit where gloo's threads abort.
-                trainer.release_model()
-                dist.teardown()  # DDP: every rank leaves the group it joined in build(), together
-            except Exception as e:  # the run is complete and recorded; a peer gone now changes nothing
-                log.warning("leaving the process group: %s", e)
-            if stop.received:  # it came during the last evaluation: the run is complete, but stop
-                raise RunFailed(f"completed, then stopped by {stop.received}", Stopped(stop.received).exit_code,
-                                recorded=True)
-            return metrics
+                return life.launch(typed)
+            return life.train(typed)
         except (RunFailed, ConfigError) as e:
-            stop.recording = True
-            failure = e if isinstance(e, RunFailed) else RunFailed(str(e), EXIT_BAD_INPUT)
-            if failure.exit_code == EXIT_BAD_INPUT and trainer is None and not resumed and (
-                    resume is not None or discard_on_bad_input or lock is None or not lock.held):
-                if resume is None and discard_on_bad_input and lock is not None and lock.held:
-                    close_logging()
-                    remove_run_folder(run_dir)  # bad input leaves no run folder behind
-                # a refused resume leaves the run's record (status, config) as it was; so does a
-                # second writer, which never held the folder
-            elif rank == 0 and not failure.recorded:  # a sweep job keeps its folder: the summary lists it
-                log.error("%s", failure)
-                rundir.finish("failed", error=str(failure))
-            raise failure from None
+            raise life.refused(e) from None
         except Stopped as e:
-            stop.recording = True
-            raise _stopped(e, rundir, run_dir, trainer, rank, fresh=resume is None, resumed=resumed,
-                           discard=discard_on_bad_input) from None
+            raise life.stopped(e) from None
         except KeyboardInterrupt:  # Ctrl-C where no handler could be set (not the main thread)
-            stop.recording = True
-            raise _stopped(Stopped("SIGINT", second=trainer is not None), rundir, run_dir, trainer, rank,
-                           fresh=resume is None, resumed=resumed, discard=discard_on_bad_input) from None
+            raise life.stopped(Stopped("SIGINT", second=life.trainer is not None)) from None
         except Exception as e:
-            stop.recording = True
-            from expkit.run.checkpoint import CheckpointError
-            from expkit.training.trainer import Interrupted, NonFiniteLoss
-
-            if isinstance(e, Interrupted):
-                if rank == 0:
-                    rundir.finish("interrupted", interrupted_at_step=e.step, signal=e.signal_name)
-                    log.warning("%s; continue with: expkit resume %s", e, run_dir)
-                code = 128 + getattr(signal, e.signal_name, signal.SIGTERM)
-                raise RunFailed(f"{e}. Continue with: expkit resume {run_dir}", code, recorded=True) from None
-            if isinstance(e, (NonFiniteLoss, CheckpointError)):
-                message = str(e)
-            else:
-                message = f"training failed: {type(e).__name__}: {e} (traceback in {rundir.log})"
-                _log_traceback_to_file()
-            log.error("%s", message)  # every rank: a crash on rank 1 shows in train.log too
-            if rank == 0:
-                rundir.finish("failed", error=message)
-            raise RunFailed(message, EXIT_FAILED, recorded=True) from e
+            raise life.crashed(e) from e
         finally:
-            if trainer is not None:
-                trainer.writer.close()  # flush: a failed or interrupted run still shows its curves
+            life.close()
+
+
+class RunLife:
+    """One run's life in its folder, in the order execute() goes through it: start (lock,
+    log, validate, provenance), then train or launch the workers, and each way it can end
+    mapped to meta.json's status and the RunFailed the caller raises."""
+
+    def __init__(self, run_dir: Path, *, resume: Checkpoint | None, on_resume: Callable[[], None] | None,
+                 provenance: bool, discard_on_bad_input: bool):
+        from expkit.training import dist
+
+        self.run_dir, self.rundir = run_dir, RunDir(run_dir)
+        self.resume, self.on_resume, self.discard = resume, on_resume, discard_on_bad_input
+        self.rank = dist.rank()
+        self.lock = FolderLock(run_dir) if self.rank == 0 and provenance else None
+        self.stop = StopSignals()
+        self.trainer = None
+        self.resumed = False  # the run's record says a resume started (on_resume ran)
+
+    def start(self, cfg: DictConfig, overrides: list[str], typed: RunConfig | None) -> RunConfig:
+        from expkit.training import dist
+        from expkit.training.logs import setup_logging
+
+        if self.lock is not None:
+            self.lock.acquire()
+        setup_logging(self.run_dir, self.rank)
+        try:
+            typed = typed if typed is not None else validate(task_config(cfg))
+        except ConfigError as e:
+            raise RunFailed(str(e), EXIT_BAD_INPUT) from None
+        recording = self.resume is None and self.lock is not None
+        if recording:
+            self.rundir.write_provenance(typed.to_yaml(), command=sys.argv, overrides=overrides,
+                                         world_size=max(dist.world_size(), typed["trainer"].devices),
+                                         untracked_max_bytes=typed["trainer"].untracked_max_kb * 1024)
+        own = own_code(typed)  # own code: the import path, and the file it came from
+        for key, entry in own.items():
+            log.info("%s: %s from %s", key, entry["path"], entry.get("file") or "the calling process")
+        if own and recording:
+            self.rundir.update_meta(imports=own)
+        return typed
+
+    def launch(self, typed: RunConfig) -> dict[str, float]:
+        check_devices(typed["trainer"])  # before anything records a resume
+        self.stop.release()  # torch elastic handles the signals while its workers run
+        self.resumed = self.on_resume is not None
+        return launch_and_wait(typed, self.run_dir, self.resume, self.on_resume)
+
+    def train(self, typed: RunConfig) -> dict[str, float]:
+        from expkit.training import dist
+        from expkit.training.logs import next_steps
+
+        self.trainer = trainer = build(typed, self.run_dir, self.resume)
+        if self.on_resume is not None and self.rank == 0:
+            self.on_resume()  # the run's record changes only once its checkpoint fits
+        self.resumed = self.on_resume is not None
+        self.stop.attach(trainer)
+        metrics = trainer.fit()
+        self.stop.recording = True
+        if self.rank == 0:
+            write_hparams(trainer, typed)
+            late = {"signal": self.stop.received} if self.stop.received else {}
+            stopped = trainer.early_stop.record(typed["trainer"].epochs)
+            self.rundir.finish("completed", metrics=metrics, **late, **({"stopped_early": stopped} if stopped else {}))
+            log.info("done: val/acc %.4f (best %.4f) in %s", metrics.get("val/acc", float("nan")),
+                     metrics.get("best/val/acc", float("nan")), self.run_dir)
+            if not in_sweep():  # a sweep says it once, for all its jobs, after its summary
+                log.info("%s", next_steps(self.run_dir))
+        try:
+            # DDP: the wrapper's reducer holds the process group; without it the group is
+            # freed inside teardown, not in the interpreter's exit where gloo's threads abort.
+            trainer.release_model()
+            dist.teardown()  # DDP: every rank leaves the group it joined in build(), together
+        except Exception as e:  # the run is complete and recorded; a peer gone now changes nothing
+            log.warning("leaving the process group: %s", e)
+        if self.stop.received:  # it came during the last evaluation: the run is complete, but stop
+            raise RunFailed(f"completed, then stopped by {self.stop.received}",
+                            Stopped(self.stop.received).exit_code, recorded=True)
+        return metrics
+
+    def record(self, status: str, **fields: Any) -> None:
+        """meta.json's outcome; a record that cannot be written (a full disk) is said in the
+        log, and the run still ends with its own message and exit status."""
+        try:
+            self.rundir.finish(status, **fields)
+        except OSError as e:
+            log.error("could not record status %s in %s: %s", status, self.rundir.meta_path, e.strerror or e)
+
+    def refused(self, e: RunFailed | ConfigError) -> RunFailed:
+        from expkit.training.logs import close_logging
+
+        self.stop.recording = True
+        failure = e if isinstance(e, RunFailed) else RunFailed(str(e), EXIT_BAD_INPUT)
+        lock = self.lock
+        if failure.exit_code == EXIT_BAD_INPUT and self.trainer is None and not self.resumed and (
+                self.resume is not None or self.discard or lock is None or not lock.held):
+            if self.resume is None and self.discard and lock is not None and lock.held:
+                close_logging()
+                remove_run_folder(self.run_dir)  # bad input leaves no run folder behind
+            # a refused resume leaves the run's record (status, config) as it was; so does a
+            # second writer, which never held the folder
+        elif self.rank == 0 and not failure.recorded:  # a sweep job keeps its folder: the summary lists it
+            log.error("%s", failure)
+            self.record("failed", error=str(failure))
+        return failure
+
+    def crashed(self, e: Exception) -> RunFailed:
+        from expkit.run.checkpoint import CheckpointError
+        from expkit.training.trainer import Interrupted, NonFiniteLoss
+
+        self.stop.recording = True
+        if isinstance(e, Interrupted):
+            if self.rank == 0:
+                self.record("interrupted", interrupted_at_step=e.step, signal=e.signal_name)
+                log.warning("%s; continue with: expkit resume %s", e, self.run_dir)
+            code = 128 + getattr(signal, e.signal_name, signal.SIGTERM)
+            return RunFailed(f"{e}. Continue with: expkit resume {self.run_dir}", code, recorded=True)
+        if isinstance(e, (NonFiniteLoss, CheckpointError)):
+            message = str(e)
+        elif isinstance(e, OSError) and e.filename:  # a full disk, a folder gone: name the file
+            message = f"training failed: {e.strerror or e} writing {e.filename} (details in {self.rundir.log})"
+            _log_traceback_to_file()
+        else:
+            message = f"training failed: {type(e).__name__}: {e} (traceback in {self.rundir.log})"
+            _log_traceback_to_file()
+        log.error("%s", message)  # every rank: a crash on rank 1 shows in train.log too
+        if self.rank == 0:
+            self.record("failed", error=message)
+        return RunFailed(message, EXIT_FAILED, recorded=True)
+
+    def stopped(self, e: Stopped) -> RunFailed:
+        """Record a stop that could not wait for a checkpoint, and say what it means."""
+        from expkit.training.logs import close_logging
+
+        self.stop.recording = True
+        trainer, rundir, run_dir = self.trainer, self.rundir, self.run_dir
+        fresh = self.resume is None
+        if self.rank != 0:
+            return RunFailed(f"stopped by {e}", e.exit_code, recorded=True)
+        if e.second and trainer is not None:
+            self.record("interrupted", interrupted_at_step=trainer.step, signal=e.signal_name,
+                        note=f"a second signal ({e.signal_name}) stopped it at once, without a checkpoint at "
+                             "this step")
+            return RunFailed(f"stopped at once by a second signal ({e.signal_name}). Continue from the last "
+                             f"checkpoint with: expkit resume {run_dir}", e.exit_code, recorded=True)
+        if trainer is None and not self.resumed and not fresh:
+            return RunFailed(f"stopped by {e.signal_name} before the resume started; the run is as it was",
+                             e.exit_code, recorded=True)
+        if trainer is None and fresh and not rundir.meta_path.exists() and self.discard:
             close_logging()
-            if lock is not None:
-                lock.release()
+            remove_run_folder(run_dir)  # stopped before anything was recorded: leave nothing behind
+            return RunFailed(f"stopped by {e.signal_name} before the run started; nothing was kept",
+                             e.exit_code, recorded=True)
+        if rundir.meta_path.exists():
+            if trainer is None and not self.resumed:
+                self.record("interrupted", signal=e.signal_name, before_first_checkpoint=True,
+                            note="stopped while starting, before the first checkpoint: nothing to resume; "
+                                 "train it again")
+                return RunFailed(f"stopped by {e.signal_name} while starting, before the first checkpoint: "
+                                 "nothing to resume; train it again", e.exit_code, recorded=True)
+            self.record("interrupted", signal=e.signal_name,
+                        note=f"stopped by {e.signal_name} while starting the resume; its last checkpoint is "
+                             "unchanged")
+        return RunFailed(f"stopped by {e.signal_name}. Continue with: expkit resume {run_dir}", e.exit_code,
+                         recorded=True)
+
+    def close(self) -> None:
+        from expkit.training.logs import close_logging
+
+        if self.trainer is not None:
+            self.trainer.writer.close()  # flush: a failed or interrupted run still shows its curves
+        close_logging()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def in_sweep() -> bool:
@@ -202,41 +286,6 @@ def in_sweep() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def _stopped(e: Stopped, rundir: RunDir, run_dir: Path, trainer, rank: int, *, fresh: bool, resumed: bool,
-             discard: bool) -> RunFailed:
-    """Record a stop that could not wait for a checkpoint, and say what it means."""
-    from expkit.training.logs import close_logging
-
-    if rank != 0:
-        return RunFailed(f"stopped by {e}", e.exit_code, recorded=True)
-    if e.second and trainer is not None:
-        rundir.finish("interrupted", interrupted_at_step=trainer.step, signal=e.signal_name,
-                      note=f"a second signal ({e.signal_name}) stopped it at once, without a checkpoint at "
-                           "this step")
-        return RunFailed(f"stopped at once by a second signal ({e.signal_name}). Continue from the last "
-                         f"checkpoint with: expkit resume {run_dir}", e.exit_code, recorded=True)
-    if trainer is None and not resumed and not fresh:
-        return RunFailed(f"stopped by {e.signal_name} before the resume started; the run is as it was",
-                         e.exit_code, recorded=True)
-    if trainer is None and fresh and not rundir.meta_path.exists() and discard:
-        close_logging()
-        remove_run_folder(run_dir)  # stopped before anything was recorded: leave nothing behind
-        return RunFailed(f"stopped by {e.signal_name} before the run started; nothing was kept",
-                         e.exit_code, recorded=True)
-    if rundir.meta_path.exists():
-        if trainer is None and not resumed:
-            rundir.finish("interrupted", signal=e.signal_name, before_first_checkpoint=True,
-                          note="stopped while starting, before the first checkpoint: nothing to resume; "
-                               "train it again")
-            return RunFailed(f"stopped by {e.signal_name} while starting, before the first checkpoint: "
-                             "nothing to resume; train it again", e.exit_code, recorded=True)
-        rundir.finish("interrupted", signal=e.signal_name,
-                      note=f"stopped by {e.signal_name} while starting the resume; its last checkpoint is "
-                           "unchanged")
-    return RunFailed(f"stopped by {e.signal_name}. Continue with: expkit resume {run_dir}", e.exit_code,
-                     recorded=True)
 
 
 def remove_run_folder(run_dir: Path) -> None:
@@ -346,8 +395,11 @@ def run_worker(run_dir: str, checkpoint: str | None) -> int:
 def _log_traceback_to_file() -> None:
     for handler in logging.getLogger("expkit").handlers:
         if isinstance(handler, logging.FileHandler):
-            handler.stream.write(traceback.format_exc())
-            handler.flush()
+            try:
+                handler.stream.write(traceback.format_exc())
+                handler.flush()
+            except OSError:  # a full disk: the message still reaches the console
+                pass
 
 
 class Stopped(BaseException):  # noqa: N818 - like KeyboardInterrupt, which Hydra also lets through

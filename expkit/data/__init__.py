@@ -84,6 +84,36 @@ def sample_sizes(n_train: int, n_val: int, sample: int | None) -> tuple[int, int
     return sample, min(n_val, max(1, round(sample * n_val / n_train))) if n_val else 0
 
 
+@dataclass
+class Indices:
+    """Which examples of a built-in data set each split takes (indices into the data set's
+    train part): `carved` is the test split cut out of it (None with an official test split)."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    carved: torch.Tensor | None
+    sampled: bool  # sample mode took fewer training examples than there are
+
+    def test_count(self, n_test: int) -> int:
+        """Sample mode: the first examples of the test split, as many as the validation split."""
+        return min(n_test, len(self.val)) if self.sampled else n_test
+
+
+def split_examples(cfg, n: int, has_test: bool) -> Indices:
+    """The fixed splits of a data set's n training examples: a data.test_fraction share carved
+    out first when it has no test split of its own, then the train/val split, then sample
+    mode; all from data.split_seed."""
+    pool, carved = torch.arange(n), None
+    if not has_test and cfg.test_fraction > 0:
+        pool, carved = carve_test(n, cfg.test_fraction, cfg.split_seed)
+    train_idx, val_idx = split_indices(len(pool), cfg.val_fraction, cfg.split_seed)
+    warn_if_sample_too_large(cfg.sample, len(train_idx), cfg.name)
+    n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
+    picked = Indices(pool[train_idx[:n_train]], pool[val_idx[:n_val]], carved, n_train < len(train_idx))
+    check_split_sizes(cfg, len(picked.train), len(picked.val))
+    return picked
+
+
 def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
     dims = [0] + list(range(2, x.ndim))
     # Population std (correction 0): defined for a single example too (it would be NaN).
@@ -196,34 +226,9 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
         splits, classes, origin = own_splits(cfg, source)
         mean, std = stats or channel_stats(splits["train"][0])
     else:
-        check_finite(cfg.name, "train", source.train_x)
-        check_label_range(cfg.name, "train", source.train_y, source.classes)
-        pool_x, pool_y = source.train_x, source.train_y
-        test_x, test_y, origin = source.test_x, source.test_y, source.test_origin if source.test_x is not None else None
-        if test_x is None and cfg.test_fraction > 0:
-            rest, test_idx = carve_test(len(pool_y), cfg.test_fraction, cfg.split_seed)
-            test_x, test_y, origin = pool_x[test_idx], pool_y[test_idx], "carved"
-            pool_x, pool_y = pool_x[rest], pool_y[rest]
-        if test_x is not None:
-            check_finite(cfg.name, "test", test_x)
-            check_label_range(cfg.name, "test", test_y, source.classes)
-        train_idx, val_idx = split_indices(len(pool_y), cfg.val_fraction, cfg.split_seed)
-        warn_if_sample_too_large(cfg.sample, len(train_idx), cfg.name)
-        n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
-        sampled = n_train < len(train_idx)
-        train_idx, val_idx = train_idx[:n_train], val_idx[:n_val]
-        check_split_sizes(cfg, len(train_idx), len(val_idx))
-        # Indexing copies: these tensors are expkit's own, so they are normalized in place.
-        splits = {"train": (pool_x[train_idx], pool_y[train_idx]),
-                  "val": (pool_x[val_idx], pool_y[val_idx])}
+        splits, origin = tensor_splits(cfg, source)
         # Statistics of the training split only: the validation set must not leak into them.
         mean, std = stats or channel_stats(splits["train"][0])
-        if test_x is not None and len(test_y):
-            # Sample mode: the first examples of the test split, as many as the validation split.
-            n_test = min(len(test_y), n_val) if sampled else len(test_y)
-            test_split = test_x[:n_test]
-            # The data set's own test tensor (not a carved copy) must not change under it.
-            splits["test"] = (test_split.clone() if origin != "carved" else test_split, test_y[:n_test])
         classes = source.classes
     if not getattr(cfg, "normalize", True):
         mean, std = [0.0] * len(mean), [1.0] * len(std)
@@ -264,6 +269,31 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
         check_labels(cfg.name, split, counts, classes)
     return Data(loaders["train"], loaders["val"], loaders.get("test"), input_shape,
                 num_classes, classes, mean, std, info)
+
+
+def tensor_splits(cfg, source: Source) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], str | None]:
+    """A built-in tensor data set's splits (copies, so normalizing them in place is safe),
+    checked, and how its test split was made."""
+    check_finite(cfg.name, "train", source.train_x)
+    check_label_range(cfg.name, "train", source.train_y, source.classes)
+    x, y = source.train_x, source.train_y
+    official = source.test_x is not None
+    picked = split_examples(cfg, len(y), has_test=official)
+    # Indexing copies: these tensors are expkit's own, so they are normalized in place.
+    splits = {"train": (x[picked.train], y[picked.train]), "val": (x[picked.val], y[picked.val])}
+    if official:
+        test_x, test_y, origin = source.test_x, source.test_y, source.test_origin
+    elif picked.carved is not None:
+        test_x, test_y, origin = x[picked.carved], y[picked.carved], "carved"
+    else:
+        return splits, None
+    check_finite(cfg.name, "test", test_x)
+    check_label_range(cfg.name, "test", test_y, source.classes)
+    if len(test_y):
+        n_test = picked.test_count(len(test_y))
+        # The data set's own test tensor (not a carved copy) must not change under it.
+        splits["test"] = (test_x[:n_test].clone() if official else test_x[:n_test], test_y[:n_test])
+    return splits, origin
 
 
 def own_splits(cfg, source: Source) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[str], str | None]:
@@ -331,27 +361,10 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,
     base = [transforms.Resize((size, size))]
     if cfg.channels == 1:
         base.append(transforms.Grayscale(1))
-    plain = transforms.Compose([*base, transforms.ToTensor()])
-    probe = datasets.ImageFolder(train_folder.root, transform=plain)
-    pool = torch.arange(len(probe))
-    carved = None
-    if test_folder is None and cfg.test_fraction > 0:  # no test/ folder: carve one out first
-        rest, carved = carve_test(len(probe), cfg.test_fraction, cfg.split_seed)
-        pool = rest
-    train_idx, val_idx = split_indices(len(pool), cfg.val_fraction, cfg.split_seed)
-    warn_if_sample_too_large(cfg.sample, len(train_idx), cfg.name)
-    train_idx, val_idx = pool[train_idx], pool[val_idx]
-    n_train, n_val = sample_sizes(len(train_idx), len(val_idx), cfg.sample)
-    sampled = n_train < len(train_idx)
-    train_idx, val_idx = train_idx[:n_train], val_idx[:n_val]
-    check_split_sizes(cfg, len(train_idx), len(val_idx))
-    if stats is not None:
-        mean, std = stats
-    else:
-        # Channel statistics from up to 256 training images: cheap and close enough.
-        stats_x = torch.stack([probe[int(i)][0] for i in train_idx[:256]])
-        check_finite(cfg.name, "train", stats_x)
-        mean, std = channel_stats(stats_x)
+    probe = datasets.ImageFolder(train_folder.root, transform=transforms.Compose([*base, transforms.ToTensor()]))
+    picked = split_examples(cfg, len(probe), has_test=test_folder is not None)  # no test/: one carved out
+    train_idx, val_idx, carved = picked.train, picked.val, picked.carved
+    mean, std = stats or _folder_stats(cfg, probe, train_idx)
     norm = transforms.Normalize(mean, std)
     aug = [transforms.RandomCrop(size, padding=max(1, size // 8)), transforms.RandomHorizontalFlip()]
     train_tf = transforms.Compose([*base, *(aug if cfg.augment else []), transforms.ToTensor(), norm])
@@ -369,12 +382,11 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,
         if test_folder.classes != source.classes:
             raise ConfigError(f"data.root: the test folder's classes {test_folder.classes} differ from the "
                               f"training folder's {source.classes}; use the same class subfolders in both.")
-        # Sample mode: the first examples of the test split, as many as the validation split.
-        n_test = min(len(test_targets), n_val) if sampled else len(test_targets)
+        n_test = picked.test_count(len(test_targets))
         test_ds = datasets.ImageFolder(test_folder.root, transform=eval_tf)
         subsets["test"] = (torch.utils.data.Subset(test_ds, range(n_test)), test_targets[:n_test])
     elif carved is not None and len(carved):
-        n_test = min(len(carved), n_val) if sampled else len(carved)
+        n_test = picked.test_count(len(carved))
         subsets["test"] = (torch.utils.data.Subset(datasets.ImageFolder(train_folder.root, transform=eval_tf),
                                                    carved[:n_test].tolist()), targets[carved[:n_test]])
     num_classes = len(source.classes)
@@ -397,11 +409,17 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,
         **test_info(cfg, None if "test" not in subsets else "official" if test_folder is not None else "carved"),
     }
     if rank == 0:  # what meta.json records; the other ranks read the same files
-        used = {"train": [probe.samples[int(i)] for i in train_idx], "val": [probe.samples[int(i)] for i in val_idx]}
-        if test_folder is not None:
-            used["test"] = test_folder.samples[:n_test]
+        used = {"train": [probe.samples[int(i)] for i in train_idx], "val": [probe.samples[int(i)] for i in val_idx],
+                **({"test": test_folder.samples[:n_test]} if test_folder is not None else {})}
         info["sha256"], info["fingerprint_of"] = fingerprint_files(used, str(Path(train_folder.root).parent)), "files"
     for split, counts in info["class_counts"].items():
         check_labels(cfg.name, split, counts, source.classes)
     return Data(loaders["train"], loaders["val"], loaders.get("test"), (cfg.channels, size, size),
                 num_classes, source.classes, mean, std, info)
+
+
+def _folder_stats(cfg, probe, train_idx: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Channel statistics from up to 256 training images: cheap and close enough."""
+    stats_x = torch.stack([probe[int(i)][0] for i in train_idx[:256]])
+    check_finite(cfg.name, "train", stats_x)
+    return channel_stats(stats_x)

@@ -39,33 +39,20 @@ def build(typed: RunConfig, run_dir: Path, resume: Checkpoint | None = None):
     `validate` made."""
     import torch
 
-    from expkit.data import build_data, describe_test
+    from expkit.data import build_data
     from expkit.training import dist
     from expkit.training.init import apply_init
     from expkit.training.optim import build_optim
     from expkit.training.sched import Schedule
     from expkit.training.tb import NullWriter, make_writer
-    from expkit.training.trainer import Trainer, seed_everything
+    from expkit.training.trainer import Trainer
 
     t = typed["trainer"]
-    device = pick_device(t.accelerator)
-    # The node's cores shared among its processes, so DDP workers do not oversubscribe the CPU.
-    torch.set_num_threads(t.num_threads or dist.default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-    if t.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not t.deterministic
-    dist.setup(device)
-    seed_everything(typed["seed"] + dist.rank())  # dropout masks differ per rank, as they should
+    device = set_up_process(typed)
     log_header(typed, run_dir, device, resumed=resume is not None)
 
     data = build_data(typed["data"], typed["seed"], dist.rank(), dist.world_size(), device)
-    log.info("data %s (%s, %s loader) from %s: %s; input %s; mean %s std %s",
-             data.info["name"], data.info["mode"], data.info["loader"], data.info["location"],
-             ", ".join(f"{k} {v}" for k, v in data.info["sizes"].items()), data.info["input_shape"],
-             _short(data.mean), _short(data.std))
-    log.info("%s", describe_test(data.info))
-    log.info("class counts: %s", data.info["class_counts"], extra=console_extra(t.verbose))
+    log_data(data, t.verbose)
 
     model = build_model_for(typed, data.input_shape, data.num_classes)
     apply_init(model, typed["init"], typed["model"].activation)
@@ -86,20 +73,40 @@ def build(typed: RunConfig, run_dir: Path, resume: Checkpoint | None = None):
     trainer = Trainer(cfg=typed, model=model, optimizer=optimizer, schedule=schedule, data=data,
                       device=device, run_dir=run_dir, writer=writer)
     if resume is not None:
-        try:
-            trainer.load_checkpoint(resume)
-        except (RuntimeError, KeyError, ValueError, TypeError) as e:
-            raise ConfigError(f"checkpoint {resume.path} does not fit this model/config: "
-                              f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
-        trainer.writer = make_writer(run_dir, dist.is_main() and t.tensorboard, purge_step=resume.step + 1)
-        log.info("resumed from %s: epoch %d, batch %d, step %d", resume.path, trainer.epoch,
-                 trainer.batch, trainer.step)
+        restore(trainer, resume, run_dir)
     elif dist.is_main():
         write_text_summaries(writer, typed, run_dir, model)
     rundir = RunDir(run_dir)
     if dist.is_main() and rundir.meta_path.exists():  # once the checkpoint fits: a refused resume changes nothing
         record_data(rundir, typed["data"], data)
     return trainer
+
+
+def restore(trainer, resume: Checkpoint, run_dir: Path) -> None:
+    """The checkpoint into the Trainer (bad input when it does not fit), then the TensorBoard
+    writer, which drops what the run logged after the checkpoint's step."""
+    from expkit.training import dist
+    from expkit.training.tb import make_writer
+
+    try:
+        trainer.load_checkpoint(resume)
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise ConfigError(f"checkpoint {resume.path} does not fit this model/config: "
+                          f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    trainer.writer = make_writer(run_dir, dist.is_main() and trainer.t.tensorboard, purge_step=resume.step + 1)
+    log.info("resumed from %s: epoch %d, batch %d, step %d", resume.path, trainer.epoch,
+             trainer.batch, trainer.step)
+
+
+def log_data(data, verbose: bool) -> None:
+    from expkit.data import describe_test
+
+    log.info("data %s (%s, %s loader) from %s: %s; input %s; mean %s std %s",
+             data.info["name"], data.info["mode"], data.info["loader"], data.info["location"],
+             ", ".join(f"{k} {v}" for k, v in data.info["sizes"].items()), data.info["input_shape"],
+             _short(data.mean), _short(data.std))
+    log.info("%s", describe_test(data.info))
+    log.info("class counts: %s", data.info["class_counts"], extra=console_extra(verbose))
 
 
 def record_data(rundir: RunDir, cfg, data) -> None:
@@ -109,6 +116,26 @@ def record_data(rundir: RunDir, cfg, data) -> None:
     entry.update(data.record(), source=data.info["location"], val_fraction=cfg.val_fraction, sample=cfg.sample,
                  sha256=data.info.get("sha256"), fingerprint_of=data.info.get("fingerprint_of"))
     rundir.update_meta(data=entry)
+
+
+def set_up_process(typed: RunConfig):
+    """The device, threads, determinism, process group and seeds of this process; the device."""
+    import torch
+
+    from expkit.training import dist
+    from expkit.training.trainer import seed_everything
+
+    t = typed["trainer"]
+    device = pick_device(t.accelerator)
+    # The node's cores shared among its processes, so DDP workers do not oversubscribe the CPU.
+    torch.set_num_threads(t.num_threads or dist.default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    if t.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not t.deterministic
+    dist.setup(device)
+    seed_everything(typed["seed"] + dist.rank())  # dropout masks differ per rank, as they should
+    return device
 
 
 def build_model_for(typed: dict[str, Any], input_shape, num_classes: int):
