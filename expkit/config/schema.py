@@ -274,7 +274,7 @@ class RegConfig:
     dropout: float = key(0.0, "dropout before each linear layer", check=fraction())
     dropout_conv: float = key(0.0, "dropout after each conv stage's pooling", check=fraction())
     norm: str | None = key("none", "normalization layer after each conv/linear layer of the built-in models; "
-                                   "null (configs older than this key) = what reg.batchnorm says", NORMS)
+                                   "null, in configs older than this key, = what reg.batchnorm says", NORMS)
     batchnorm: bool | None = key(None, "the old name of the batchnorm switch, kept as an alias: true = "
                                        "reg.norm=batch, false = no batchnorm (reg.norm=batch becomes none); "
                                        "null = unused")
