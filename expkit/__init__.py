@@ -26,13 +26,15 @@ def train(overrides=None, config_dir=None, runs_root="runs", *, model=None, data
                      init=init)
 
 
-def resume(run_dir, overrides=(), *, force=False, strict=False, model=None, data=None, init=None):
+def resume(run_dir, overrides=(), *, force=False, strict=False, model=None, data=None, init=None, trust_code=False):
     """Continue the run in `run_dir` from its newest valid checkpoint, as `expkit resume`
     does; return (run_dir, final metrics). A run trained with objects of a notebook needs
-    them again: expkit.resume(run_dir, model=Net, init=init_weights)."""
+    them again: expkit.resume(run_dir, model=Net, init=init_weights). `trust_code`: as
+    --trust-code, import own code the run names that is not the file it recorded."""
     from expkit.resuming import resume_api
 
-    return resume_api(run_dir, list(overrides), force=force, strict=strict, model=model, data=data, init=init)
+    return resume_api(run_dir, list(overrides), force=force, strict=strict, model=model, data=data, init=init,
+                      trust=trust_code)
 
 
 def runs(root="runs", status=None, where=None, sort=None, limit=None):
@@ -43,14 +45,14 @@ def runs(root="runs", status=None, where=None, sort=None, limit=None):
     return list_runs(root, status=status, where=where, sort=sort, limit=limit)
 
 
-def load(run_dir, checkpoint="best", device="cpu", *, model=None, data=None, init=None):
+def load(run_dir, checkpoint="best", device="cpu", *, model=None, data=None, init=None, trust_code=False):
     """(the run's model with the checkpoint's weights, in eval mode; the run's config).
     The model takes inputs normalized as in training: `model.expkit_info` holds the mean,
     std, classes and input shape. A run trained with objects of a notebook needs them
-    again (model=Net, ...), as for expkit.resume."""
+    again (model=Net, ...), as for expkit.resume; `trust_code` as for expkit.resume."""
     from expkit.afterwards.loading import load_run, run_code
 
-    with run_code(run_dir, _objects(model, data, init)):
+    with run_code(run_dir, _objects(model, data, init), trust=trust_code):
         run = load_run(run_dir, checkpoint, device=device)
     run.model.expkit_info = {"classes": run.classes, "mean": run.mean, "std": run.std,
                              "input_shape": list(run.input_shape), "checkpoint": str(run.checkpoint),
@@ -59,14 +61,14 @@ def load(run_dir, checkpoint="best", device="cpu", *, model=None, data=None, ini
 
 
 def evaluate(run_dir, split="test", checkpoint="best", overrides=None, save=True, *, model=None, data=None,
-             init=None):
+             init=None, trust_code=False):
     """What `expkit eval` computes, as a dict: split, checkpoint, step, loss, acc, per_class,
     confusion; `save` writes RUN_DIR/eval/ as the command does. Objects of a notebook that
     trained the run: as for expkit.load."""
     from expkit.afterwards.evaluate import evaluate as evaluate_run
     from expkit.afterwards.loading import run_code
 
-    with run_code(run_dir, _objects(model, data, init)):
+    with run_code(run_dir, _objects(model, data, init), trust=trust_code):
         return evaluate_run(run_dir, split=split, checkpoint=checkpoint, overrides=list(overrides or []), save=save)
 
 

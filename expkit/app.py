@@ -383,7 +383,7 @@ def run_worker(run_dir: str, checkpoint: str | None) -> int:
         state = load_file(Path(checkpoint))
     meta = RunDir(path).read_meta()
     try:
-        with using(directory=meta.get("cwd")):  # own code is imported from where the run started
+        with using():  # own code: from the launcher's folder, which the workers start in
             execute(cfg, path, meta.get("overrides", []), discard_on_bad_input=False, resume=state, provenance=False)
     except RunFailed as e:
         # Tell the launching agent why, in its own error-file format; it reports the first failure.
@@ -423,7 +423,7 @@ class StopSignals:
     stops at once (Stopped). A second signal stops at once. Signal handlers can only be
     set in the main thread; elsewhere (a notebook's worker thread) this does nothing."""
 
-    SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+    SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1")  # SIGHUP: the terminal closed, ssh lost
 
     def __init__(self):
         self.received: str | None = None

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from expkit.app import Stopped
+from expkit.config.imports import installed
 from expkit.errors import ConfigError
 from expkit.run.folder import RunDir, now, write_json
 from expkit.run.provenance import has_commit, read_packages, repo_root, run_git, tracked_diff
@@ -142,14 +144,21 @@ def _check_data(cfg: Any, meta: dict[str, Any], result: Result) -> None:
     result.matched.append(f"data fingerprint {recorded[:12]} ({typed['data'].name})")
 
 
-def _rebuild_tree(repo: str, commit: str, run_dir: Path, tree: Path, result: Result) -> None:
-    """The recorded code in `tree`: worktree at the commit, git.diff applied, untracked files."""
-    proc = run_git(repo, "worktree", "add", "--detach", str(tree), commit)
-    if proc.returncode != 0:
-        raise ConfigError(f"git worktree add failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+def _rebuild_tree(repo: str, commit: str, run_dir: Path, tree: Path, result: Result, start: Path,
+                  trust: bool) -> None:
+    """The recorded code in `tree`: worktree at the commit, git.diff applied, untracked files.
+    `start`: where in the tree the re-run starts. Without `trust` (--trust-code), code is
+    taken from the run folder only where the repository holds the same now."""
     recorded = RunDir(run_dir)
     diff = recorded.read_git_diff()
     patch = tracked_diff(diff) if diff else ""
+    untracked = recorded.read_untracked()
+    targets = [_untracked_target(tree, start, entry) for entry in untracked]  # all checked before any write
+    if not trust:
+        _check_foreign_code(repo, patch, untracked)
+    proc = run_git(repo, "worktree", "add", "--detach", str(tree), commit)
+    if proc.returncode != 0:
+        raise ConfigError(f"git worktree add failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     if patch:
         patch_file = tree.parent / recorded.git_diff.name
         patch_file.write_text(patch + "\n")
@@ -157,9 +166,7 @@ def _rebuild_tree(repo: str, commit: str, run_dir: Path, tree: Path, result: Res
         if proc.returncode != 0:
             raise ConfigError(f"the run's git.diff does not apply to commit {commit[:12]}: "
                               f"{(proc.stderr.strip().splitlines() or ['?'])[0]}")
-    untracked = recorded.read_untracked()
-    for entry in untracked:
-        target = tree / entry["path"]
+    for entry, target in zip(untracked, targets, strict=True):
         target.parent.mkdir(parents=True, exist_ok=True)
         if "text" in entry:
             target.write_bytes(entry["text"].encode("utf-8"))
@@ -177,6 +184,88 @@ def _rebuild_tree(repo: str, commit: str, run_dir: Path, tree: Path, result: Res
     if named and not untracked:
         result.notes.append(f"git.diff names {named} untracked file(s) whose content the run did not record "
                             "(untracked.json); they are not in the rebuilt tree")
+
+
+def _run_child(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """The re-run, ended with this process: a SIGTERM, SIGINT, SIGHUP or SIGUSR1 to `expkit reproduce`
+    is passed on to it (it checkpoints and stops) and raised here as Stopped, so the
+    worktree is removed and nothing trains on without a parent."""
+    import signal
+    import threading
+
+    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+
+    def stop(signum, frame):
+        raise Stopped(signal.Signals(signum).name)
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, stop) for s in handled} if main else {}
+    try:
+        out, err = proc.communicate()
+    except Stopped:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        previous = {}
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def _untracked_target(tree: Path, start: Path, entry: Any) -> Path:
+    """Where in the tree an untracked.json entry goes, refused unless its path stays inside
+    the tree, and unless it stands in for no installed or standard module in the re-run
+    (a file named like one where the re-run starts would be imported instead of it)."""
+    import importlib.util
+
+    name = entry.get("path") if isinstance(entry, dict) else None
+    rel = Path(name) if isinstance(name, str) and name else None
+    if (rel is None or rel.is_absolute() or ".." in rel.parts or not isinstance(entry.get("sha256"), str)
+            or not (tree / rel).resolve().is_relative_to(tree.resolve())):
+        raise ConfigError(f"untracked.json: path {name!r} is not allowed; expected a path relative to the "
+                          "repository, without '..', with its sha256.")
+    target = tree / rel
+    for folder in {tree, start}:
+        if not target.is_relative_to(folder):
+            continue
+        first = target.relative_to(folder).parts
+        module = first[0].removesuffix(".py") if first[0].endswith(".py") or len(first) > 1 else None
+        if module and module.isidentifier():
+            spec = importlib.util.find_spec(module) if module not in sys.modules else sys.modules[module].__spec__
+            origin = getattr(spec, "origin", None) if spec is not None else None
+            if spec is not None and (origin in (None, "built-in", "frozen") or installed(Path(origin).resolve())):
+                raise ConfigError(f"untracked.json: path {name!r} would stand in for the installed module {module} "
+                                  "in the re-run; refusing to write it.")
+    return target
+
+
+def _check_foreign_code(repo: str, patch: str, untracked: list[dict[str, Any]]) -> None:
+    """Code of the run folder's own (git.diff, untracked files' text) goes into the re-run
+    only where the repository holds the same code now, or with --trust-code."""
+    from expkit.run.provenance import git_info
+
+    if patch:
+        _, now = git_info(repo)
+        if tracked_diff(now) != patch:
+            raise ConfigError("the run's git.diff holds changes this repository does not have now; the re-run would "
+                              "run them. Pass --trust-code to rebuild with them.")
+    for entry in untracked:
+        if "text" not in entry:
+            continue  # copied from the repository only when its sha256 matches (below)
+        here = Path(repo) / entry["path"]
+        if not here.is_file() or hashlib.sha256(here.read_bytes()).hexdigest() != entry["sha256"] or \
+                hashlib.sha256(entry["text"].encode("utf-8")).hexdigest() != entry["sha256"]:
+            raise ConfigError(f"untracked file {entry['path']}: the run folder holds a text this repository does "
+                              "not have now; the re-run would run it. Pass --trust-code to rebuild with it.")
 
 
 def _weights(path: Path) -> dict[str, Any] | None:
@@ -245,20 +334,30 @@ def _compare_packages(run_dir: Path, rerun: Path, meta: dict[str, Any], new_meta
 
 
 def reproduce(run_dir: str | os.PathLike, check: bool = False,
-              on_rerun: Callable[[Path], None] | None = None) -> Result:
+              on_rerun: Callable[[Path], None] | None = None, trust: bool = False) -> Result:
     """Rebuild the run's code, re-run it and compare (see the module's docstring). Raises
     ConfigError when it cannot (exit status 2); Result.exit_code is 0 or 1 otherwise.
-    `on_rerun(folder)` is called as the re-run starts in `folder`."""
+    `on_rerun(folder)` is called as the re-run starts in `folder`. `trust` (--trust-code):
+    rebuild with the run folder's git.diff and untracked files even where this repository
+    does not hold the same code now."""
     path = Path(run_dir)
     meta, config_yaml = _read_run(path)
     repo, commit = _repository(meta)
     result = Result(run_dir=path)
+    if not check:  # before the re-run, not after it: its report goes into the run folder
+        RunDir(path).refuse_links()
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"{path}: the run folder is not writable, and reproduce writes its report "
+                              f"({RunDir(path).reproduce_report.name}) there; use --check, or a copy of the folder.")
     cfg = _rerun_config(config_yaml, meta)
     _check_data(cfg, meta, result)
     tmp = Path(tempfile.mkdtemp(prefix="expkit-reproduce-"))
     tree = tmp / "tree"
+    git = meta.get("git") or {}
+    rel = os.path.relpath(meta.get("cwd") or git.get("repo") or ".", git.get("repo") or ".")
+    start = tree / rel if not rel.startswith("..") and not os.path.isabs(rel) else tree
     try:
-        _rebuild_tree(repo, commit, path, tree, result)
+        _rebuild_tree(repo, commit, path, tree, result, start, trust)
         if check:
             result.status = "ready: the code rebuilds and the data matches (--check: not re-run)"
             return result
@@ -270,13 +369,15 @@ def reproduce(run_dir: str | os.PathLike, check: bool = False,
             on_rerun(rerun)
         config_file = tmp / "rerun.yaml"  # the config the re-run starts from
         OmegaConf.save(cfg, config_file)
-        git = meta.get("git") or {}
-        rel = os.path.relpath(meta.get("cwd") or git.get("repo") or ".", git.get("repo") or ".")
-        cwd = tree / rel if not rel.startswith("..") and (tree / rel).is_dir() else tree
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(config_file), str(rerun),
-                               *(meta.get("overrides") or [])], cwd=cwd, capture_output=True, text=True,
-                              env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+        cwd = start if start.resolve().is_relative_to(tree.resolve()) and start.is_dir() else tree
         result.rerun_dir = rerun
+        try:
+            proc = _run_child([sys.executable, "-c", CHILD, str(config_file), str(rerun),
+                               *(meta.get("overrides") or [])], cwd)
+        except Stopped as e:
+            result.status, result.rerun_dir = f"interrupted by {e.signal_name}: the re-run was stopped", None
+            write_json(RunDir(path).reproduce_report, result.as_dict())
+            raise
         if proc.returncode == 2:  # the re-run refused its input (data gone, more devices than here)
             tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
             raise ConfigError(f"cannot re-run {path}: {tail}")
@@ -288,6 +389,7 @@ def reproduce(run_dir: str | os.PathLike, check: bool = False,
         result.status = "reproduces" if not result.differed else "differs"
         if result.differed:  # kept to look into: the re-run's train.log, checkpoints, meta.json
             result.notes.append(f"the re-run's folder is kept: {rerun}")
+        RunDir(path).refuse_links()
         write_json(RunDir(path).reproduce_report, result.as_dict())
         return result
     finally:

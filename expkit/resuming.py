@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
-from expkit.config.compose import upgrade_saved, with_overrides
+from expkit.config.compose import SAFE_KEYS, training_differences, upgrade_saved, with_overrides
 from expkit.errors import ConfigError, did_you_mean
 from expkit.run.folder import RunDir, now
 from expkit.run.provenance import git_info
@@ -30,17 +30,10 @@ from expkit.training.dist import is_main
 if TYPE_CHECKING:
     from expkit.run.checkpoint import Checkpoint
 
-SAFE_KEYS = {
-    "trainer.epochs", "trainer.eval_every", "trainer.log_every", "trainer.devices",
-    "trainer.progress", "trainer.verbose", "trainer.keep_last", "trainer.checkpoint", "trainer.histogram_every",
-    "trainer.max_steps", "trainer.num_threads", "trainer.graph", "trainer.tensorboard", "data.num_workers",
-    "trainer.test_at_end", "trainer.early_stop.patience", "trainer.early_stop.min_delta",
-}
-
 
 def git_difference(path: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     """(the git facts now, a warning when the code differs from the run's, else None)."""
-    git_now, diff_now = git_info(meta.get("cwd"), exclude=(Path(meta.get("cwd") or ".") / "runs", path))
+    git_now, diff_now = git_info(None, exclude=(Path.cwd() / "runs", path))  # the project: here, never a record
     recorded = meta.get("git", {})
     problems = []
     if git_now.get("commit") != recorded.get("commit"):
@@ -106,22 +99,25 @@ def _has_key(cfg, key: str) -> bool:
 
 
 def resume(run_dir: str | Path, overrides: list[str], force: bool = False, strict: bool = False,
-           objects: dict[str, Any] | None = None) -> dict[str, float]:
+           objects: dict[str, Any] | None = None, trust: bool = False) -> dict[str, float]:
     """Continue the run in `run_dir`; its final metrics. Raises ConfigError when the resume
     is refused (nothing in the folder changed) and RunFailed when the run then fails.
-    Own code (model.factory, ...) is imported again from the folder the run started in;
-    `objects` (group -> object, from the Python API) stand for it instead."""
+    Own code (model.factory, ...) is imported from the project folder (the current
+    directory) once it is found to be the file the run recorded, or with `trust`
+    (--trust-code); `objects` (group -> object, from the Python API) stand for it instead."""
     from expkit.app import execute
-    from expkit.config.imports import using
+    from expkit.config.imports import check_trust, using
 
     rundir, cfg, meta = open_run_folder(run_dir)
     cfg = resumed_config(cfg, overrides, force, objects)
-    with using(directory=meta.get("cwd"), objects=objects):
+    with using(objects=objects):
         from expkit.config.schema import validate
 
+        check_trust(cfg, meta, rundir.path, trust, is_run=lambda p: RunDir(p).is_run())
         typed = validate(cfg)  # a bad value (trainer.epochs=abc) is refused before anything reads it
     saved, skipped = newest_checkpoint(rundir, meta)
     check_fits(cfg, saved, meta, force)
+    check_same_run(saved, typed.plain, overrides)
     git_now, git_warning = git_difference(rundir.path, meta)
     if git_warning:
         if strict:
@@ -137,7 +133,7 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
                  "git_warning": git_warning, "forced": force}
         rundir.record_resume(entry, typed.to_yaml() if overrides else None)
 
-    with using(directory=meta.get("cwd"), objects=objects):
+    with using(objects=objects):
         return execute(cfg, rundir.path, overrides, discard_on_bad_input=False, resume=saved, on_resume=on_resume,
                        typed=typed)
 
@@ -191,6 +187,21 @@ def newest_checkpoint(rundir: RunDir, meta: dict[str, Any]) -> tuple[Checkpoint,
         raise ConfigError(str(e)) from None
 
 
+def override_keys(overrides: list[str]) -> set[str]:
+    """The keys (or groups) a command's overrides change on purpose."""
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+
+
+def check_same_run(saved: Checkpoint, run_plain: dict[str, Any], overrides: list[str]) -> None:
+    """Refuse a checkpoint trained with another config than the run's (a file from another
+    run of the same model): the keys named; an explicit override of them stays possible."""
+    differ = training_differences(saved.config, run_plain, override_keys(overrides))
+    if differ:
+        raise ConfigError(f"checkpoint {saved.path} was not trained with this run's config.yaml: "
+                          f"{'; '.join(differ[:5])}{' ...' if len(differ) > 5 else ''}. Give those keys as overrides "
+                          "(with --force) to continue with the run's values, or use the run folder it came from.")
+
+
 def check_fits(cfg, saved: Checkpoint, meta: dict[str, Any], force: bool) -> None:
     """Refuse a resume the checkpoint cannot continue as asked: another number of
     processes, fewer epochs, a completed or early-stopped run without room to go on."""
@@ -221,7 +232,8 @@ def check_fits(cfg, saved: Checkpoint, meta: dict[str, Any], force: bool) -> Non
 
 
 def resume_api(run_dir: str | Path, overrides: list[str], force: bool = False, strict: bool = False,
-               model: Any = None, data: Any = None, init: Any = None) -> tuple[Path, dict[str, float]]:
+               model: Any = None, data: Any = None, init: Any = None,
+               trust: bool = False) -> tuple[Path, dict[str, float]]:
     """`expkit.resume(run_dir)`: (the run folder, its final metrics). Raises ConfigError when
     the resume is refused and RuntimeError when the run fails."""
     from expkit.config.imports import given
@@ -233,7 +245,7 @@ def resume_api(run_dir: str | Path, overrides: list[str], force: bool = False, s
         raise ConfigError(f"{named[0]}: resume imports the run's own {named[0]} code from its config; pass an "
                           "object (the class or function itself), or nothing.")
     try:
-        metrics = resume(run_dir, list(overrides), force=force, strict=strict, objects=objects)
+        metrics = resume(run_dir, list(overrides), force=force, strict=strict, objects=objects, trust=trust)
     except RunFailed as e:
         raise ConfigError(str(e)) if e.exit_code == EXIT_BAD_INPUT else RuntimeError(str(e)) from None
     return Path(run_dir), metrics

@@ -228,6 +228,13 @@ def test_a_run_from_before_the_test_split_keeps_every_example_out_of_the_test_sp
     cfg = yaml.safe_load((old / "config.yaml").read_text())
     del cfg["data"]["test_fraction"]
     (old / "config.yaml").write_text(yaml.safe_dump(cfg))
+    from expkit.run.provenance import sha256_file
+
+    for file in (old / "checkpoints").glob("*.pt"):  # its checkpoints recorded the same config
+        state = torch.load(file, weights_only=True)
+        del state["config"]["data"]["test_fraction"]
+        torch.save(state, file)
+        Path(f"{file}.sha256").write_text(sha256_file(file))
     assert open_run(old)[1].data.test_fraction == 0.0
     with pytest.raises(ConfigError, match="has no test split"):
         expkit.evaluate(old, save=False)

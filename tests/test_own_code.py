@@ -211,7 +211,7 @@ def test_objects_of_the_caller_train_resume_and_are_recorded(project):
     assert metrics["epoch"] == 2 and len(read_json(run_dir / "meta.json")["resumes"]) == 1
 
 
-def test_resume_imports_from_the_folder_the_run_started_in(project, tmp_path_factory, monkeypatch):
+def test_resume_imports_from_the_project_folder_never_from_the_record(project, tmp_path_factory, monkeypatch):
     run_dir, _ = expkit.train(["trainer.epochs=1", "trainer.progress=off", "data.sample=64", "trainer.graph=false"],
                               model="ownmod:build_model", init="ownmod:init_weights")
     meta = read_json(run_dir / "meta.json")
@@ -219,9 +219,15 @@ def test_resume_imports_from_the_folder_the_run_started_in(project, tmp_path_fac
         "path": "ownmod:build_model", "file": str(project / "ownmod.py"),
         "sha256": __import__("hashlib").sha256((project / "ownmod.py").read_bytes()).hexdigest()}
     sys.modules.pop("ownmod")
+    # The run's recorded folder is not where code is looked for: from elsewhere it is refused,
+    # naming that folder, before anything is imported.
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     monkeypatch.chdir(elsewhere)
-    _, metrics = expkit.resume(project / run_dir, ["trainer.epochs=2"])
+    with pytest.raises(ConfigError, match=rf"not a file of the project folder .*trained in \({project}"):
+        expkit.resume(project / run_dir, ["trainer.epochs=2"])
+    assert "ownmod" not in sys.modules
+    monkeypatch.chdir(project)
+    _, metrics = expkit.resume(run_dir, ["trainer.epochs=2"])
     assert metrics["epoch"] == 2
     assert Path(sys.modules["ownmod"].__file__) == project / "ownmod.py"
 

@@ -86,8 +86,8 @@ def evaluate(run_dir: str | Path, split: str = "test", checkpoint: str = "best",
 
 
 def write_outputs(run: RunModel, result: dict[str, Any]) -> list[str]:
-    folder = RunDir(run.path).eval_dir
-    folder.mkdir(exist_ok=True)
+    rundir = RunDir(run.path)
+    folder = rundir.output_folder(rundir.eval_dir)
     stem = f"{result['split']}-{run.label}"
     if result["overrides"]:  # another data set (or setting): its own files, beside the run's own
         import hashlib

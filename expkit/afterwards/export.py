@@ -95,8 +95,8 @@ def export(run_dir: str | Path, checkpoint: str = "best", fmt: str = "exported",
         other = next(f for f in FORMATS if f != fmt)
         raise ConfigError(f"--format {fmt}: this model cannot be exported so: {type(e).__name__}: "
                           f"{(str(e).splitlines() or [''])[0]}; try --format {other}") from None
-    folder = RunDir(run.path).export_dir
-    folder.mkdir(exist_ok=True)
+    rundir = RunDir(run.path)
+    folder = rundir.output_folder(rundir.export_dir)
     path = folder / f"model-{run.label}{FORMATS[fmt]}"
     write_atomic(path, data)
     # Read back as a user would, and compare with the checkpoint's model (a batch of 1 too).

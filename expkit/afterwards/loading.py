@@ -5,7 +5,9 @@ classes and the normalization of the run's training data)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,13 +123,21 @@ def data_facts(path: Path, saved: Checkpoint, typed: dict[str, Any]) -> dict[str
     return {"classes": data.classes, "input_shape": list(data.input_shape), "mean": data.mean, "std": data.std}
 
 
-def run_code(run_dir: str | Path, objects: dict[str, Any] | None = None):
+@contextlib.contextmanager
+def run_code(run_dir: str | Path, objects: dict[str, Any] | None = None, trust: bool = False) -> Iterator[None]:
     """A context in which the run's own code (model.factory=..., data.factory=...,
-    init.function=...) imports from the folder the run was trained in, as `expkit resume`
-    does; `objects` (group -> object, from the Python API) stand for code a notebook defined."""
-    from expkit.config.imports import using
+    init.function=...) may be imported: from the project folder (the current directory),
+    once config/imports.check_trust has found it to be the code the run recorded (or the
+    user passed --trust-code: `trust`); `objects` (group -> object, from the Python API)
+    stand for code a notebook defined. Bad input before anything is imported otherwise."""
+    from expkit.config.imports import check_trust, using
 
-    return using(directory=RunDir(run_dir).meta_or_empty().get("cwd"), objects=objects)
+    rundir = RunDir(run_dir)
+    with using(objects=objects):
+        if rundir.config.is_file():  # else load_run says it is not a run folder
+            _, saved = open_run(run_dir)
+            check_trust(saved, rundir.meta_or_empty(), rundir.path, trust, is_run=lambda p: RunDir(p).is_run())
+        yield
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str] | tuple[str, ...] = (),
@@ -147,6 +157,12 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
     label, file = checkpoint_file(path, checkpoint)
     own = file.resolve().parent == RunDir(path).checkpoints.resolve()
     saved_state = read_checkpoint(file, own)
+    from expkit.config.compose import training_differences
+
+    differ = training_differences(saved_state.config, typed.plain, {o.split("=", 1)[0].lstrip("+~") for o in overrides})
+    if differ:
+        raise ConfigError(f"checkpoint {file} was not trained with this run's config.yaml: {'; '.join(differ[:5])}"
+                          f"{' ...' if len(differ) > 5 else ''}; score it with the run folder it came from.")
     facts = data_facts(path, saved_state, validate(saved) if overrides else typed)
     model = build_model_for(typed, facts["input_shape"], len(facts["classes"]))
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from expkit.commands import add_trust_flag
+
 HELP = "score a run's checkpoint on a split: loss, accuracy, per-class table, confusion matrix"
 
 
@@ -19,6 +21,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", metavar="best|last|FILE",
                    help="which weights: best.pt, last.pt or a checkpoint file (default %(default)s)")
     p.add_argument("--split", default="test", choices=("test", "val", "train"), help="(default %(default)s)")
+    add_trust_flag(p)
     return p
 
 
@@ -26,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from expkit.afterwards.evaluate import evaluate, table
     from expkit.afterwards.loading import run_code
 
-    with run_code(args.run_dir):
+    with run_code(args.run_dir, trust=args.trust_code):
         result = evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint, overrides=args.overrides)
     print(table(result))
     print("wrote " + ", ".join(result["files"]))

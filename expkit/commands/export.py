@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from expkit.commands import add_trust_flag
+
 HELP = "write a run's model as a file plain torch loads (torch.export or TorchScript), normalization inside"
 
 
@@ -21,6 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--format", dest="fmt", default="exported", choices=("exported", "torchscript"),
                    help="exported (torch.export.load, a .pt2 file; the format torch recommends) or torchscript "
                         "(torch.jit.load, a .torchscript.pt file; deprecated by torch) (default %(default)s)")
+    add_trust_flag(p)
     return p
 
 
@@ -30,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from expkit.errors import RunFailed
 
     try:
-        with run_code(args.run_dir):
+        with run_code(args.run_dir, trust=args.trust_code):
             info = export(args.run_dir, checkpoint=args.checkpoint, fmt=args.fmt)
     except RunFailed as e:
         print(f"expkit export: {e}", file=sys.stderr)

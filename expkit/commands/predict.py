@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from expkit.commands import add_trust_flag
+
 HELP = "predict the class of image files (or folders of them) with a run's checkpoint"
 
 
@@ -17,6 +19,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", metavar="best|last|FILE", help="which weights (default %(default)s)")
     p.add_argument("--top", type=int, default=3, metavar="K", help="the K most probable classes (default %(default)s)")
     p.add_argument("--out", metavar="FILE.csv", help="also write the rows to this CSV file")
+    add_trust_flag(p)
     return p
 
 
@@ -24,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from expkit.afterwards.loading import run_code
     from expkit.afterwards.predict import predict, table
 
-    with run_code(args.run_dir):
+    with run_code(args.run_dir, trust=args.trust_code):
         rows = predict(args.run_dir, args.paths, checkpoint=args.checkpoint, top=args.top, out=args.out)
     print(table(rows))
     if args.out:

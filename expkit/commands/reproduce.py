@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from expkit.commands import add_trust_flag
+
 HELP = "rebuild a run's recorded code in a git worktree, re-run it on CPU and compare"
 
 
@@ -19,6 +21,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="only check that the run can be made again (commit present, code rebuilds, data "
                         "unchanged); no training")
+    add_trust_flag(p, help="rebuild with the run's git.diff and untracked files even where they are not what "
+                           "this repository holds now (a received run folder): that code then runs in the re-run")
     return p
 
 
@@ -30,6 +34,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"expkit reproduce: code rebuilt; re-running on CPU. Follow it in {RunDir(folder).log} while it "
               "runs; that folder is removed at the end unless the result differs.", file=sys.stderr, flush=True)
 
-    result = reproduce(args.run_dir, check=args.check, on_rerun=say)
+    from expkit.app import Stopped
+
+    try:
+        result = reproduce(args.run_dir, check=args.check, on_rerun=say, trust=args.trust_code)
+    except Stopped as e:
+        print(f"expkit reproduce: stopped by {e.signal_name}; the re-run was stopped, its worktree removed "
+              "(reproduce.json says so)", file=sys.stderr)
+        return e.exit_code
     print(result.text(), end="")
     return result.exit_code

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from expkit.commands import add_trust_flag
 from expkit.errors import EXIT_OK, ConfigError, RunFailed
 
 HELP = "continue a run in its own folder from its newest valid checkpoint"
@@ -20,6 +21,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("overrides", metavar="OVERRIDES", nargs="*", help="key=value changes to the saved config")
     p.add_argument("--force", action="store_true", help="allow overrides that change what the run trained so far")
     p.add_argument("--strict", action="store_true", help="refuse when the code differs from the run's git commit")
+    add_trust_flag(p)
     return p
 
 
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from expkit.resuming import resume
 
     try:
-        resume(args.run_dir, args.overrides, force=args.force, strict=args.strict)
+        resume(args.run_dir, args.overrides, force=args.force, strict=args.strict, trust=args.trust_code)
     except ConfigError as e:
         print(f"expkit resume: {e}", file=sys.stderr)
         return 2

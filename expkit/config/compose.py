@@ -66,6 +66,38 @@ def compose(overrides: list[str], config_dir: str | None = None, hydra: bool = F
 MAX_CHECKED_JOBS = 64  # a sweep's jobs composed before it starts; the rest are checked as they run
 
 
+# Keys that say how long and how a run goes on, not what it trains: a resume may change them
+# without --force, and a checkpoint whose config differs from its run's only in these (or in
+# the run's name, the device, the sweep's settings) is still that run's.
+SAFE_KEYS = {
+    "trainer.epochs", "trainer.eval_every", "trainer.log_every", "trainer.devices",
+    "trainer.progress", "trainer.verbose", "trainer.keep_last", "trainer.checkpoint", "trainer.histogram_every",
+    "trainer.max_steps", "trainer.num_threads", "trainer.graph", "trainer.tensorboard", "data.num_workers",
+    "trainer.test_at_end", "trainer.early_stop.patience", "trainer.early_stop.min_delta",
+}
+NOT_TRAINING = SAFE_KEYS | {"name", "trainer.accelerator", "trainer.untracked_max_kb", "sweep.resume",
+                            "sweep.metric"}
+
+
+def training_differences(checkpoint_config: Any, run_config: dict[str, Any], allowed: set[str]) -> list[str]:
+    """'key: A in the checkpoint, B in the run' for each key, set in both, where the config a
+    checkpoint was trained with differs from the run's in what shaped training; `allowed`:
+    keys the user changes on purpose (this command's overrides)."""
+    from expkit.config.schema import resolve_norm
+
+    if not isinstance(checkpoint_config, dict):
+        return []  # a checkpoint written before it recorded its config: nothing to compare
+    old = flatten(OmegaConf.to_container(upgrade_saved(OmegaConf.create(checkpoint_config)), resolve=False))
+    new = flatten(run_config)
+    for side in (old, new):  # the norm that trained, however each config asked for it
+        if "reg.norm" in side or "reg.batchnorm" in side:
+            norm = resolve_norm(side.get("reg.norm"), side.get("reg.batchnorm"))
+            side["reg.norm"], side["reg.batchnorm"] = norm, norm == "batch"
+    skip = NOT_TRAINING | allowed
+    return [f"{k}: {old[k]!r} in the checkpoint, {new[k]!r} in the run" for k in sorted(set(old) & set(new))
+            if k not in skip and not any(k.startswith(a + ".") for a in allowed) and old[k] != new[k]]
+
+
 def with_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """`key=value` (and `+key=value`) overrides applied to a saved config, each value read as
     Hydra reads it on a command line: `off` stays the text off, `1e-3` is a number, `null`

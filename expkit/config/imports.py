@@ -4,10 +4,12 @@
     data=python    data.factory=mymod:make_data     (+data.kwargs.*)   returns Datasets or tensors
     init=function  init.function=mymod:init_weights                     applied with model.apply
 
-A path is imported with the project folder first on sys.path: the current directory, or,
-for `expkit resume`, the folder the run was started in (meta.json `cwd`). `validate` checks
-it before anything is built: the module imports, has the name, the object is of the right
-kind and its parameters fit what expkit passes; any problem is one ConfigError line.
+A path is imported with the project folder first on sys.path: the current directory (a run
+folder's recorded `cwd` is never used). `validate` checks it before anything is built: the
+module imports, has the name, the object is of the right kind and its parameters fit what
+expkit passes; any problem is one ConfigError line. Commands that read a run folder check
+first (`check_trust`, before any import) that each path names the file the run recorded,
+or that the user passed --trust-code; code inside a run folder is never imported.
 
 Only the project's own code can be named: the object must be defined (not just imported)
 in a module whose file is inside the project folder, and not in the standard library, a
@@ -143,7 +145,7 @@ def _import(key: str, path: str, module_name: str, directory: Path) -> Any:
     where = Path(file).resolve() if file else None
     if module_name.split(".")[0] == "expkit":
         problem = "is expkit's own code"
-    elif where is None or _installed(where):
+    elif where is None or installed(where):
         problem = "is in the standard library or an installed package"
     elif not where.is_relative_to(directory):
         problem = "is outside the project folder"
@@ -153,7 +155,7 @@ def _import(key: str, path: str, module_name: str, directory: Path) -> Any:
                       f"import paths name the project's own code, a module in {directory}.")
 
 
-def _installed(path: Path) -> bool:
+def installed(path: Path) -> bool:
     """Inside the standard library or a site-packages folder (a virtual environment that
     lives in the project folder included)."""
     import site
@@ -196,6 +198,70 @@ def _missing_attribute(key: str, path: str, module_name: str, module: Any, parts
     return (f"{key}: value {path!r}: {module_name} ({where}) has no {name}; it defines "
             f"{', '.join(defined) if defined else 'no functions or classes'}"
             f"{did_you_mean(parts[-1], defined) or '.'}")
+
+
+# ------------------------------------------------------------------------- trust
+TRUST_FLAG = "--trust-code"
+
+
+def module_file(module_name: str, directory: Path) -> Path | None:
+    """The file `module_name` would be imported from in `directory`, found without importing
+    anything (a package's __init__.py, or the .py file); None when it is not there."""
+    base = directory.joinpath(*module_name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def inside_run_folder(path: Path, is_run: Callable[[Path], bool]) -> Path | None:
+    """The run folder `path` lies in (a folder above it that `is_run`), or None."""
+    return next((parent for parent in path.resolve().parents if is_run(parent)), None)
+
+
+def check_trust(cfg: Any, meta: dict[str, Any], run_dir: Path, trust: bool,
+                is_run: Callable[[Path], bool]) -> None:
+    """Before any own code a run folder names is imported (eval, predict, export,
+    expkit.load, resume): each MODULE:NAME must be a file of the project folder (the current
+    directory; a run folder's recorded cwd is never used), never one inside a run folder,
+    and, unless the user passed --trust-code, the very file the run recorded (the SHA-256
+    in meta.json `imports`). So your own runs in your own project need no flag, and a
+    received folder runs nothing of its own and nothing it was not trained with."""
+    ctx = _context.get()
+    directory = project_dir()
+    recorded = meta.get("imports") if isinstance(meta.get("imports"), dict) else {}
+    for group, (choice_key, own, path_key) in OWN.items():
+        values = cfg.get(group) if hasattr(cfg, "get") else None
+        if not values or values.get(choice_key) != own or (ctx is not None and group in ctx.objects):
+            continue
+        path, key = values.get(path_key), key_of(group)
+        module_name, _ = _split(key, path)
+        if module_name == "__main__":
+            continue  # a notebook's object: it is never looked up, the caller passes it again
+        file = module_file(module_name, directory)
+        if file is None:
+            trained_in = meta.get("cwd")
+            where = f" ({trained_in}, by its record)" if isinstance(trained_in, str) else ""
+            raise ConfigError(f"{key}: value {path!r}: the run imports {module_name}, which is not a file of the "
+                              f"project folder {directory} (the current folder); run this command in the folder "
+                              f"the run was trained in{where}. Nothing was imported.")
+        holder = inside_run_folder(file, is_run)
+        if holder is not None or file.resolve().is_relative_to(Path(run_dir).resolve()):
+            raise ConfigError(f"{key}: value {path!r} names {file}, which is inside the run folder "
+                              f"{holder or run_dir}; code in a run folder is never imported.")
+        if trust:
+            continue
+        entry = recorded.get(key)
+        expected = entry.get("sha256") if isinstance(entry, dict) else None
+        found = hashlib.sha256(file.read_bytes()).hexdigest()
+        if expected is None:
+            raise ConfigError(f"{key}: value {path!r}: the run folder records no hash for the code it names, so "
+                              f"{file} cannot be told to be the code it trained with; nothing was imported. Pass "
+                              f"{TRUST_FLAG} if you trust that file.")
+        if found != expected:
+            raise ConfigError(f"{key}: value {path!r}: {file} is not the file the run was trained with (sha256 "
+                              f"{found[:12]}, the run recorded {str(expected)[:12]}); nothing was imported. Pass "
+                              f"{TRUST_FLAG} to run the file as it is now.")
 
 
 # ------------------------------------------------------------------ kinds and arguments

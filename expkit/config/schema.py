@@ -15,6 +15,7 @@ registry key inside the group (`data.name`, `model.arch`, `optim.name`, `sched.n
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,11 +42,13 @@ class Check:
 
 
 def ge(n: float) -> Check:
-    return Check(lambda v: v >= n, f"{'an integer' if isinstance(n, int) else 'a number'} >= {n}")
+    # inf and nan pass a comparison or fail it silently: a learning rate of 1e309 is inf
+    return Check(lambda v: math.isfinite(v) and v >= n,
+                 f"{'an integer' if isinstance(n, int) else 'a finite number'} >= {n}")
 
 
 def gt(n: float) -> Check:
-    return Check(lambda v: v > n, f"a number > {n}")
+    return Check(lambda v: math.isfinite(v) and v > n, f"a finite number > {n}")
 
 
 def fraction(low_open: bool = False, high_open: bool = True) -> Check:

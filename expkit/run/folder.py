@@ -58,8 +58,11 @@ def write_atomic(path: Path, data: str | bytes, durable: bool = True, slow: floa
     anyway skip it. `slow` (a test hook): sleep after every 64 KiB written."""
     data = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A new file of our own, never one that is there already: a link planted under the temp
+    # name would otherwise be followed and the file it points to overwritten.
+    tmp.unlink(missing_ok=True)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as f:
             if slow:
                 for i in range(0, len(data), CHUNK):
                     f.write(data[i : i + CHUNK])
@@ -151,6 +154,37 @@ class RunDir:
     export_dir = _inside("export")
     reproduce_report = _inside("reproduce.json")
     lock = _inside(".lock")
+
+    def refuse_links(self) -> None:
+        """Bad input when a path expkit writes in this folder is a symbolic link, or the log
+        it appends to has a second hard link: a received folder must not make expkit write,
+        append to or delete a file outside it. Called before a command writes here."""
+        from expkit.errors import ConfigError
+
+        paths = [getattr(self, name) for name, value in vars(RunDir).items() if isinstance(value, property)]
+        for folder in (self.checkpoints, self.eval_dir, self.export_dir, self.hydra_dir):
+            if folder.is_dir() and not folder.is_symlink():
+                paths += list(folder.iterdir())
+        for path in paths:
+            if path.is_symlink():
+                raise ConfigError(f"{path}: a symbolic link in the run folder (to {os.readlink(path)}); expkit "
+                                  "writes only inside the folder and never through a link. Replace it with a file "
+                                  "or folder of its own, or remove it.")
+        if self.log.is_file() and self.log.stat().st_nlink > 1:
+            raise ConfigError(f"{self.log}: has {self.log.stat().st_nlink} hard links, so appending to it would "
+                              "change a file elsewhere too; copy it (cp) to break the link.")
+
+    def output_folder(self, folder: Path) -> Path:
+        """`folder` (eval/, export/) made ready for a command's files: no link in the run folder
+        is written through, and a file in its place is bad input, not a traceback."""
+        from expkit.errors import ConfigError
+
+        self.refuse_links()
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{folder}: is a file, where expkit keeps the {folder.name}/ folder of this run; move "
+                              "it away.")
+        folder.mkdir(exist_ok=True)
+        return folder
 
     def is_run(self) -> bool:
         """A run folder, not a sweep's or a date's: it has its meta.json."""
@@ -335,7 +369,8 @@ class FolderLock:
 
         from expkit.errors import ConfigError
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        RunDir(self.path.parent).refuse_links()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
