@@ -513,7 +513,7 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
             raw = raw.get(part) if isinstance(raw, dict) else None
         reason = str(e).splitlines()[0].replace("KeyError raised while resolving interpolation: ", "")
         raise ConfigError(f"{e.full_key}: value {raw!r} does not resolve ({reason}); expected a value or an "
-                          "interpolation of a key that exists (${{optim.lr}}, ${{oc.env:NAME,default}}).") from None
+                          "interpolation of a key that exists (${optim.lr}, ${oc.env:NAME,default}).") from None
     out.pop("hydra", None)
     return out
 

@@ -307,14 +307,16 @@ def load_file(path: Path, map_location: Any = "cpu", require_checksum: bool = Tr
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
-        if "weights only" in text.lower() or "GLOBAL" in text:
-            found = re.search(r"GLOBAL (\S+)", text)
-            what = f" ({found.group(1)})" if found else ""
+        found = re.search(r"GLOBAL (\S+)", text)
+        if found:  # a pickled global (a function, a class): what loading it would call
+            what = f" ({found.group(1)})"
             raise UnsafeCheckpoint(
                 f"{path} holds a pickled Python object{what} that would run code when loaded; refusing to "
                 "load it. expkit checkpoints hold only tensors and plain data, so this file was not written "
                 "by expkit: delete it or move it away to resume from an older checkpoint.") from None
-        raise CheckpointError(f"{path.name} could not be unpickled: {text.splitlines()[0]}") from None
+        reason = next((line.strip() for line in text.splitlines() if "Unsupported" in line or "invalid" in line),
+                      text.splitlines()[0] if text else "")
+        raise CheckpointError(f"{path} is not a checkpoint torch can read ({reason})") from None
     except Exception as e:
         first = (str(e).splitlines() or [""])[0]
         raise CheckpointError(f"{path.name} could not be loaded: {type(e).__name__}: {first}") from None

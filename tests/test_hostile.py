@@ -1,0 +1,404 @@
+"""Hostile input, tried as an attacker or a careless user would: config values, run folders
+received from someone else, links, records that point outside, another run's checkpoint,
+signals. Each case checks what docs/security.md promises: a non-zero exit with one message
+(no traceback), nothing accepted silently, no code of a run folder run without --trust-code,
+no write outside the folder, no file lost.
+
+The config cases run in-process (the console script's own main); the run-folder and signal
+cases start real expkit processes on real files, links and signals (the e2e tier)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import EXPKIT, FAST, git, make_git_repo, read_json, run_cli
+
+from expkit.cli import main
+
+pytestmark = pytest.mark.xdist_group("hostile")
+
+
+# ---------------------------------------------------------------- config values (unit tier)
+def wrong_values() -> list[tuple[list[str], str]]:
+    """For every key of every group (with the choice that has it), a value of the wrong kind:
+    text for a number, a word for a boolean, an unknown name for a key with choices."""
+    from expkit.config.reference import key_rows
+
+    cases = []
+    for row in key_rows():
+        group, _, name = row.key.partition(".")
+        if not name:
+            continue
+        typ = row.type.replace(" | None", "")
+        choice = [] if row.has_default else [f"{group}={next(iter(row.others))}"] if row.others else None
+        if choice is None:
+            continue
+        if typ in ("int", "float"):
+            value = "abc"
+        elif typ == "bool":
+            value = "maybe"
+        elif typ == "str" and "(" in row.help and name not in ("name", "factory", "function"):
+            value = "no-such-choice"
+        else:
+            continue
+        cases.append(([*choice, f"{row.key}={value}"], row.key))
+    return cases
+
+
+NOT_FINITE = [(["optim.lr=inf"], "optim.lr"), (["optim.lr=1e309"], "optim.lr"), (["optim.lr=nan"], "optim.lr"),
+              (["optim.lr=-inf"], "optim.lr"), (["optim.weight_decay=inf"], "optim.weight_decay"),
+              (["optim.weight_decay=nan"], "optim.weight_decay"), (["reg.grad_clip=inf"], "reg.grad_clip"),
+              (["reg.grad_clip=nan"], "reg.grad_clip"), (["sched=step", "sched.gamma=inf"], "sched.gamma"),
+              (["optim=adam", "optim.eps=inf"], "optim.eps"), (["sched.warmup_epochs=nan"], "sched.warmup_epochs"),
+              (["reg.dropout=nan"], "reg.dropout"), (["reg.label_smoothing=inf"], "reg.label_smoothing"),
+              (["data.val_fraction=nan"], "data.val_fraction")]
+OUT_OF_RANGE = [(["optim.lr=0"], "optim.lr"), (["optim.lr=-1"], "optim.lr"), (["trainer.epochs=0"], "trainer.epochs"),
+                (["trainer.epochs=-3"], "trainer.epochs"), (["data.batch_size=0"], "data.batch_size"),
+                (["data.val_fraction=1"], "data.val_fraction"), (["data.val_fraction=-0.1"], "data.val_fraction"),
+                (["reg.dropout=1"], "reg.dropout"), (["reg.dropout=-0.5"], "reg.dropout"),
+                (["reg.grad_clip=0"], "reg.grad_clip"), (["sched=step", "sched.step_size=0"], "sched.step_size"),
+                (["sched=multistep", "sched.milestones=[]"], "sched.milestones"),
+                (["sched.warmup_epochs=10"], "sched.warmup_epochs"), (["model=mlp", "model.depth=0"], "model.depth"),
+                (["seed=1.5"], "seed"), (["seed=abc"], "seed"), (["name=a/b"], "name"), (["name=' x'"], "name"),
+                (["trainer.devices=0"], "trainer.devices"), (["model=mlp", "reg.norm=instance"], "reg.norm")]
+INTERPOLATIONS = [(["optim.lr=${nope}"], "optim.lr"), (["optim.lr=${oc.env:EXPKIT_NO_SUCH_VARIABLE}"], "optim.lr"),
+                  (["data.root=${nope.deeper}"], "data.root"), (["optim.lr=${optim.nope}"], "optim.lr"),
+                  (["optim.lr=${no_such_resolver:1}"], "optim.lr"),
+                  (["trainer.epochs=${oc.env:HOME}"], "trainer.epochs")]
+NAMES = [(["optim.lrr=0.1"], "optim.lrr"), (["trainer.max_epochs=3"], "trainer.max_epochs"), (["model=cnnn"], "model"),
+         (["nope=1"], "nope"), (["+optim.nope=1"], "optim.nope"),
+         (["optim=adamw", "optim.momentum=0.9"], "optim.momentum")]
+CONFIG_CASES = [*wrong_values(), *NOT_FINITE, *OUT_OF_RANGE, *INTERPOLATIONS, *NAMES]
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EXPKIT_TRACEBACK", raising=False)
+    monkeypatch.delenv("EXPKIT_NO_SUCH_VARIABLE", raising=False)
+    return tmp_path
+
+
+def refused(code: int, err: str, key: str) -> None:
+    """Bad input, said in one message that names the key, without a traceback."""
+    assert code == 2, err
+    assert key in err and "Traceback" not in err and "{{" not in err, err
+
+
+@pytest.mark.parametrize("overrides, key", CONFIG_CASES, ids=[" ".join(o) for o, _ in CONFIG_CASES])
+def test_a_bad_config_value_is_refused_before_anything_is_made(overrides, key, in_tmp, capsys):
+    refused(main(["train", *overrides]), capsys.readouterr().err, key)
+    assert not (in_tmp / "runs").exists()  # nothing made
+
+
+SCHED_CASES = [*NOT_FINITE[:4], *INTERPOLATIONS[:3], (["trainer.epochs=0"], "trainer.epochs")]
+
+
+@pytest.mark.parametrize("overrides, key", SCHED_CASES, ids=[" ".join(o) for o, _ in SCHED_CASES])
+def test_sched_refuses_the_same_values(overrides, key, in_tmp, capsys):
+    refused(main(["sched", *overrides]), capsys.readouterr().err, key)
+    assert not list(in_tmp.iterdir())
+
+
+@pytest.fixture
+def saved_run(in_tmp):
+    """A run folder as training leaves it, but for its checkpoints (a resume refuses before it reads one)."""
+    from omegaconf import OmegaConf
+
+    from expkit.config.compose import compose, task_config
+
+    run = in_tmp / "runs" / "day" / "time"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(task_config(compose([])), resolve=True))
+    (run / "meta.json").write_text('{"status": "interrupted"}\n')
+    return run
+
+
+RESUME_CASES = [(["optim.lr=inf", "--force"], "optim.lr"), (["trainer.epochs=abc"], "trainer.epochs"),
+                (["trainer.epochs=${nope}"], "trainer.epochs"), (["trainer.epochs=1e309"], "trainer.epochs"),
+                (["trainer.progress=sometimes"], "trainer.progress"), (["model=mlp"], "model"),
+                (["trainer.epochz=5"], "trainer.epochz"), (["optim.lr=0.1"], "optim.lr"),
+                (["trainer.epochs=2,3"], "trainer.epochs"), (["trainer.epochs=[1"], "trainer.epochs")]
+
+
+@pytest.mark.parametrize("overrides, key", RESUME_CASES, ids=[" ".join(o) for o, _ in RESUME_CASES])
+def test_resume_refuses_bad_overrides_and_changes_nothing(overrides, key, saved_run, capsys):
+    before = {p.name: p.read_bytes() for p in saved_run.iterdir()}
+    refused(main(["resume", str(saved_run), *overrides]), capsys.readouterr().err, key)
+    assert {p.name: p.read_bytes() for p in saved_run.iterdir()} == before
+
+
+# ------------------------------------------------------------ received run folders (e2e)
+OWN_CODE = '''\
+import math
+from torch import nn
+
+def build_model(input_shape, num_classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 16), nn.ReLU(), nn.Linear(16, num_classes))
+
+def init_weights(m):
+    if isinstance(m, nn.Linear):
+        nn.init.zeros_(m.bias)
+'''
+# Top-level code of a module planted in a received folder: it must never run.
+EVIL = '''\
+import pathlib
+pathlib.Path({marker!r}).write_text("ran")
+from torch import nn
+def Net(input_shape, num_classes):
+    return nn.Linear(1, 1)
+def init(m):
+    pass
+'''
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A project with its own model code, two finished runs of it (other: another optim.lr)."""
+    project = make_git_repo(tmp_path_factory.mktemp("hostile") / "project")
+    (project / "ownmod.py").write_text(OWN_CODE)
+    git(project, "add", "ownmod.py")
+    git(project, "commit", "-qm", "own code")
+    common = ["model=python", "model.factory=ownmod:build_model", "init=function",
+              "init.function=ownmod:init_weights", *FAST]
+    run_cli(["train", *common, "name=base"], cwd=project, check=True)
+    run_cli(["train", *common, "optim.lr=0.01", "name=other"], cwd=project, check=True)
+    runs = {p.parent.name.split("-")[-1]: p.parent for p in (project / "runs").rglob("meta.json")}
+    return project, runs["base"], runs["other"]
+
+
+class Received:
+    """A copy of the base run, to tamper with; and a folder outside it to watch."""
+
+    def __init__(self, trained, tmp_path: Path, name: str):
+        self.project, base, self.other = trained
+        self.run = self.project / "runs" / name
+        shutil.rmtree(self.run, ignore_errors=True)
+        shutil.copytree(base, self.run, symlinks=True)
+        self.outside = tmp_path / "outside"
+        self.outside.mkdir()
+        (self.outside / "precious.txt").write_text("keep me\n")
+        self.marker = tmp_path / "code-ran"
+
+    def snapshot(self, folder: Path) -> dict[str, tuple[bytes, int]]:
+        return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+                for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+    def plant(self, module: str = "evilmod") -> None:
+        (self.run / f"{module}.py").write_text(EVIL.format(marker=str(self.marker)))
+
+    def edit_config(self, **keys: str) -> None:
+        import yaml
+
+        cfg = yaml.safe_load((self.run / "config.yaml").read_text())
+        for dotted, value in keys.items():
+            group, key = dotted.split("__")
+            cfg[group][key] = value
+        (self.run / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+    def edit_meta(self, **fields) -> None:
+        meta = read_json(self.run / "meta.json")
+        meta.update(fields)
+        (self.run / "meta.json").write_text(json.dumps(meta))
+
+    def expkit(self, *args: str, expect: int = 2, words: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+        """Run a command on the folder; check the promises, whatever the case."""
+        outside_before, run_before = self.snapshot(self.outside), self.snapshot(self.run)
+        proc = run_cli(list(args), cwd=self.project)
+        assert proc.returncode == expect, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert not self.marker.exists(), "the run folder's code ran"
+        assert self.snapshot(self.outside) == outside_before, "a file outside the run folder changed"
+        if expect != 0:
+            lost = set(run_before) - set(self.snapshot(self.run))
+            assert not lost, f"a refused command removed {lost}"
+        for word in words:
+            assert word in proc.stderr, proc.stderr
+        return proc
+
+
+COMMANDS_ON_A_RUN = {"eval": ["eval"], "predict": ["predict", "{run}/../../digit.png"], "export": ["export"],
+                     "resume": ["resume", "trainer.epochs=2"]}
+
+
+def command(name: str, run: Path) -> list[str]:
+    first, *rest = COMMANDS_ON_A_RUN[name]
+    return [first, str(run), *(r.format(run=run) for r in rest)]
+
+
+@pytest.fixture
+def received(trained, tmp_path, request):
+    from PIL import Image
+
+    Image.new("L", (8, 8), color=90).save(trained[0] / "digit.png")
+    name = "".join(c if c.isalnum() else "_" for c in request.node.name[-40:])
+    return Received(trained, tmp_path, f"recv_{name}")  # a folder name that can be named as a module
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS_ON_A_RUN))
+def test_code_planted_in_a_received_folder_never_runs(name, received):
+    received.plant()
+    received.edit_config(model__factory=f"runs.{received.run.name}.evilmod:Net")
+    received.expkit(*command(name, received.run), words=("inside the run folder", "never imported"))
+    received.expkit(*command(name, received.run), "--trust-code", words=("never imported",))
+
+
+def test_an_init_function_in_the_folder_never_runs(received):
+    received.plant()
+    received.edit_config(init__function=f"runs.{received.run.name}.evilmod:init")
+    received.expkit("eval", str(received.run), words=("init.function", "never imported"))
+
+
+@pytest.mark.parametrize("name", ["eval", "resume"])
+def test_a_recorded_cwd_is_never_where_code_is_looked_for(name, received):
+    received.plant()
+    received.edit_config(model__factory="evilmod:Net")
+    received.edit_meta(cwd=str(received.run))
+    received.expkit(*command(name, received.run), words=("not a file of the project folder",))
+
+
+def test_own_code_that_changed_needs_the_flag(received):
+    own = received.project / "ownmod.py"
+    original = own.read_text()
+    try:
+        own.write_text(original + "\n# edited after training\n")
+        received.expkit("eval", str(received.run), words=("is not the file the run was trained with", "--trust-code"))
+        received.expkit("eval", str(received.run), "--trust-code", expect=0)
+    finally:
+        own.write_text(original)
+
+
+def test_own_code_without_a_recorded_hash_needs_the_flag(received):
+    received.edit_meta(imports={})
+    received.expkit("export", str(received.run), words=("records no hash", "--trust-code"))
+    received.expkit("export", str(received.run), "--trust-code", expect=0)
+
+
+LINKS = {".lock": "resume", "train.log": "resume", "checkpoints": "resume", "eval": "eval", "export": "export",
+         "checkpoints/last.pt": "resume"}
+
+
+@pytest.mark.parametrize("entry", sorted(LINKS))
+def test_no_write_goes_through_a_link_out_of_the_folder(entry, received):
+    path = received.run / entry
+    if path.is_dir():  # a folder of the run: a link to a folder outside, holding the same files
+        target = received.outside / path.name
+        shutil.copytree(path, target)
+        shutil.rmtree(path)
+    else:
+        target = received.outside / "precious.txt"
+        path.unlink(missing_ok=True)
+    path.symlink_to(target)
+    received.expkit(*command(LINKS[entry], received.run), words=("symbolic link",))
+
+
+def test_a_log_with_a_second_hard_link_is_not_appended_to(received):
+    log = received.run / "train.log"
+    log.unlink()
+    os.link(received.outside / "precious.txt", log)
+    received.expkit("resume", str(received.run), "trainer.epochs=2", words=("hard links",))
+
+
+def test_a_checkpoint_of_another_run_is_refused_with_the_keys_named(received):
+    for name in ("last.pt", "best.pt"):
+        for suffix in ("", ".sha256"):
+            (received.run / "checkpoints" / f"{name}{suffix}").unlink()
+            shutil.copy(received.other / "checkpoints" / f"{name}{suffix}", received.run / "checkpoints")
+    for numbered in (received.run / "checkpoints").glob("step-*"):
+        numbered.unlink()
+    received.expkit("resume", str(received.run), "trainer.epochs=2", words=("optim.lr", "0.01"))
+    received.expkit("eval", str(received.run), words=("optim.lr", "not trained with this run"))
+
+
+def test_export_where_a_file_stands_for_its_folder(received):
+    shutil.rmtree(received.run / "export", ignore_errors=True)
+    (received.run / "export").write_text("not a folder")
+    received.expkit("export", str(received.run), words=("is a file",))
+
+
+def test_random_bytes_with_a_matching_checksum_are_not_called_unsafe_code(received):
+    best = received.run / "checkpoints" / "best.pt"
+    best.unlink()
+    best.write_bytes(os.urandom(4096))
+    Path(f"{best}.sha256").unlink()
+    Path(f"{best}.sha256").write_text(hashlib.sha256(best.read_bytes()).hexdigest())
+    proc = received.expkit("eval", str(received.run), words=("best.pt",))
+    assert "would run code" not in proc.stderr
+
+
+def test_a_checkpoint_path_that_is_no_checkpoint(received):
+    received.expkit("eval", str(received.run), "--checkpoint", "/etc/hostname", words=("/etc/hostname",))
+
+
+@pytest.mark.parametrize("bad", ["/tmp/expkit-hostile-abs.py", "../../escaped.py", "omegaconf.py",
+                                 "omegaconf/__init__.py"])
+def test_untracked_records_cannot_write_outside_the_worktree_or_shadow_a_module(bad, received):
+    received.edit_meta(git=dict(read_json(received.run / "meta.json")["git"], dirty=True))
+    (received.run / "untracked.json").write_text(json.dumps({"max_bytes": 1000, "files": [
+        {"path": bad, "size": 5, "sha256": hashlib.sha256(b"evil\n").hexdigest(), "text": "evil\n"}]}))
+    received.expkit("reproduce", str(received.run), "--check", words=("untracked.json", bad))
+    assert not Path("/tmp/expkit-hostile-abs.py").exists()
+    assert not (received.project.parent.parent / "escaped.py").exists()
+
+
+# ------------------------------------------------------------------------ signals (e2e)
+def test_sighup_stops_training_after_a_checkpoint(trained, tmp_path):
+    project = trained[0]
+    proc = subprocess.Popen([EXPKIT, "train", "model=mlp", "data.sample=256", "trainer.epochs=200",
+                             "trainer.progress=off", "trainer.graph=false", "name=hup"], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = None
+    deadline = time.monotonic() + 120
+    while run is None and time.monotonic() < deadline:
+        found = [p.parent for p in (project / "runs").rglob("meta.json") if p.parent.name.endswith("hup")]
+        run = found[0] if found and list((found[0] / "checkpoints").glob("step-*.pt")) else None
+        time.sleep(0.2)
+    assert run is not None, "the run wrote no checkpoint in time"
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGHUP, err
+    meta = read_json(run / "meta.json")
+    assert meta["status"] == "interrupted" and meta["signal"] == "SIGHUP", meta
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == meta["interrupted_at_step"]
+
+
+def test_sigterm_to_reproduce_ends_its_rerun_and_removes_the_worktree(trained):
+    project, base, _ = trained
+    proc = subprocess.Popen([EXPKIT, "reproduce", str(base)], cwd=project, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        if children:
+            break
+        time.sleep(0.1)
+    assert children, "reproduce started no re-run"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    for child in children:  # no re-run trains on without its parent
+        assert subprocess.run(["kill", "-0", child], capture_output=True).returncode != 0
+    assert git(project, "worktree", "list").count("\n") == 0  # only the project itself
+    assert read_json(base / "reproduce.json")["status"].startswith("interrupted by SIGTERM")
+
+
+def test_the_suite_tries_at_least_150_inputs():
+    received_cases = len(COMMANDS_ON_A_RUN) * 2 + 1 + 2 + 2 + 2 + len(LINKS) + 1 + 2 + 1 + 1 + 1 + 4
+    signal_cases = 2
+    total = len(CONFIG_CASES) + len(SCHED_CASES) + len(RESUME_CASES) + received_cases + signal_cases
+    print(f"hostile inputs: {total} ({len(CONFIG_CASES)} config values, {len(SCHED_CASES)} sched, "
+          f"{len(RESUME_CASES)} resume overrides, {received_cases} received run folders, {signal_cases} signals)",
+          file=sys.stderr)
+    assert total >= 150, total
