@@ -9,10 +9,12 @@ import json
 from importlib.metadata import version
 from pathlib import Path
 
+import pytest
 from conftest import git
 
 from expkit.config.schema import DataConfig, FolderDataConfig
 from expkit.data import build_data
+from expkit.errors import ConfigError
 from expkit.run.folder import RunDir
 from expkit.run.provenance import diff_files, read_packages, run_git
 
@@ -75,8 +77,13 @@ def test_commit_diff_and_untracked_files_rebuild_the_exact_tree(git_repo, tmp_pa
     tree = tmp_path / "rebuilt" / "tree"
     tree.parent.mkdir()
     result = Result(run_dir=rundir.path)
+    # The diff and the untracked text are in the run folder only now: code that would run in
+    # the re-run without the repository holding it, so only with --trust-code.
+    with pytest.raises(ConfigError, match="--trust-code"):
+        _rebuild_tree(str(git_repo), commit, rundir.path, tree, result, tree, trust=False)
+    assert not tree.exists()
     try:
-        _rebuild_tree(str(git_repo), commit, rundir.path, tree, result)
+        _rebuild_tree(str(git_repo), commit, rundir.path, tree, result, tree, trust=True)
         rebuilt = {p.relative_to(tree).as_posix(): p.read_bytes() for p in tree.rglob("*")
                    if p.is_file() and p.name != ".git"}
     finally:
