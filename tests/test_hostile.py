@@ -138,6 +138,39 @@ def test_resume_refuses_bad_overrides_and_changes_nothing(overrides, key, saved_
     assert {p.name: p.read_bytes() for p in saved_run.iterdir()} == before
 
 
+TINY_MODEL = "defaults:\n  - base_mlp\n  - _self_\narch: mlp\nwidth: 16\n"
+CONFIG_DIRS = {"missing": ({}, "does not exist"), "a file": ({".": None}, "is a file"),
+               "bad YAML": ({"model/bad.yaml": "arch: [unclosed\n"}, "not valid YAML"),
+               "a config.yaml": ({"config.yaml": "x: 1\n", "model/tiny.yaml": TINY_MODEL}, "would never be read")}
+
+
+def config_dir(tmp: Path, files: dict) -> Path:
+    folder = tmp / "myconf"
+    for name, text in files.items():
+        if text is None:
+            folder.write_text("a file")
+            continue
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_DIRS))
+def test_a_bad_config_dir_is_one_message_and_nothing_made(case, in_tmp, capsys):
+    files, words = CONFIG_DIRS[case]
+    folder = config_dir(in_tmp, files)
+    overrides = ["model=bad"] if "model/bad.yaml" in files else []
+    refused(main(["train", "--config-dir", str(folder), *overrides]), err := capsys.readouterr().err, "--config-dir")
+    assert words in err and not (in_tmp / "runs").exists()
+
+
+def test_overrides_may_come_before_the_config_dir(tmp_path):
+    folder = config_dir(tmp_path, {"model/tiny.yaml": TINY_MODEL})
+    proc = run_cli(["train", *FAST, "--config-dir", str(folder), "model=tiny"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "in_features=64, out_features=16" in next((tmp_path / "runs").rglob("train.log")).read_text()
+
+
 # ------------------------------------------------------------ received run folders (e2e)
 OWN_CODE = '''\
 import math
@@ -397,8 +430,10 @@ def test_sigterm_to_reproduce_ends_its_rerun_and_removes_the_worktree(trained):
 def test_the_suite_tries_at_least_150_inputs():
     received_cases = len(COMMANDS_ON_A_RUN) * 2 + 1 + 2 + 2 + 2 + len(LINKS) + 1 + 2 + 1 + 1 + 1 + 4
     signal_cases = 2
-    total = len(CONFIG_CASES) + len(SCHED_CASES) + len(RESUME_CASES) + received_cases + signal_cases
+    config_dirs = len(CONFIG_DIRS) + 1
+    total = len(CONFIG_CASES) + len(SCHED_CASES) + len(RESUME_CASES) + config_dirs + received_cases + signal_cases
     print(f"hostile inputs: {total} ({len(CONFIG_CASES)} config values, {len(SCHED_CASES)} sched, "
-          f"{len(RESUME_CASES)} resume overrides, {received_cases} received run folders, {signal_cases} signals)",
+          f"{len(RESUME_CASES)} resume overrides, {config_dirs} config folders, {received_cases} received run folders, "
+          f"{signal_cases} signals)",
           file=sys.stderr)
     assert total >= 150, total

@@ -46,7 +46,14 @@ def main(args: list[str]) -> int:
 
     from expkit import sweep
     from expkit.app import Stopped, StopSignals
-    from expkit.config.compose import CONFIG_MODULE, PRIMARY, check_overrides, hydra_overrides, is_multirun
+    from expkit.config.compose import (
+        CONFIG_MODULE,
+        PRIMARY,
+        check_overrides,
+        hydra_overrides,
+        is_multirun,
+        split_command_line,
+    )
     from expkit.run.folder import RunDir
 
     args = sweep.prepare_args(args)  # -m ... sweep.resume=true: find the sweep folder to continue
@@ -59,7 +66,8 @@ def main(args: list[str]) -> int:
                 if not print_only:
                     claimed = claim_folder(cfg, args)
                     folder = Path(claimed[0].split("=", 1)[1].strip("'")) if claimed else None
-                    args = [*args, *claimed]
+                    flags, overrides = split_command_line(args)
+                    args = [*flags, *overrides, *claimed]  # the overrides as one run of words, as argparse needs
                     if folder is None and not multirun:
                         check_given_run_dir(cfg)
             sys.argv = [sys.argv[0], *args]  # Hydra reads sys.argv: show it exactly what follows `expkit train`

@@ -57,6 +57,8 @@ def compose(overrides: list[str], config_dir: str | None = None, hydra: bool = F
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
+    if config_dir:
+        check_config_dir(config_dir)
     extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         return hydra_compose(PRIMARY, overrides=[*overrides, *extra], return_hydra_config=hydra)
@@ -126,12 +128,35 @@ def is_multirun(args: list[str]) -> bool:
     return any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in args)
 
 
-def hydra_overrides(args: list[str]) -> list[str]:
-    """The overrides of a Hydra command line (what is not a flag or a flag's value)."""
+def split_command_line(args: list[str]) -> tuple[list[str], list[str]]:
+    """(Hydra's flags with their values, the overrides) of a command line given in any
+    order (`trainer.epochs=1 --config-dir DIR a=2`): argparse, which Hydra uses, takes the
+    overrides only as one run of words, so expkit hands them to Hydra after the flags."""
     from hydra._internal.utils import get_args_parser
 
-    known, _ = get_args_parser().parse_known_args(args)
-    return list(known.overrides)
+    actions = {s: a for a in get_args_parser()._actions for s in a.option_strings}
+    flags: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(args):
+        word = args[i]
+        action = actions.get(word) if word.startswith("-") else None
+        if word.startswith("-"):
+            flags.append(word)
+            takes = action is not None and (action.nargs is None or (
+                action.nargs == "?" and i + 1 < len(args) and args[i + 1] in (action.choices or ())))
+            if takes and i + 1 < len(args):
+                flags.append(args[i + 1])
+                i += 1
+        else:
+            overrides.append(word)
+        i += 1
+    return flags, overrides
+
+
+def hydra_overrides(args: list[str]) -> list[str]:
+    """The overrides of a Hydra command line (what is not a flag or a flag's value)."""
+    return split_command_line(args)[1]
 
 
 def check_overrides(overrides: list[str], config_dirs: list[str] | tuple[str, ...] = (), multirun: bool = False,
@@ -209,14 +234,33 @@ def _quote(value: str) -> str:
 
 
 def _compose_checked(overrides: list[str], config_dirs, hydra: bool) -> DictConfig:
+    import yaml
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     config_dir = config_dirs[-1] if config_dirs else None
     try:
         return compose(overrides, config_dir, hydra=hydra)
+    except yaml.YAMLError as e:  # a YAML file of the user's config folder
+        mark = getattr(e, "problem_mark", None)
+        where = f"{mark.name}, line {mark.line + 1}" if mark is not None else "a YAML file"
+        raise ConfigError(f"--config-dir: {where} is not valid YAML: {getattr(e, 'problem', None) or e}.") from None
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise ConfigError(explain_compose_error(e, overrides, config_dir)) from None
+
+
+def check_config_dir(config_dir: str) -> None:
+    """A user's --config-dir: a folder, and without a config.yaml at its top, which Hydra
+    would never read (expkit's own conf/config.yaml is the primary config)."""
+    folder = Path(config_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"--config-dir: value {config_dir!r} is not a folder "
+                          f"({'it is a file' if folder.exists() else 'it does not exist'}).")
+    if (folder / f"{PRIMARY}.yaml").exists():
+        raise ConfigError(f"--config-dir: {folder / (PRIMARY + '.yaml')} would never be read: expkit's own "
+                          f"{PRIMARY}.yaml is the primary config. Put your choices in group folders "
+                          f"({folder}/model/NAME.yaml, then model=NAME) or an experiment preset "
+                          f"({folder}/experiment/NAME.yaml, then +experiment=NAME).")
 
 
 def explain_compose_error(error: Exception, overrides: list[str], config_dir: str | None) -> str:
