@@ -171,6 +171,63 @@ def test_overrides_may_come_before_the_config_dir(tmp_path):
     assert "in_features=64, out_features=16" in next((tmp_path / "runs").rglob("train.log")).read_text()
 
 
+# ---------------------------------------------- data and models that do not fit (e2e)
+OWN_DATA = '''\
+import torch
+
+class Pairs(torch.utils.data.Dataset):
+    def __init__(self, n, label):
+        self.n, self.label = n, label
+    def __len__(self):
+        return self.n
+    def __getitem__(self, i):
+        return torch.full((1, 8, 8), float(i % 3)), self.label(i)
+
+def floats():
+    return Pairs(200, lambda i: 0.3 * (i % 3))   # regression-like targets: int() would make them class 0
+
+def three_classes():
+    return Pairs(200, lambda i: i % 3)
+
+def ten_outputs(input_shape, num_classes):
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+'''
+UNFIT = {
+    "float labels": (["data=python", "data.factory=owndata:floats"], 2, "expected an integer class index"),
+    "output width": (["data=python", "data.factory=owndata:three_classes", "model=python",
+                      "model.factory=owndata:ten_outputs"], 2, "3 classes"),
+    "a fake image": (["data=folder", "data.root=imgs", "data.image_size=8", "data.channels=1"], 2,
+                     "not images that can be read"),
+    "an empty class folder": (["data=folder", "data.root=imgs_empty", "data.image_size=8", "data.channels=1"], 0,
+                              "has no example of class"),
+}
+
+
+def image_folders(root: Path) -> None:
+    from PIL import Image
+
+    for name, fake in (("imgs", True), ("imgs_empty", False)):
+        for cls in ("a", "b"):
+            (root / name / cls).mkdir(parents=True)
+            for i in range(12):
+                Image.new("L", (8, 8), color=20 * i + (100 if cls == "a" else 0)).save(root / name / cls / f"{i}.png")
+        (root / name / "c").mkdir()  # imgs_empty: a class without images
+        if fake:
+            (root / name / "a" / "fake.png").write_text("not an image")
+            (root / name / "c" / "0.png").write_bytes((root / name / "a" / "0.png").read_bytes())
+
+
+@pytest.mark.parametrize("case", sorted(UNFIT))
+def test_data_or_a_model_that_does_not_fit_is_refused_before_training(case, tmp_path):
+    overrides, code, words = UNFIT[case]
+    (tmp_path / "owndata.py").write_text(OWN_DATA)
+    image_folders(tmp_path)
+    proc = run_cli(["train", *overrides, "data.sample=null", *FAST[1:]], cwd=tmp_path)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and words in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert (tmp_path / "runs").exists() == (code == 0)  # refused: no run folder left
+
+
 # ------------------------------------------------------------ received run folders (e2e)
 OWN_CODE = '''\
 import math
@@ -430,10 +487,11 @@ def test_sigterm_to_reproduce_ends_its_rerun_and_removes_the_worktree(trained):
 def test_the_suite_tries_at_least_150_inputs():
     received_cases = len(COMMANDS_ON_A_RUN) * 2 + 1 + 2 + 2 + 2 + len(LINKS) + 1 + 2 + 1 + 1 + 1 + 4
     signal_cases = 2
-    config_dirs = len(CONFIG_DIRS) + 1
+    config_dirs = len(CONFIG_DIRS) + 1 + len(UNFIT)
     total = len(CONFIG_CASES) + len(SCHED_CASES) + len(RESUME_CASES) + config_dirs + received_cases + signal_cases
     print(f"hostile inputs: {total} ({len(CONFIG_CASES)} config values, {len(SCHED_CASES)} sched, "
-          f"{len(RESUME_CASES)} resume overrides, {config_dirs} config folders, {received_cases} received run folders, "
+          f"{len(RESUME_CASES)} resume overrides, {config_dirs} config folders and data, {received_cases} received "
+          "run folders, "
           f"{signal_cases} signals)",
           file=sys.stderr)
     assert total >= 150, total

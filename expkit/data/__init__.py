@@ -10,6 +10,7 @@ comes from the run's seed.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -354,14 +355,14 @@ class _Taken:
 
 def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,
                   stats: tuple[list[float], list[float]] | None) -> Data:
-    from torchvision import datasets, transforms
+    from torchvision import transforms
 
     train_folder, test_folder = source.folder
     size = cfg.image_size
     base = [transforms.Resize((size, size))]
     if cfg.channels == 1:
         base.append(transforms.Grayscale(1))
-    probe = datasets.ImageFolder(train_folder.root, transform=transforms.Compose([*base, transforms.ToTensor()]))
+    probe = _with_transform(train_folder, transforms.Compose([*base, transforms.ToTensor()]))
     picked = split_examples(cfg, len(probe), has_test=test_folder is not None)  # no test/: one carved out
     train_idx, val_idx, carved = picked.train, picked.val, picked.carved
     mean, std = stats or _folder_stats(cfg, probe, train_idx)
@@ -371,9 +372,9 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,
     eval_tf = transforms.Compose([*base, transforms.ToTensor(), norm])
     targets = torch.tensor(probe.targets)
     subsets = {
-        "train": (torch.utils.data.Subset(datasets.ImageFolder(train_folder.root, transform=train_tf),
+        "train": (torch.utils.data.Subset(_with_transform(train_folder, train_tf),
                                           train_idx.tolist()), targets[train_idx]),
-        "val": (torch.utils.data.Subset(datasets.ImageFolder(train_folder.root, transform=eval_tf),
+        "val": (torch.utils.data.Subset(_with_transform(train_folder, eval_tf),
                                         val_idx.tolist()), targets[val_idx]),
     }
     if test_folder is not None:
@@ -383,14 +384,14 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,
             raise ConfigError(f"data.root: the test folder's classes {test_folder.classes} differ from the "
                               f"training folder's {source.classes}; use the same class subfolders in both.")
         n_test = picked.test_count(len(test_targets))
-        test_ds = datasets.ImageFolder(test_folder.root, transform=eval_tf)
+        test_ds = _with_transform(test_folder, eval_tf)
         subsets["test"] = (torch.utils.data.Subset(test_ds, range(n_test)), test_targets[:n_test])
     elif carved is not None and len(carved):
         n_test = picked.test_count(len(carved))
-        subsets["test"] = (torch.utils.data.Subset(datasets.ImageFolder(train_folder.root, transform=eval_tf),
+        subsets["test"] = (torch.utils.data.Subset(_with_transform(train_folder, eval_tf),
                                                    carved[:n_test].tolist()), targets[carved[:n_test]])
     num_classes = len(source.classes)
-    plain_train = torch.utils.data.Subset(datasets.ImageFolder(train_folder.root, transform=eval_tf),
+    plain_train = torch.utils.data.Subset(_with_transform(train_folder, eval_tf),
                                           train_idx.tolist())
     loaders = {}
     for split, (ds, _) in subsets.items():
@@ -423,3 +424,10 @@ def _folder_stats(cfg, probe, train_idx: torch.Tensor) -> tuple[list[float], lis
     stats_x = torch.stack([probe[int(i)][0] for i in train_idx[:256]])
     check_finite(cfg.name, "train", stats_x)
     return channel_stats(stats_x)
+
+
+def _with_transform(folder, transform):
+    """The ImageFolder the source scanned, with another transform: the disk is listed once."""
+    view = copy.copy(folder)
+    view.transform = transform
+    return view

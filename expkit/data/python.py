@@ -70,10 +70,15 @@ class DatasetRows:
                 raise ConfigError(f"{KEY}: {self.what}[{i}] has an input of type {type(x).__name__}; expected a "
                                   f"tensor{hint}.")
             try:
-                ys.append(int(y))
+                label = torch.as_tensor(y)
             except (TypeError, ValueError, RuntimeError):
+                label = None
+            if label is None or label.numel() != 1 or label.is_floating_point() or label.is_complex() \
+                    or label.dtype == torch.bool:
+                # int() would truncate 0.7 to class 0: a float label is refused, not rounded
                 raise ConfigError(f"{KEY}: {self.what}[{i}] has a label of type {type(y).__name__} "
-                                  f"({str(y)[:40]}); expected an integer class index.") from None
+                                  f"({str(y)[:40]}); expected an integer class index.")
+            ys.append(int(label))
             xs.append(torch.as_tensor(x))
         shapes = {tuple(x.shape) for x in xs}
         if len(shapes) > 1:

@@ -245,10 +245,16 @@ def load_folder(cfg) -> Source:
         raise ConfigError(f"data.root: value {cfg.root!r} is not a folder; expected ROOT/<class>/<images> "
                           "or ROOT/train/<class>/<images>.")
     try:
-        train = datasets.ImageFolder(str(train_dir))
-        test = datasets.ImageFolder(str(root / "test")) if (root / "test").is_dir() else None
+        # allow_empty: a class folder without images is a warning (its class has no
+        # examples, as check_labels says), not a refusal of the whole data set
+        train = datasets.ImageFolder(str(train_dir), allow_empty=True)
+        test = datasets.ImageFolder(str(root / "test"), allow_empty=True) if (root / "test").is_dir() else None
     except (FileNotFoundError, RuntimeError) as e:
         raise ConfigError(f"data.root: {cfg.root!r} holds no class folders with images ({e}).") from None
+    if not train.samples:
+        raise ConfigError(f"data.root: {cfg.root!r} holds class folders but no image in any of them.")
+    for part in (train, test) if test is not None else (train,):
+        _check_images(part.samples)
     if len(train.classes) < 2:
         raise ConfigError(f"data.root: {cfg.root!r} holds {len(train.classes)} class folder(s) "
                           f"({', '.join(train.classes) or 'none'}); a classifier needs at least 2 "
@@ -256,6 +262,25 @@ def load_folder(cfg) -> Source:
     return Source(None, torch.tensor(train.targets), None,
                   torch.tensor(test.targets) if test else None,
                   classes=list(train.classes), location=str(train_dir), flip=True, folder=(train, test))
+
+
+def _check_images(samples: list[tuple[str, int]]) -> None:
+    """Every file opens as an image (its header read, nothing decoded): a file that is not one
+    (text renamed .png, a zero-byte download) is bad input before training, not a crash in
+    the middle of an epoch."""
+    from PIL import Image, UnidentifiedImageError
+
+    bad = []
+    for path, _ in samples:
+        try:
+            with Image.open(path) as img:
+                img.size  # noqa: B018 - the header is read lazily
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            bad.append((path, " ".join(str(e).split())[:80]))
+    if bad:
+        shown = "; ".join(f"{p} ({why})" for p, why in bad[:3])
+        raise ConfigError(f"data.root: {len(bad)} of {len(samples)} files are not images that can be read: {shown}"
+                          f"{' ...' if len(bad) > 3 else ''}. Remove or replace them.")
 
 
 # ------------------------------------------------------------------------ synthetic

@@ -143,9 +143,37 @@ def build_model_for(typed: dict[str, Any], input_shape, num_classes: int):
     from expkit.models import build_model
 
     try:
-        return build_model(typed["model"], typed["reg"], tuple(input_shape), num_classes)
+        model = build_model(typed["model"], typed["reg"], tuple(input_shape), num_classes)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    check_output_width(model, tuple(input_shape), num_classes, typed["model"])
+    return model
+
+
+def check_output_width(model, input_shape: tuple[int, ...], num_classes: int, cfg) -> None:
+    """One forward pass of two blank examples, in eval mode (no statistics or dropout masks
+    change, no random number drawn), before anything trains: a model whose output is not
+    one score per class (a third-party ResNet18 with 10 outputs on 5 classes) is bad input,
+    both numbers named, instead of a crash at the end of the run."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *input_shape))
+    except Exception as e:  # the model cannot take the data's shape: said as it is
+        raise ConfigError(f"model: the model cannot take inputs of shape {list(input_shape)} (the data's): "
+                          f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from None
+    finally:
+        model.train(was_training)
+    shape = list(out.shape) if isinstance(out, torch.Tensor) else None
+    if shape != [2, num_classes]:
+        what = f"{shape[1:] if shape else type(out).__name__}"
+        key = "model.factory" if getattr(cfg, "arch", None) == "python" else "model"
+        raise ConfigError(f"{key}: the model's output for one example is {what}, but the data has {num_classes} "
+                          f"classes; expected [{num_classes}], one score per class (set the model's output width, "
+                          "e.g. +model.kwargs.num_classes=N, or pass num_classes through).")
 
 
 def _short(values: list[float]) -> str:
