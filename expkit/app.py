@@ -16,6 +16,7 @@ as it was); stopped by signal N 128+N (interrupted, after a checkpoint); anythin
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import signal
@@ -222,8 +223,10 @@ class RunLife:
             return RunFailed(f"{e}. Continue with: expkit resume {self.run_dir}", code, recorded=True)
         if isinstance(e, (NonFiniteLoss, CheckpointError)):
             message = str(e)
-        elif isinstance(e, OSError) and e.filename:  # a full disk, a folder gone: name the file
-            message = f"training failed: {e.strerror or e} writing {e.filename} (details in {self.rundir.log})"
+        elif isinstance(e, OSError) and (e.filename or e.errno in (errno.ENOSPC, errno.EDQUOT)):
+            # a full disk, a folder gone: name where, not a traceback the disk has no room for
+            where = e.filename or f"into {self.run_dir}"
+            message = f"training failed: {e.strerror or e} writing {where} (details in {self.rundir.log})"
             _log_traceback_to_file()
         else:
             message = f"training failed: {type(e).__name__}: {e} (traceback in {self.rundir.log})"

@@ -14,6 +14,7 @@ refused resume leaves status, config.yaml and the event files as they were.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ from expkit.training.dist import is_main
 
 if TYPE_CHECKING:
     from expkit.run.checkpoint import Checkpoint
+
+log = logging.getLogger("expkit")
 
 
 def git_difference(path: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -132,6 +135,8 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
                  "skipped": skipped, "git": {k: git_now.get(k) for k in ("commit", "dirty")},
                  "git_warning": git_warning, "forced": force}
         rundir.record_resume(entry, typed.to_yaml() if overrides else None)
+        for problem in skipped:  # said on the console before train.log was open: said there too
+            log.warning("skipped a damaged checkpoint: %s", problem)
 
     with using(objects=objects):
         return execute(cfg, rundir.path, overrides, discard_on_bad_input=False, resume=saved, on_resume=on_resume,

@@ -454,6 +454,11 @@ def test_sighup_stops_training_after_a_checkpoint(trained, tmp_path):
         run = found[0] if found and list((found[0] / "checkpoints").glob("step-*.pt")) else None
         time.sleep(0.2)
     assert run is not None, "the run wrote no checkpoint in time"
+    # Reading a run that is still training: allowed, and said.
+    while not (run / "checkpoints" / "best.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    reading = run_cli(["eval", str(run)], cwd=project)
+    assert reading.returncode == 0 and "is being written by another process now" in reading.stderr, reading.stderr
     proc.send_signal(signal.SIGHUP)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGHUP, err
@@ -484,14 +489,50 @@ def test_sigterm_to_reproduce_ends_its_rerun_and_removes_the_worktree(trained):
     assert read_json(base / "reproduce.json")["status"].startswith("interrupted by SIGTERM")
 
 
+# --------------------------------------------------------------------------- disk (e2e)
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_disk_that_fills_during_training_ends_the_run_as_failed(tmp_path, small_disk):
+    run = small_disk / "run"
+    proc = subprocess.Popen([EXPKIT, "train", "model=mlp", "data.sample=512", "trainer.epochs=100000",
+                             "trainer.checkpoint=false", "trainer.tensorboard=false", "trainer.progress=off",
+                             "trainer.graph=false", f"hydra.run.dir={run}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.json").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert (run / "metrics.json").exists(), "the run wrote no metrics in time"
+    # every free block taken, as another program would
+    with open(small_disk / "filler", "wb") as f, pytest.raises(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert f"training failed: No space left on device writing into {run}" in err, err
+    assert "No space left on device" in err and "Traceback" not in err and "Logging error" not in err, err
+    assert read_json(run / "meta.json")["status"] == "failed"
+    (small_disk / "filler").unlink()
+    listed = json.loads(run_cli(["runs", str(small_disk), "--json"], cwd=tmp_path, check=True).stdout)
+    assert [r["status"] for r in listed] == ["failed"]
+
+
 def test_the_suite_tries_at_least_150_inputs():
     received_cases = len(COMMANDS_ON_A_RUN) * 2 + 1 + 2 + 2 + 2 + len(LINKS) + 1 + 2 + 1 + 1 + 1 + 4
-    signal_cases = 2
+    signal_cases = 2 + 1 + 1  # SIGHUP, SIGTERM to reproduce, eval while training, the disk that fills
     config_dirs = len(CONFIG_DIRS) + 1 + len(UNFIT)
     total = len(CONFIG_CASES) + len(SCHED_CASES) + len(RESUME_CASES) + config_dirs + received_cases + signal_cases
     print(f"hostile inputs: {total} ({len(CONFIG_CASES)} config values, {len(SCHED_CASES)} sched, "
           f"{len(RESUME_CASES)} resume overrides, {config_dirs} config folders and data, {received_cases} received "
-          "run folders, "
-          f"{signal_cases} signals)",
+          f"run folders, {signal_cases} signals, concurrency and disk)",
           file=sys.stderr)
     assert total >= 150, total

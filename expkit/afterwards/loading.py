@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,9 @@ def run_code(run_dir: str | Path, objects: dict[str, Any] | None = None, trust: 
     from expkit.config.imports import check_trust, using
 
     rundir = RunDir(run_dir)
+    if rundir.writer_alive():
+        print(f"expkit: warning: {rundir.path} is being written by another process now (a run still training "
+              "or resuming); its checkpoints may change while they are read", file=sys.stderr)
     with using(objects=objects):
         if rundir.config.is_file():  # else load_run says it is not a run folder
             _, saved = open_run(run_dir)

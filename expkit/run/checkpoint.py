@@ -218,9 +218,11 @@ def write(folder: Path, data: bytes, step: int, best: bool, keep_last: int) -> P
         import shutil
 
         free = shutil.disk_usage(folder).free
+        previous = named_file(folder, LAST)
+        kept = (f"the previous checkpoint ({previous.name}) is intact" if previous.exists()
+                else "there is no earlier checkpoint")
         raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e} (it needs "
-                              f"{len(data) / 1e6:.1f} MB, {free / 1e6:.1f} MB free there); the previous "
-                              "checkpoint is intact") from None
+                              f"{len(data) / 1e6:.1f} MB, {free / 1e6:.1f} MB free there); {kept}") from None
     for name in (LAST, BEST) if best else (LAST,):
         link = named_file(folder, name)
         _pause()

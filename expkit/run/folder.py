@@ -186,6 +186,22 @@ class RunDir:
         folder.mkdir(exist_ok=True)
         return folder
 
+    def writer_alive(self) -> bool:
+        """Whether a process holds this folder's lock now (a run still training, a resume)."""
+        import fcntl
+
+        try:
+            fd = os.open(self.lock, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also releases the shared lock taken to ask
+        return False
+
     def is_run(self) -> bool:
         """A run folder, not a sweep's or a date's: it has its meta.json."""
         return self.meta_path.is_file()
@@ -215,7 +231,21 @@ class RunDir:
     def update_meta(self, **fields: Any) -> dict[str, Any]:
         meta = self.read_meta() if self.meta_path.exists() else {}
         meta.update(fields)
-        write_json(self.meta_path, meta)
+        try:
+            write_json(self.meta_path, meta)
+        except OSError as e:
+            import errno
+
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not self.meta_path.is_file():
+                raise
+            # A full disk has no room for the temporary copy; the record is rewritten where it
+            # is (pages it has already), so how the run ended is still on disk.
+            text = json.dumps(strict(meta), indent=2, default=str, allow_nan=False) + "\n"
+            with open(self.meta_path, "r+", encoding="utf-8") as f:
+                f.write(text)
+                f.truncate()
+                f.flush()
+                os.fsync(f.fileno())
         return meta
 
     def write_provenance(self, resolved_yaml: str, command: list[str], overrides: list[str],

@@ -31,6 +31,22 @@ def _on_console(record: logging.LogRecord) -> bool:
     return getattr(record, "console", True)
 
 
+class RunLogHandler(logging.FileHandler):
+    """train.log. A write that fails (a full disk, a quota) is said once on stderr, in one
+    line, and the log goes on on the console: logging's own handler would print a
+    traceback for every record."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if not self.failed:
+            self.failed = True
+            error = sys.exc_info()[1]
+            reason = getattr(error, "strerror", None) or error
+            print(f"expkit: cannot write {self.baseFilename}: {reason}; the log goes on on the console only",
+                  file=sys.stderr)
+
+
 def setup_logging(run_dir: Path | None, rank: int = 0, level: int = logging.INFO) -> logging.Logger:
     log = logging.getLogger(LOGGER)
     for handler in list(log.handlers):
@@ -45,7 +61,7 @@ def setup_logging(run_dir: Path | None, rank: int = 0, level: int = logging.INFO
         handler.setLevel(logging.WARNING)
         log.addHandler(handler)
         if run_dir is not None:  # their errors (and tracebacks) land in train.log too
-            file_handler = logging.FileHandler(RunDir(run_dir).log)
+            file_handler = RunLogHandler(RunDir(run_dir).log)
             file_handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s"))
             file_handler.setLevel(logging.ERROR)
             log.addHandler(file_handler)
@@ -56,7 +72,7 @@ def setup_logging(run_dir: Path | None, rank: int = 0, level: int = logging.INFO
     console.addFilter(_on_console)
     log.addHandler(console)
     if run_dir is not None:
-        file_handler = logging.FileHandler(RunDir(run_dir).log)
+        file_handler = RunLogHandler(RunDir(run_dir).log)
         file_handler.setFormatter(logging.Formatter(FILE_FORMAT))
         log.addHandler(file_handler)
     return log
