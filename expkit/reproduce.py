@@ -92,6 +92,8 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], str]:
 
 
 def _repository(meta: dict[str, Any]) -> tuple[str, str]:
+    if not isinstance(meta.get("git"), dict):
+        raise ConfigError("meta.json: its git record is missing or not an object; the run cannot be rebuilt.")
     """(the repository holding the current folder, the recorded commit), or ConfigError."""
     git = meta.get("git") or {}
     commit = git.get("commit")
@@ -168,6 +170,10 @@ def _rebuild_tree(repo: str, commit: str, run_dir: Path, tree: Path, result: Res
                               f"{(proc.stderr.strip().splitlines() or ['?'])[0]}")
     for entry, target in zip(untracked, targets, strict=True):
         target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or not target.parent.resolve().is_relative_to(tree.resolve()):
+            # a link in the tree (committed, or made by the applied diff) would lead the write out
+            raise ConfigError(f"untracked.json: path {entry['path']!r} leads through a link out of the worktree; "
+                              "refusing to write it.")
         if "text" in entry:
             target.write_bytes(entry["text"].encode("utf-8"))
             continue
@@ -193,8 +199,9 @@ def _run_child(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     import signal
     import threading
 
+    # A session of its own: a Ctrl-C in the terminal reaches it once, from here, not twice.
     proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+                            env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), start_new_session=True)
 
     def stop(signum, frame):
         raise Stopped(signal.Signals(signum).name)
@@ -204,11 +211,11 @@ def _run_child(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     previous = {s: signal.signal(s, stop) for s in handled} if main else {}
     try:
         out, err = proc.communicate()
-    except Stopped:
+    except Stopped as e:
         for s, handler in previous.items():
             signal.signal(s, handler)
         previous = {}
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(getattr(signal, e.signal_name))  # the same signal: the re-run ends as it would
         try:
             proc.communicate(timeout=120)
         except subprocess.TimeoutExpired:
@@ -350,7 +357,11 @@ def reproduce(run_dir: str | os.PathLike, check: bool = False,
             raise ConfigError(f"{path}: the run folder is not writable, and reproduce writes its report "
                               f"({RunDir(path).reproduce_report.name}) there; use --check, or a copy of the folder.")
     cfg = _rerun_config(config_yaml, meta)
-    _check_data(cfg, meta, result)
+    from expkit.config.imports import check_trust, using
+
+    with using():  # checking the data builds it, which runs own data code: the same rules as eval
+        check_trust(cfg, meta, path, trust, is_run=RunDir.holds_run)
+        _check_data(cfg, meta, result)
     tmp = Path(tempfile.mkdtemp(prefix="expkit-reproduce-"))
     tree = tmp / "tree"
     git = meta.get("git") or {}

@@ -116,11 +116,11 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
     with using(objects=objects):
         from expkit.config.schema import validate
 
-        check_trust(cfg, meta, rundir.path, trust, is_run=lambda p: RunDir(p).is_run())
+        check_trust(cfg, meta, rundir.path, trust, is_run=RunDir.holds_run)
         typed = validate(cfg)  # a bad value (trainer.epochs=abc) is refused before anything reads it
     saved, skipped = newest_checkpoint(rundir, meta)
     check_fits(cfg, saved, meta, force)
-    check_same_run(saved, typed.plain, overrides)
+    check_same_run(saved, typed.plain, overrides, meta)
     git_now, git_warning = git_difference(rundir.path, meta)
     if git_warning:
         if strict:
@@ -192,15 +192,21 @@ def newest_checkpoint(rundir: RunDir, meta: dict[str, Any]) -> tuple[Checkpoint,
         raise ConfigError(str(e)) from None
 
 
-def override_keys(overrides: list[str]) -> set[str]:
-    """The keys (or groups) a command's overrides change on purpose."""
-    return {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+def override_keys(overrides: list[str], meta: dict[str, Any] | None = None) -> set[str]:
+    """The keys (or groups) changed on purpose: by this command's overrides, and by the
+    run's recorded resumes (a --force resume's new optim.lr is in config.yaml, not in the
+    checkpoints from before it)."""
+    earlier = [str(o) for r in (meta or {}).get("resumes") or [] if isinstance(r, dict)
+               for o in r.get("overrides") or []]
+    return {o.split("=", 1)[0].lstrip("+~") for o in [*overrides, *earlier] if "=" in o}
 
 
-def check_same_run(saved: Checkpoint, run_plain: dict[str, Any], overrides: list[str]) -> None:
+def check_same_run(saved: Checkpoint, run_plain: dict[str, Any], overrides: list[str],
+                   meta: dict[str, Any] | None = None) -> None:
     """Refuse a checkpoint trained with another config than the run's (a file from another
-    run of the same model): the keys named; an explicit override of them stays possible."""
-    differ = training_differences(saved.config, run_plain, override_keys(overrides))
+    run of the same model): the keys named; an explicit override of them stays possible.
+    A consistency check of what the folder records, not a signature."""
+    differ = training_differences(saved.config, run_plain, override_keys(overrides, meta))
     if differ:
         raise ConfigError(f"checkpoint {saved.path} was not trained with this run's config.yaml: "
                           f"{'; '.join(differ[:5])}{' ...' if len(differ) > 5 else ''}. Give those keys as overrides "

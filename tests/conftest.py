@@ -149,6 +149,27 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 @pytest.fixture
+def tmpfs(tmp_path: Path):
+    """tmpfs(size) -> a real tmpfs of that size (e.g. "3m") mounted in tmp_path, to fill up;
+    the test is skipped where mounting is not allowed."""
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"disk{len(mounts)}"
+        folder.mkdir()
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True)
+        if made.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()}")
+        mounts.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@pytest.fixture
 def git_repo(tmp_path: Path) -> Path:
     """A real git repository with one commit, made in a tmp dir."""
     return make_git_repo(tmp_path / "project")

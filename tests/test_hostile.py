@@ -171,6 +171,34 @@ def test_overrides_may_come_before_the_config_dir(tmp_path):
     assert "in_features=64, out_features=16" in next((tmp_path / "runs").rglob("train.log")).read_text()
 
 
+@pytest.mark.parametrize("meta", ["[1, 2]", '"text"', '{"status": "completed", "git": ["a"]}', "{not json"])
+@pytest.mark.parametrize("name", ["resume", "reproduce", "eval"])
+def test_a_record_of_the_wrong_shape_is_bad_input(name, meta, saved_run, capsys):
+    (saved_run / "meta.json").write_text(meta)
+    code = main([name, str(saved_run)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.startswith(f"expkit {name}:"), err
+
+
+def test_a_cifar_batch_that_names_a_function_is_refused_and_never_called(tmp_path):
+    import pickle
+
+    from expkit.data.sources import _read_cifar_batch
+    from expkit.errors import ConfigError
+
+    marker = tmp_path / "code-ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    batch = tmp_path / "data_batch_1"
+    batch.write_bytes(pickle.dumps({"data": Evil(), "labels": [0]}))
+    with pytest.raises(ConfigError, match="system"):
+        _read_cifar_batch(batch)
+    assert not marker.exists()
+
+
 # ---------------------------------------------- data and models that do not fit (e2e)
 OWN_DATA = '''\
 import torch
@@ -318,7 +346,7 @@ class Received:
 
 
 COMMANDS_ON_A_RUN = {"eval": ["eval"], "predict": ["predict", "{run}/../../digit.png"], "export": ["export"],
-                     "resume": ["resume", "trainer.epochs=2"]}
+                     "resume": ["resume", "trainer.epochs=2"], "reproduce": ["reproduce", "--check"]}
 
 
 def command(name: str, run: Path) -> list[str]:
@@ -490,18 +518,8 @@ def test_sigterm_to_reproduce_ends_its_rerun_and_removes_the_worktree(trained):
 
 
 # --------------------------------------------------------------------------- disk (e2e)
-@pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def test_a_disk_that_fills_during_training_ends_the_run_as_failed(tmp_path, small_disk):
+def test_a_disk_that_fills_during_training_ends_the_run_as_failed(tmp_path, tmpfs):
+    small_disk = tmpfs("4m")
     run = small_disk / "run"
     proc = subprocess.Popen([EXPKIT, "train", "model=mlp", "data.sample=512", "trainer.epochs=100000",
                              "trainer.checkpoint=false", "trainer.tensorboard=false", "trainer.progress=off",
@@ -527,7 +545,7 @@ def test_a_disk_that_fills_during_training_ends_the_run_as_failed(tmp_path, smal
 
 
 def test_the_suite_tries_at_least_150_inputs():
-    received_cases = len(COMMANDS_ON_A_RUN) * 2 + 1 + 2 + 2 + 2 + len(LINKS) + 1 + 2 + 1 + 1 + 1 + 4
+    received_cases = len(COMMANDS_ON_A_RUN) * 2 + 1 + 2 + 2 + 2 + len(LINKS) + 1 + 2 + 1 + 1 + 1 + 4 + 12 + 1
     signal_cases = 2 + 1 + 1  # SIGHUP, SIGTERM to reproduce, eval while training, the disk that fills
     config_dirs = len(CONFIG_DIRS) + 1 + len(UNFIT)
     total = len(CONFIG_CASES) + len(SCHED_CASES) + len(RESUME_CASES) + config_dirs + received_cases + signal_cases

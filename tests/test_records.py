@@ -103,14 +103,8 @@ def test_non_finite_weights_are_never_saved_and_json_is_strict(tmp_path):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+def small_disk(tmpfs):
+    return tmpfs("3m")
 
 
 def test_disk_full_while_saving_fails_cleanly(tmp_path, small_disk):

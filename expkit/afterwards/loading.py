@@ -140,7 +140,7 @@ def run_code(run_dir: str | Path, objects: dict[str, Any] | None = None, trust: 
     with using(objects=objects):
         if rundir.config.is_file():  # else load_run says it is not a run folder
             _, saved = open_run(run_dir)
-            check_trust(saved, rundir.meta_or_empty(), rundir.path, trust, is_run=lambda p: RunDir(p).is_run())
+            check_trust(saved, rundir.meta_or_empty(), rundir.path, trust, is_run=RunDir.holds_run)
         yield
 
 
@@ -162,8 +162,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
     own = file.resolve().parent == RunDir(path).checkpoints.resolve()
     saved_state = read_checkpoint(file, own)
     from expkit.config.compose import training_differences
+    from expkit.resuming import override_keys
 
-    differ = training_differences(saved_state.config, typed.plain, {o.split("=", 1)[0].lstrip("+~") for o in overrides})
+    differ = training_differences(saved_state.config, typed.plain,
+                                  override_keys(list(overrides), RunDir(path).meta_or_empty()))
     if differ:
         raise ConfigError(f"checkpoint {file} was not trained with this run's config.yaml: {'; '.join(differ[:5])}"
                           f"{' ...' if len(differ) > 5 else ''}; score it with the run folder it came from.")

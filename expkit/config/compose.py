@@ -78,7 +78,7 @@ SAFE_KEYS = {
     "trainer.test_at_end", "trainer.early_stop.patience", "trainer.early_stop.min_delta",
 }
 NOT_TRAINING = SAFE_KEYS | {"name", "trainer.accelerator", "trainer.untracked_max_kb", "sweep.resume",
-                            "sweep.metric"}
+                            "sweep.metric", "data.root"}  # data.root: the same data moved is the same data
 
 
 def training_differences(checkpoint_config: Any, run_config: dict[str, Any], allowed: set[str]) -> list[str]:

@@ -205,18 +205,43 @@ TRUST_FLAG = "--trust-code"
 
 
 def module_file(module_name: str, directory: Path) -> Path | None:
-    """The file `module_name` would be imported from in `directory`, found without importing
-    anything (a package's __init__.py, or the .py file); None when it is not there."""
-    base = directory.joinpath(*module_name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
+    """The file `module_name` would be imported from with `directory` first on sys.path,
+    found as Python's import system finds it (a package before a module, a compiled
+    extension before source, editable installs of a src/ layout too) but without running
+    anything: each part is looked up in its parent package's folders, never imported.
+    None when it is not found, or not as a source file."""
+    import importlib.machinery
+    import importlib.util
+
+    parts = module_name.split(".")
+    path = [str(directory), *sys.path]
+    spec = importlib.machinery.PathFinder.find_spec(parts[0], path)
+    if spec is None:  # an editable install's own finder (src/ layouts): asked for the top name only
+        with contextlib.suppress(ImportError, ValueError):
+            spec = importlib.util.find_spec(parts[0]) if parts[0] not in sys.modules else None
+    for part in parts[1:]:
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(part, list(spec.submodule_search_locations))
+    origin = getattr(spec, "origin", None) if spec is not None else None
+    return Path(origin) if origin and origin.endswith(".py") and Path(origin).is_file() else None
 
 
 def inside_run_folder(path: Path, is_run: Callable[[Path], bool]) -> Path | None:
     """The run folder `path` lies in (a folder above it that `is_run`), or None."""
     return next((parent for parent in path.resolve().parents if is_run(parent)), None)
+
+
+def _beside_run(file: Path, run_dir: Path, project: Path) -> Path | None:
+    """The folder holding both `file` and the run folder below the project (a sweep's folder,
+    runs/, an unpacked archive's), if any: what came with the run folder is not the project's."""
+    file, run_dir = file.resolve(), run_dir.resolve()
+    for parent in [run_dir, *run_dir.parents]:
+        if parent == project or not parent.is_relative_to(project):
+            return None
+        if file.is_relative_to(parent):
+            return parent
+    return None
 
 
 def check_trust(cfg: Any, meta: dict[str, Any], run_dir: Path, trust: bool,
@@ -227,12 +252,15 @@ def check_trust(cfg: Any, meta: dict[str, Any], run_dir: Path, trust: bool,
     and, unless the user passed --trust-code, the very file the run recorded (the SHA-256
     in meta.json `imports`). So your own runs in your own project need no flag, and a
     received folder runs nothing of its own and nothing it was not trained with."""
+    from omegaconf import OmegaConf
+
     ctx = _context.get()
     directory = project_dir()
     recorded = meta.get("imports") if isinstance(meta.get("imports"), dict) else {}
+    raw = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg  # nothing resolved yet
     for group, (choice_key, own, path_key) in OWN.items():
-        values = cfg.get(group) if hasattr(cfg, "get") else None
-        if not values or values.get(choice_key) != own or (ctx is not None and group in ctx.objects):
+        values = raw.get(group) if isinstance(raw, dict) else None
+        if not isinstance(values, dict) or values.get(choice_key) != own or (ctx is not None and group in ctx.objects):
             continue
         path, key = values.get(path_key), key_of(group)
         module_name, _ = _split(key, path)
@@ -245,10 +273,13 @@ def check_trust(cfg: Any, meta: dict[str, Any], run_dir: Path, trust: bool,
             raise ConfigError(f"{key}: value {path!r}: the run imports {module_name}, which is not a file of the "
                               f"project folder {directory} (the current folder); run this command in the folder "
                               f"the run was trained in{where}. Nothing was imported.")
-        holder = inside_run_folder(file, is_run)
-        if holder is not None or file.resolve().is_relative_to(Path(run_dir).resolve()):
+        holder = inside_run_folder(file, is_run) or _beside_run(file, Path(run_dir), directory)
+        if holder is not None:
             raise ConfigError(f"{key}: value {path!r} names {file}, which is inside the run folder "
-                              f"{holder or run_dir}; code in a run folder is never imported.")
+                              f"{holder}, or in a folder holding it; code in a run folder is never imported.")
+        if not file.resolve().is_relative_to(directory):
+            raise ConfigError(f"{key}: value {path!r} names {file}, outside the project folder {directory}; import "
+                              "paths name the project's own code.")
         if trust:
             continue
         entry = recorded.get(key)

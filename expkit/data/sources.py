@@ -186,10 +186,28 @@ CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR-10's batches are pickles of dicts, lists and numpy arrays: only those classes
+    load; a file that names anything else (a function, os.system) is refused, never called."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # bytes in a protocol-2 pickle
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR-10 batch never holds")
+        return super().find_class(module, name)
+
+
+def _unpickle(f) -> dict:
+    return _ArraysOnly(f, encoding="latin1").load()
+
+
 def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
+            batch = _unpickle(f)
         x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         y = np.asarray(batch["labels"] if "labels" in batch else batch["fine_labels"], dtype=np.int64)
     except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
@@ -225,7 +243,10 @@ def load_cifar10(cfg) -> Source:
     tx, ty = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     vx, vy = _read_cifar_batch(folder / "test_batch")
     with open(folder / "batches.meta", "rb") as f:
-        classes = pickle.load(f, encoding="latin1")["label_names"]
+        try:
+            classes = _unpickle(f)["label_names"]
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError) as e:
+            raise ConfigError(f"data.root: {folder / 'batches.meta'} is not CIFAR-10's batches.meta: {e}") from None
     return Source(tx.float() / 255, ty, vx.float() / 255, vy, classes=list(classes),
                   location=str(folder), flip=True)
 

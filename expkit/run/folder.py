@@ -166,6 +166,9 @@ class RunDir:
             if folder.is_dir() and not folder.is_symlink():
                 paths += list(folder.iterdir())
         for path in paths:
+            if path.exists() and not path.is_symlink() and not (path.is_file() or path.is_dir()):
+                raise ConfigError(f"{path}: is neither a file nor a folder (a FIFO, a device); expkit writes only "
+                                  "files and folders of its own in a run folder.")
             if path.is_symlink():
                 raise ConfigError(f"{path}: a symbolic link in the run folder (to {os.readlink(path)}); expkit "
                                   "writes only inside the folder and never through a link. Replace it with a file "
@@ -191,7 +194,7 @@ class RunDir:
         import fcntl
 
         try:
-            fd = os.open(self.lock, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(self.lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return False
         try:
@@ -201,6 +204,13 @@ class RunDir:
         finally:
             os.close(fd)  # also releases the shared lock taken to ask
         return False
+
+    @staticmethod
+    def holds_run(path: Path) -> bool:
+        """Whether `path` is a run folder by both of its records (meta.json and config.yaml): a
+        meta.json alone (in a home folder, say) does not make every folder below it a run's."""
+        rundir = RunDir(path)
+        return rundir.meta_path.is_file() and rundir.config.is_file()
 
     def is_run(self) -> bool:
         """A run folder, not a sweep's or a date's: it has its meta.json."""
@@ -222,7 +232,12 @@ class RunDir:
         return self.git_diff.read_text() if self.git_diff.is_file() else ""
 
     def read_meta(self) -> dict[str, Any]:
-        return json.loads(self.meta_path.read_text())
+        meta = json.loads(self.meta_path.read_text())
+        if not isinstance(meta, dict):
+            from expkit.errors import ConfigError
+
+            raise ConfigError(f"{self.meta_path}: is not a JSON object (it holds a {type(meta).__name__}).")
+        return meta
 
     def meta_or_empty(self) -> dict[str, Any]:
         """meta.json, or {} while it is missing or unreadable (a run still starting)."""
@@ -239,8 +254,12 @@ class RunDir:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not self.meta_path.is_file():
                 raise
             # A full disk has no room for the temporary copy; the record is rewritten where it
-            # is (pages it has already), so how the run ended is still on disk.
-            text = json.dumps(strict(meta), indent=2, default=str, allow_nan=False) + "\n"
+            # is, compact, when it fits in the blocks the file has already, so how the run
+            # ended is still on disk (never half of it).
+            text = json.dumps(strict(meta), default=str, allow_nan=False) + "\n"
+            st = self.meta_path.stat()
+            if len(text.encode()) > max(st.st_size, st.st_blocks * 512) or st.st_nlink > 1:
+                raise
             with open(self.meta_path, "r+", encoding="utf-8") as f:
                 f.write(text)
                 f.truncate()
