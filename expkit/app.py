@@ -223,7 +223,7 @@ class RunLife:
             return RunFailed(f"{e}. Continue with: expkit resume {self.run_dir}", code, recorded=True)
         if isinstance(e, (NonFiniteLoss, CheckpointError)):
             message = str(e)
-        elif isinstance(e, OSError) and (e.filename or e.errno in (errno.ENOSPC, errno.EDQUOT)):
+        elif isinstance(e, OSError) and (e.filename or e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)):
             # a full disk, a folder gone: name where, not a traceback the disk has no room for
             where = e.filename or f"into {self.run_dir}"
             message = f"training failed: {e.strerror or e} writing {where} (details in {self.rundir.log})"

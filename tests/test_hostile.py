@@ -544,9 +544,26 @@ def test_a_disk_that_fills_during_training_ends_the_run_as_failed(tmp_path, tmpf
     assert [r["status"] for r in listed] == ["failed"]
 
 
+def test_a_file_size_limit_is_named_not_just_file_too_large(tmp_path):
+    import resource
+
+    def limit():  # a real limit on this process's files (ulimit -f): checkpoints cannot be written
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    proc = subprocess.run([EXPKIT, "train", "model=mlp", "data.sample=256", "trainer.epochs=2",
+                           "trainer.progress=off", "trainer.graph=false"], cwd=tmp_path, capture_output=True,
+                          text=True, preexec_fn=limit, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("expkit:")]
+    assert len(lines) == 1 and "File too large" in lines[0] and "ulimit -f" in lines[0], proc.stderr
+    assert "checkpoints/step-" in lines[0] and "there is no earlier checkpoint" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert read_json(next((tmp_path / "runs").rglob("meta.json")))["status"] == "failed"
+
+
 def test_the_suite_tries_at_least_150_inputs():
     received_cases = len(COMMANDS_ON_A_RUN) * 2 + 1 + 2 + 2 + 2 + len(LINKS) + 1 + 2 + 1 + 1 + 1 + 4 + 12 + 1
-    signal_cases = 2 + 1 + 1  # SIGHUP, SIGTERM to reproduce, eval while training, the disk that fills
+    signal_cases = 2 + 1 + 2  # SIGHUP, SIGTERM to reproduce, eval while training, a full disk, a file-size limit
     config_dirs = len(CONFIG_DIRS) + 1 + len(UNFIT)
     total = len(CONFIG_CASES) + len(SCHED_CASES) + len(RESUME_CASES) + config_dirs + received_cases + signal_cases
     print(f"hostile inputs: {total} ({len(CONFIG_CASES)} config values, {len(SCHED_CASES)} sched, "

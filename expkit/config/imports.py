@@ -267,19 +267,17 @@ def check_trust(cfg: Any, meta: dict[str, Any], run_dir: Path, trust: bool,
         if module_name == "__main__":
             continue  # a notebook's object: it is never looked up, the caller passes it again
         file = module_file(module_name, directory)
-        if file is None:
+        if file is None or not file.resolve().is_relative_to(directory):
             trained_in = meta.get("cwd")
             where = f" ({trained_in}, by its record)" if isinstance(trained_in, str) else ""
+            found = f" (it is found at {file})" if file is not None else ""
             raise ConfigError(f"{key}: value {path!r}: the run imports {module_name}, which is not a file of the "
-                              f"project folder {directory} (the current folder); run this command in the folder "
-                              f"the run was trained in{where}. Nothing was imported.")
+                              f"project folder {directory} (the current folder){found}; run this command in the "
+                              f"folder the run was trained in{where}. Nothing was imported.")
         holder = inside_run_folder(file, is_run) or _beside_run(file, Path(run_dir), directory)
         if holder is not None:
             raise ConfigError(f"{key}: value {path!r} names {file}, which is inside the run folder "
                               f"{holder}, or in a folder holding it; code in a run folder is never imported.")
-        if not file.resolve().is_relative_to(directory):
-            raise ConfigError(f"{key}: value {path!r} names {file}, outside the project folder {directory}; import "
-                              "paths name the project's own code.")
         if trust:
             continue
         entry = recorded.get(key)

@@ -215,14 +215,17 @@ def write(folder: Path, data: bytes, step: int, best: bool, keep_last: int) -> P
         # Nothing of this checkpoint stays (write_atomic removed its temp file): no checksum
         # of a file that was never written. last.pt still points at the previous one.
         sidecar.unlink(missing_ok=True)
+        import errno
         import shutil
 
         free = shutil.disk_usage(folder).free
         previous = named_file(folder, LAST)
         kept = (f"the previous checkpoint ({previous.name}) is intact" if previous.exists()
                 else "there is no earlier checkpoint")
+        room = ("a file-size limit (ulimit -f) stops files this large" if e.errno == errno.EFBIG
+                else f"{free / 1e6:.1f} MB free there")
         raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e} (it needs "
-                              f"{len(data) / 1e6:.1f} MB, {free / 1e6:.1f} MB free there); {kept}") from None
+                              f"{len(data) / 1e6:.1f} MB, {room}); {kept}") from None
     for name in (LAST, BEST) if best else (LAST,):
         link = named_file(folder, name)
         _pause()
