@@ -472,7 +472,7 @@ def test_untracked_records_cannot_write_outside_the_worktree_or_shadow_a_module(
 # ------------------------------------------------------------------------ signals (e2e)
 def test_sighup_stops_training_after_a_checkpoint(trained, tmp_path):
     project = trained[0]
-    proc = subprocess.Popen([EXPKIT, "train", "model=mlp", "data.sample=256", "trainer.epochs=200",
+    proc = subprocess.Popen([EXPKIT, "train", "model=mlp", "data.sample=256", "trainer.epochs=100000",
                              "trainer.progress=off", "trainer.graph=false", "name=hup"], cwd=project,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = None
