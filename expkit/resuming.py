@@ -201,16 +201,19 @@ def override_keys(overrides: list[str], meta: dict[str, Any] | None = None) -> s
     return {o.split("=", 1)[0].lstrip("+~") for o in [*overrides, *earlier] if "=" in o}
 
 
+RESUME_ADVICE = ("Give those keys as overrides (with --force) to continue with the run's values, or use the run "
+                 "folder it came from.")
+
+
 def check_same_run(saved: Checkpoint, run_plain: dict[str, Any], overrides: list[str],
-                   meta: dict[str, Any] | None = None) -> None:
+                   meta: dict[str, Any] | None = None, advice: str = RESUME_ADVICE) -> None:
     """Refuse a checkpoint trained with another config than the run's (a file from another
     run of the same model): the keys named; an explicit override of them stays possible.
-    A consistency check of what the folder records, not a signature."""
+    A consistency check of what the folder records, not a signature. Resume and eval."""
     differ = training_differences(saved.config, run_plain, override_keys(overrides, meta))
     if differ:
         raise ConfigError(f"checkpoint {saved.path} was not trained with this run's config.yaml: "
-                          f"{'; '.join(differ[:5])}{' ...' if len(differ) > 5 else ''}. Give those keys as overrides "
-                          "(with --force) to continue with the run's values, or use the run folder it came from.")
+                          f"{'; '.join(differ[:5])}{' ...' if len(differ) > 5 else ''}. {advice}")
 
 
 def check_fits(cfg, saved: Checkpoint, meta: dict[str, Any], force: bool) -> None:

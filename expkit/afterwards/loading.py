@@ -161,14 +161,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
     label, file = checkpoint_file(path, checkpoint)
     own = file.resolve().parent == RunDir(path).checkpoints.resolve()
     saved_state = read_checkpoint(file, own)
-    from expkit.config.compose import training_differences
-    from expkit.resuming import override_keys
+    from expkit.resuming import check_same_run
 
-    differ = training_differences(saved_state.config, typed.plain,
-                                  override_keys(list(overrides), RunDir(path).meta_or_empty()))
-    if differ:
-        raise ConfigError(f"checkpoint {file} was not trained with this run's config.yaml: {'; '.join(differ[:5])}"
-                          f"{' ...' if len(differ) > 5 else ''}; score it with the run folder it came from.")
+    check_same_run(saved_state, typed.plain, list(overrides), RunDir(path).meta_or_empty(),
+                   advice="Score it with the run folder it came from.")
     facts = data_facts(path, saved_state, validate(saved) if overrides else typed)
     model = build_model_for(typed, facts["input_shape"], len(facts["classes"]))
     try:

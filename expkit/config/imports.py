@@ -247,11 +247,12 @@ def _beside_run(file: Path, run_dir: Path, project: Path) -> Path | None:
 def check_trust(cfg: Any, meta: dict[str, Any], run_dir: Path, trust: bool,
                 is_run: Callable[[Path], bool]) -> None:
     """Before any own code a run folder names is imported (eval, predict, export,
-    expkit.load, resume): each MODULE:NAME must be a file of the project folder (the current
-    directory; a run folder's recorded cwd is never used), never one inside a run folder,
-    and, unless the user passed --trust-code, the very file the run recorded (the SHA-256
-    in meta.json `imports`). So your own runs in your own project need no flag, and a
-    received folder runs nothing of its own and nothing it was not trained with."""
+    expkit.load, resume, reproduce): each MODULE:NAME must be a file of the project folder
+    (the current directory; a run folder's recorded cwd is never used), never one inside a
+    run folder or in a folder that holds it, and, unless the user passed --trust-code, the
+    very file the run recorded (the SHA-256 in meta.json `imports`). So your own runs in
+    your own project need no flag, and a received folder runs nothing of its own and
+    nothing it was not trained with."""
     from omegaconf import OmegaConf
 
     ctx = _context.get()
