@@ -48,7 +48,8 @@ def runs(root="runs", status=None, where=None, sort=None, limit=None):
 def load(run_dir, checkpoint="best", device="cpu", *, model=None, data=None, init=None, trust_code=False):
     """(the run's model with the checkpoint's weights, in eval mode; the run's config).
     The model takes inputs normalized as in training: `model.expkit_info` holds the mean,
-    std, classes and input shape. A run trained with objects of a notebook needs them
+    std, classes and input shape (and the task; for regression the targets' mean and std,
+    as the model predicts standardized targets). A run trained with objects of a notebook needs them
     again (model=Net, ...), as for expkit.resume; `trust_code` as for expkit.resume."""
     from expkit.afterwards.loading import load_run, run_code
 
@@ -56,7 +57,12 @@ def load(run_dir, checkpoint="best", device="cpu", *, model=None, data=None, ini
         run = load_run(run_dir, checkpoint, device=device)
     run.model.expkit_info = {"classes": run.classes, "mean": run.mean, "std": run.std,
                              "input_shape": list(run.input_shape), "checkpoint": str(run.checkpoint),
-                             "step": run.saved.step}
+                             "step": run.saved.step, "task": run.task.name}
+    if run.task.name == "regression":  # outputs are standardized: value = output * target_std + target_mean
+        mean, std = run.target_stats
+        run.model.expkit_info.update(targets=run.task.names, target_mean=mean, target_std=std)
+    elif run.task.name == "multilabel":
+        run.model.expkit_info.update(labels=run.task.names, thresholds=run.task.threshold.tolist())
     return run.model, run.cfg
 
 

@@ -168,8 +168,9 @@ class RunLife:
             late = {"signal": self.stop.received} if self.stop.received else {}
             stopped = trainer.early_stop.record(typed["trainer"].epochs)
             self.rundir.finish("completed", metrics=metrics, **late, **({"stopped_early": stopped} if stopped else {}))
-            log.info("done: val/acc %.4f (best %.4f) in %s", metrics.get("val/acc", float("nan")),
-                     metrics.get("best/val/acc", float("nan")), self.run_dir)
+            main = trainer.main_metric
+            log.info("done: %s %.4f (best %.4f) in %s", main, metrics.get(main, float("nan")),
+                     metrics.get(f"best/{main}", float("nan")), self.run_dir)
             if not in_sweep():  # a sweep says it once, for all its jobs, after its summary
                 log.info("%s", next_steps(self.run_dir))
         try:

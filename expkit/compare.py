@@ -22,7 +22,7 @@ from expkit.errors import ConfigError
 from expkit.run.folder import RunDir, strict
 from expkit.run.jobs import JobRecord, read_job, read_scalars
 from expkit.run.provenance import diff_files, has_commit, repo_root, run_git, tracked_diff
-from expkit.runlist import columns
+from expkit.runlist import columns, task_of
 
 METRICS = ("val/acc", "best/val/acc", "val/loss", "train/acc", "train/loss", "test/acc", "test/loss",
            "epoch", "step")
@@ -185,7 +185,8 @@ def curves(run_dir: Path, tags: tuple[str, ...] = CURVES) -> dict[str, list[tupl
 
 
 def plot(c: Comparison, out: str | os.PathLike) -> Path:
-    """val/acc and train/loss of every run, one panel each, in one PNG."""
+    """Each run's main metric (val/acc; val/rmse for regression, ...) and train/loss, one
+    panel each, in one PNG."""
     path = Path(out)
     if path.suffix.lower() != ".png":
         raise ConfigError(f"--plot: {str(out)!r} must end in .png.")
@@ -196,9 +197,10 @@ def plot(c: Comparison, out: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = [curves(r.path) for r in c.runs]
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(6 * len(CURVES), 4))
-    for ax, tag in zip(axes, CURVES, strict=True):
+    tags = (*dict.fromkeys(task_of(r.meta)["main_metric"] for r in c.runs), "train/loss")
+    data = [curves(r.path, tags) for r in c.runs]
+    fig, axes = plt.subplots(1, len(tags), figsize=(6 * len(tags), 4))
+    for ax, tag in zip(axes, tags, strict=True):
         for label, run, found in zip(c.labels, c.runs, data, strict=True):
             points = found.get(tag, [])
             if points:

@@ -19,6 +19,8 @@ from expkit.summary import _duration
 
 METRICS = ("val/acc", "best/val/acc", "test/acc")
 HEADER = ("folder", "status", "start", "duration", "commit", "overrides", "val/acc", "best", "test/acc")
+# With runs of other tasks among them: each run's own main metric (acc, rmse, map, ...).
+TASK_HEADER = ("folder", "status", "start", "duration", "commit", "overrides", "task", "metric", "val", "best", "test")
 
 
 def parse_where(items: list[str]) -> list[tuple[str, list[str]]]:
@@ -96,8 +98,17 @@ def row(job: JobRecord, root: Path) -> dict[str, Any]:
         "commit": git.get("commit"), "dirty": git.get("dirty"), "overrides": job.overrides,
         "resumes": len(resumes), "resume_overrides": [str(o) for o in resumes[-1].get("overrides") or []]
         if resumes else [],
-        **{k: metrics.get(k) for k in METRICS}, "metrics": metrics,
+        **{k: metrics.get(k) for k in METRICS}, "metrics": metrics, **task_of(meta),
     }
+
+
+def task_of(meta: dict[str, Any]) -> dict[str, str]:
+    """A run's task and main metric, from meta.json (runs from before tasks: classification)."""
+    from expkit.tasks.names import main_metric
+
+    task = meta.get("task") if isinstance(meta.get("task"), dict) else {}
+    name = str(task.get("name") or "classification")
+    return {"task": name, "main_metric": str(task.get("main") or main_metric(name))}
 
 
 def _overrides(r: dict[str, Any]) -> str:
@@ -207,11 +218,20 @@ def table(rows: list[dict[str, Any]], sort: str | None = None) -> str:
     """The rows as aligned text columns (a `sort` metric that is not a column of its own
     gets one)."""
     extra = [sort] if sort and sort not in METRICS else []
-    head = [*HEADER, *extra]
+    mixed = any(r.get("task", "classification") != "classification" for r in rows)
+    head = [*(TASK_HEADER if mixed else HEADER), *extra]
+
+    def scores(r: dict[str, Any]) -> list[str]:
+        if not mixed:
+            return [_metric(r[k]) for k in METRICS]
+        main = r["main_metric"]
+        return [r["task"], main.removeprefix("val/"), _metric(r["metrics"].get(main)),
+                _metric(r["metrics"].get(f"best/{main}")), _metric(r["metrics"].get(main.replace("val/", "test/", 1)))]
+
     cells = [[r["folder"], r["status"], _start(r["started"]),
               _duration(r["duration_s"]) or "-", _commit(r), _overrides(r),
-              *[_metric(r[k]) for k in METRICS], *[_metric(r["metrics"].get(k)) for k in extra]] for r in rows]
-    return columns(head, cells, right_from=HEADER.index("val/acc"))
+              *scores(r), *[_metric(r["metrics"].get(k)) for k in extra]] for r in rows]
+    return columns(head, cells, right_from=head.index("val" if mixed else "val/acc"))
 
 
 def columns(head: list[str], cells: list[list[str]], right_from: int | None = None) -> str:

@@ -61,8 +61,20 @@ class Summary:
         return varying_keys([row.overrides for row in self.rows])
 
     def columns(self) -> list[str]:
-        extra = [self.metric] if self.metric not in METRIC_COLUMNS else []
-        return [*METRIC_COLUMNS, *extra]
+        main = self.main_metric()
+        base = METRIC_COLUMNS if main == "val/acc" else (
+            main, "val/loss", f"best/{main}", main.replace("val/", "test/", 1), "test/loss")
+        extra = [self.metric] if self.metric not in base else []
+        return [*dict.fromkeys([*base, *extra])]
+
+    def main_metric(self) -> str:
+        """The jobs' main metric: the one their metrics.json keeps a best/ of (val/acc for
+        classification, val/rmse for regression, ...)."""
+        for row in self.rows:
+            best = [k.removeprefix("best/") for k in row.metrics if k.startswith("best/val/")]
+            if best:
+                return "val/acc" if "val/acc" in best else best[0]
+        return "val/acc"
 
     def headline(self) -> str:
         counts = self.counts()

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "expkit"
 # long as no cycle forms.
 LAYERS = [
     ("errors", "version"),
-    ("config", "run", "data", "models"),
+    ("config", "run", "data", "models", "tasks"),
     ("training",),
     ("app", "resuming", "sweep", "summary", "lessons", "afterwards", "runlist", "compare", "reproduce"),
     ("commands",),

@@ -2,9 +2,10 @@
 expkit: torch.export (`torch.export.load(...).module()`, the default) or TorchScript
 (`torch.jit.load`, which torch deprecates).
 The normalization of the run's training data is inside, so the file takes raw inputs in
-[0, 1] shaped (N, *input_shape) and returns logits. The file is read back after writing
-and its outputs compared with the checkpoint's on a batch; a JSON file beside it says
-what it takes and returns."""
+[0, 1] shaped (N, *input_shape) (a table's rows as they are written) and returns logits
+(a regression: values in the targets' own units, their standardization undone inside).
+The file is read back after writing and its outputs compared with the checkpoint's on a
+batch; a JSON file beside it says what it takes and returns."""
 
 from __future__ import annotations
 
@@ -28,17 +29,29 @@ def normalized(run: RunModel):
     from torch import nn
 
     class Normalized(nn.Module):
-        def __init__(self, model: nn.Module, mean: list[float], std: list[float], ndim: int):
+        def __init__(self, model: nn.Module, mean: list[float], std: list[float], ndim: int,
+                     targets: tuple[list[float], list[float]] | None):
             super().__init__()
             shape = (1, -1) + (1,) * (ndim - 1)
             self.model = model
             self.register_buffer("mean", torch.tensor(mean).view(shape))
             self.register_buffer("std", torch.tensor(std).view(shape))
+            t_mean, t_std = targets or ([0.0], [1.0])
+            self.register_buffer("target_mean", torch.tensor(t_mean).view(1, -1))
+            self.register_buffer("target_std", torch.tensor(t_std).view(1, -1))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.model((x - self.mean) / self.std)
+            return self.model((x - self.mean) / self.std) * self.target_std + self.target_mean
 
-    return Normalized(run.model, run.mean, run.std, len(run.input_shape)).eval()
+    targets = run.target_stats if run.task.name == "regression" else None
+    return Normalized(run.model, run.mean, run.std, len(run.input_shape), targets).eval()
+
+
+def output_words(run: RunModel) -> str:
+    width = int(run.facts.get("outputs") or len(run.classes))
+    return {"regression": f"values in the targets' units (N, {width})",
+            "multilabel": f"logits (N, {width}); a label is predicted where sigmoid(logit) > its threshold",
+            "python": f"the model's outputs (N, {width})"}.get(run.task.name, f"logits (N, {width})")
 
 
 def example_batch(run: RunModel, n: int = 8):
@@ -86,7 +99,9 @@ def export(run_dir: str | Path, checkpoint: str = "best", fmt: str = "exported",
     info = {"format": fmt, "checkpoint": run.label, "checkpoint_file": str(run.checkpoint),
             "step": run.saved.step, "epoch": run.saved.epoch,
             "input": f"float32 (N, {', '.join(map(str, run.input_shape))}) in [0, 1]; normalized inside",
-            "output": f"logits (N, {len(run.classes)})", "input_shape": list(run.input_shape),
+            "output": output_words(run), "task": run.task.name, "input_shape": list(run.input_shape),
+            **({"targets": run.task.names} if run.task.name in ("regression", "multilabel") else {}),
+            **({"thresholds": run.task.threshold.tolist()} if run.task.name == "multilabel" else {}),
             "classes": run.classes, "mean": run.mean, "std": run.std,
             "load": "torch.jit.load(PATH)" if fmt == "torchscript" else "torch.export.load(PATH).module()"}
     try:

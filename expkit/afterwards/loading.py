@@ -37,6 +37,15 @@ class RunModel:
     std: list[float]
     input_shape: tuple[int, ...]
     device: Any
+    task: Any = None  # expkit.tasks.Task: what the outputs mean (scoring, predictions)
+    facts: dict[str, Any] = dataclasses.field(default_factory=dict)  # the training data's, as recorded
+
+    @property
+    def target_stats(self) -> tuple[list[float], list[float]] | None:
+        """A regression's target mean and std (per target) of its training split."""
+        if self.facts.get("target_mean") is None:
+            return None
+        return list(self.facts["target_mean"]), list(self.facts["target_std"])
 
     def describe(self) -> str:
         return f"checkpoint {self.label} (epoch {self.saved.epoch}, step {self.saved.step})"
@@ -120,8 +129,28 @@ def data_facts(path: Path, saved: Checkpoint, typed: dict[str, Any]) -> dict[str
             return facts
     from expkit.data import build_data
 
-    data = build_data(typed["data"], typed["seed"])
-    return {"classes": data.classes, "input_shape": list(data.input_shape), "mean": data.mean, "std": data.std}
+    data = build_data(typed["data"], typed["seed"], task=typed["task"].name)
+    return {"classes": data.classes, "input_shape": list(data.input_shape), "mean": data.mean, "std": data.std,
+            **(data.targets.record() if data.targets is not None else {})}
+
+
+def task_for(typed: dict[str, Any], facts: dict[str, Any]):
+    """The run's task, from its config and its training data's recorded facts."""
+    from types import SimpleNamespace
+
+    from expkit.data.targets import Targets
+    from expkit.tasks import build_task
+
+    name = typed["task"].name
+    classes = list(facts.get("classes") or [])
+    outputs = int(facts.get("outputs") or len(classes))
+    targets = Targets(name, outputs, list(facts.get("targets") or classes), facts.get("target_mean"),
+                      facts.get("target_std"))
+    if name == "regression" and targets.mean is None:
+        raise ConfigError("the run's records hold no target statistics (target_mean, target_std) for its "
+                          "regression targets; its checkpoint and meta.json were not written by expkit.")
+    data = SimpleNamespace(num_classes=len(classes), classes=classes, outputs=outputs, targets=targets)
+    return build_task(typed, data)
 
 
 @contextlib.contextmanager
@@ -166,7 +195,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
     check_same_run(saved_state, typed.plain, list(overrides), RunDir(path).meta_or_empty(),
                    advice="Score it with the run folder it came from.")
     facts = data_facts(path, saved_state, validate(saved) if overrides else typed)
-    model = build_model_for(typed, facts["input_shape"], len(facts["classes"]))
+    model = build_model_for(typed, facts["input_shape"], int(facts.get("outputs") or len(facts["classes"])))
     try:
         model.load_state_dict(saved_state.model)
     except RuntimeError as e:
@@ -176,7 +205,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
     model.to(target).eval()
     return RunModel(path=path, cfg=cfg, typed=typed, model=model, saved=saved_state, label=label, checkpoint=file,
                     classes=list(facts["classes"]), mean=list(facts["mean"]), std=list(facts["std"]),
-                    input_shape=tuple(facts["input_shape"]), device=target)
+                    input_shape=tuple(facts["input_shape"]), device=target, task=task_for(typed, facts),
+                    facts=dict(facts))
 
 
 def normalize(x, run: RunModel):

@@ -1,7 +1,12 @@
-"""`expkit predict RUN_DIR PATH...`: image files (or folders of them) -> the class and its
-probability, with the top K. Each image gets the preprocessing of training: RGB, resized to
-the model's input size (bilinear, as torchvision's Resize does for folder data), grayscale
-for 1-channel models, scaled to [0, 1], then normalized with the run's training statistics."""
+"""`expkit predict RUN_DIR PATH...`: image files (or folders of them), or CSV files for a
+run trained on a table -> what the task predicts: the class and its probability with the
+top K (classification), numbers in the targets' units (regression), the labels above their
+thresholds with every label's probability (multilabel), the raw outputs (own task).
+
+Each image gets the preprocessing of training: RGB, resized to the model's input size
+(bilinear, as torchvision's Resize does for folder data), grayscale for 1-channel models,
+scaled to [0, 1], then normalized with the run's training statistics. A CSV file's rows get
+the run's feature columns (by their names in its header), standardized as in training."""
 
 from __future__ import annotations
 
@@ -53,9 +58,81 @@ def load_image(path: Path, shape: tuple[int, ...]):
     return x.unsqueeze(0) if channels == 1 else x.permute(2, 0, 1).contiguous()
 
 
+def table_rows(run: RunModel, paths: list[Path]) -> tuple[Any, list[tuple[str, int]]]:
+    """Every row of the CSV files as the model's input before normalization, and (file, row
+    number) for each."""
+    import csv as csv_module
+
+    import torch
+
+    from expkit.data.tables import _number
+
+    features = list((run.facts.get("columns") or {}).get("features") or [])
+    width = run.input_shape[0]
+    xs, where = [], []
+    for path in paths:
+        if path.suffix.lower() != ".csv":
+            raise ConfigError(f"PATH {str(path)!r}: this run trained on a table ({width} features); predict reads "
+                              "CSV files with a header row.")
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv_module.reader(f))
+        header = [h.strip() for h in rows[0]] if rows else []
+        names = features or header
+        missing = [n for n in names if n not in header]
+        if missing or len(names) != width:
+            raise ConfigError(f"PATH {str(path)!r}: the run's features are {', '.join(names) or f'{width} columns'}; "
+                              f"the file's header has {', '.join(header) or 'nothing'}"
+                              f"{' (missing: ' + ', '.join(missing) + ')' if missing else ''}.")
+        columns = [header.index(n) for n in names]
+        for number, row in enumerate(rows[1:], start=2):
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise ConfigError(f"PATH {path} row {number} has {len(row)} values, the header {len(header)}.")
+            xs.append([_number(row[c], path, number, names[j], "feature") for j, c in enumerate(columns)])
+            where.append((str(path), number))
+    return torch.tensor(xs, dtype=torch.float32).view(-1, width), where
+
+
+def predict_tables(run: RunModel, paths: list[Path], top: int = 3, batch_size: int = 1024) -> list[dict[str, Any]]:
+    import torch
+
+    x, where = table_rows(run, paths)
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            out = run.model(normalize(x[start:start + batch_size].to(run.device), run)).float().cpu()
+            for (path, number), output in zip(where[start:start + batch_size], out, strict=True):
+                rows.append({"path": path, "row": number, **describe_output(run, output, top)})
+    return rows
+
+
+def describe_output(run: RunModel, output, top: int) -> dict[str, Any]:
+    """One example's prediction, as the task reads its output."""
+    import torch
+
+    task = run.task
+    if task.name == "classification":
+        probs = torch.softmax(output, dim=0)
+        values, indices = probs.topk(max(1, min(top, len(run.classes))))
+        top_k = [(run.classes[j], float(v)) for v, j in zip(values.tolist(), indices.tolist(), strict=True)]
+        return {"class": top_k[0][0], "index": int(indices[0]), "probability": top_k[0][1], "top": top_k}
+    if task.name == "regression":
+        values = task.predict(output.view(1, -1))[0].tolist()
+        return {"values": dict(zip(task.names, values, strict=True))}
+    if task.name == "multilabel":
+        probs = task.predict(output.view(1, -1))[0]
+        above = task.above(probs.view(1, -1))[0].tolist()
+        return {"labels": [n for n, on in zip(task.names, above, strict=True) if on],
+                "probabilities": dict(zip(task.names, probs.tolist(), strict=True))}
+    return {"outputs": output.tolist()}
+
+
 def predict_images(run: RunModel, paths: list[Path], top: int = 3, batch_size: int = 256) -> list[dict[str, Any]]:
     import torch
 
+    if run.task.name != "classification":
+        return predict_images_for_task(run, paths, top, batch_size)
     if len(run.input_shape) != 3 or run.input_shape[0] not in (1, 3):
         raise ConfigError(f"this run's model takes inputs of shape {list(run.input_shape)}, not images "
                           "(1 or 3 channels); predict reads image files.")
@@ -75,6 +152,22 @@ def predict_images(run: RunModel, paths: list[Path], top: int = 3, batch_size: i
     return rows
 
 
+def predict_images_for_task(run: RunModel, paths: list[Path], top: int, batch_size: int) -> list[dict[str, Any]]:
+    import torch
+
+    if len(run.input_shape) != 3 or run.input_shape[0] not in (1, 3):
+        raise ConfigError(f"this run's model takes inputs of shape {list(run.input_shape)}, not images "
+                          "(1 or 3 channels); predict reads image files.")
+    images = [load_image(p, run.input_shape) for p in paths]
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            out = run.model(normalize(torch.stack(images[start:start + batch_size]).to(run.device), run)).float().cpu()
+            for path, output in zip(paths[start:start + batch_size], out, strict=True):
+                rows.append({"path": str(path), **describe_output(run, output, top)})
+    return rows
+
+
 def predict(run_dir: str | Path, paths: list[str], checkpoint: str = "best", top: int = 3,
             out: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
     if top < 1:
@@ -82,15 +175,36 @@ def predict(run_dir: str | Path, paths: list[str], checkpoint: str = "best", top
     if out and not Path(out).resolve().parent.is_dir():
         raise ConfigError(f"--out {out!r}: its folder does not exist.")
     open_run(run_dir)  # a wrong RUN_DIR is said first
-    files = image_paths(paths)
+    tabular = len(_recorded_shape(run_dir) or [0, 0, 0]) == 1
+    files = table_paths(paths) if tabular else image_paths(paths)
     run = load_run(run_dir, checkpoint, overrides)
-    rows = predict_images(run, files, top)
+    rows = predict_tables(run, files, top) if len(run.input_shape) == 1 else predict_images(run, files, top)
     if out:
         write_atomic(Path(out), to_csv(rows))
     return rows
 
 
+def _recorded_shape(run_dir: str | Path) -> list[int] | None:
+    from expkit.run.folder import RunDir
+
+    shape = (RunDir(run_dir).meta_or_empty().get("data") or {}).get("input_shape")
+    return shape if isinstance(shape, list) else None
+
+
+def table_paths(paths: list[str]) -> list[Path]:
+    found = []
+    for item in paths:
+        p = Path(item)
+        if not p.is_file():
+            raise ConfigError(f"PATH {item!r}: no such file (a run trained on a table predicts the rows of CSV "
+                              "files).")
+        found.append(p)
+    return found
+
+
 def to_csv(rows: list[dict[str, Any]]) -> str:
+    if rows and "class" not in rows[0]:
+        return task_csv(rows)
     k = max((len(r["top"]) for r in rows), default=1)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -102,7 +216,34 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def task_csv(rows: list[dict[str, Any]]) -> str:
+    """Regression: one column per target; multilabel: the labels above threshold (joined by
+    ;) and one probability column per label; own task: one column per output."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    where = ["path", "row"] if "row" in rows[0] else ["path"]
+    if "values" in rows[0]:
+        names = list(rows[0]["values"])
+        writer.writerow([*where, *names])
+        writer.writerows([*(r[w] for w in where), *(f"{r['values'][n]:.6g}" for n in names)] for r in rows)
+    elif "labels" in rows[0]:
+        names = list(rows[0]["probabilities"])
+        writer.writerow([*where, "labels", *(f"p_{n}" for n in names)])
+        writer.writerows([*(r[w] for w in where), ";".join(r["labels"]),
+                          *(f"{r['probabilities'][n]:.6f}" for n in names)] for r in rows)
+    else:
+        width = len(rows[0]["outputs"])
+        writer.writerow([*where, *(f"output{i}" for i in range(width))])
+        writer.writerows([*(r[w] for w in where), *(f"{v:.6g}" for v in r["outputs"])] for r in rows)
+    return buffer.getvalue()
+
+
 def table(rows: list[dict[str, Any]]) -> str:
+    if rows and "class" not in rows[0]:
+        from expkit.runlist import columns
+
+        head, *cells = list(csv.reader(io.StringIO(task_csv(rows))))
+        return columns(head, cells).rstrip()
     width = max(4, *(len(r["path"]) for r in rows))
     lines = [f"{'path':<{width}}  class  probability  top"]
     for r in rows:

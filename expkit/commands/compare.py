@@ -15,7 +15,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "the commits and each run's uncommitted changes, and the data fingerprints.",
         epilog="Example: expkit compare runs/2026-11-28/12-00-00 runs/2026-11-28/12-05-00 --plot cmp.png")
     p.add_argument("runs", metavar="RUN", nargs="+", help="two or more run folders")
-    p.add_argument("--plot", metavar="FILE.png", help="draw val/acc and train/loss of the runs into this PNG")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="draw the runs' main metric (val/acc, val/rmse, ...) and train/loss into this PNG")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     return p
 

@@ -11,8 +11,9 @@ HELP = "every run folder under ROOT in one table (sweep jobs included)"
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "runs", help=HELP, description=HELP + ": status, start, duration, git commit (* when the tree was "
-        "dirty), overrides (+N resumes and the last resume's), val/acc, best val/acc, test/acc; the duration is "
-        "the time it trained, without the pauses between resumes. Newest first, or best first with --sort.",
+        "dirty), overrides (+N resumes and the last resume's), val/acc, best val/acc, test/acc (with runs of "
+        "other tasks among them: each run's task and main metric, val, best, test); the duration is the time it "
+        "trained, without the pauses between resumes. Newest first, or best first with --sort.",
         epilog="Examples: expkit runs --status completed --sort val/acc --limit 10; "
                "expkit runs --where optim=adamw --where optim.lr=0.001; expkit runs runs/multirun --json")
     p.add_argument("root", metavar="ROOT", nargs="?", default="runs", help="folder to search (default: runs)")

@@ -40,7 +40,12 @@ from expkit.errors import ConfigError
 
 # group -> (the choice key, the choice that means own code, the key holding its path)
 OWN = {"model": ("arch", "python", "factory"), "data": ("name", "python", "factory"),
-       "init": ("name", "function", "function")}
+       "init": ("name", "function", "function"), "task": ("name", "python", "factory")}
+# Further keys of an own-code group that hold an import path (optional), checked alike.
+MORE_PATHS = {"task": ("metrics",)}
+# Installed packages whose callables build models whatever their arguments: a run folder
+# may name them without --trust-code (any other installed callable could do anything).
+MODEL_ZOOS = ("torchvision.models", "timm")
 # What expkit passes to a model factory, by name, when it has parameters of these names.
 MODEL_ARGUMENTS = ("input_shape", "num_classes")
 SOURCE_CAP = 20_000  # characters of a notebook object's source kept in meta.json
@@ -87,12 +92,13 @@ def key_of(group: str) -> str:
 
 
 # ---------------------------------------------------------------------------- resolving
-def resolve(group: str, path: Any) -> Any:
-    """The object `path` (MODULE:NAME) names, or the object the Python API gave for `group`."""
+def resolve(group: str, path: Any, key: str | None = None) -> Any:
+    """The object `path` (MODULE:NAME) names, or the object the Python API gave for `group`
+    (`key`: the config key holding the path, when it is not the group's main one)."""
     ctx = _context.get()
-    if ctx is not None and group in ctx.objects:
+    if ctx is not None and group in ctx.objects and key is None:
         return ctx.objects[group]
-    key = key_of(group)
+    key = key or key_of(group)
     module_name, attr = _split(key, path)
     if module_name == "__main__":  # a notebook's or script's object: only the object itself will do
         raise ConfigError(f"{key}: value {path!r} names an object of the notebook or script that trained the run, "
@@ -104,12 +110,16 @@ def resolve(group: str, path: Any) -> Any:
         if not hasattr(obj, part):
             raise ConfigError(_missing_attribute(key, path, module_name, module, attr.split(".")[: i + 1], obj))
         obj = getattr(obj, part)
-    if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+    task_object = group == "task" and callable(getattr(obj, "loss", None))  # an object with loss() and metrics()
+    if not (inspect.isfunction(obj) or inspect.isclass(obj) or task_object):
         raise ConfigError(f"{key}: value {path!r} is a {type(obj).__name__}, not a function or class.")
     defined_in = getattr(obj, "__module__", None)
-    if defined_in != module_name:
-        raise ConfigError(f"{key}: value {path!r} is defined in {defined_in}, not in {module_name}; import paths "
-                          "name the project's own code, where it is defined.")
+    if defined_in != module_name:  # a name a package re-exports (models/__init__.py: from .lenet import LeNet)
+        where = sys.modules.get(defined_in) if isinstance(defined_in, str) else None
+        problem = _not_importable(where, defined_in, project_dir()) if where is not None else "is unknown"
+        if problem:
+            raise ConfigError(f"{key}: value {path!r} is defined in {defined_in}, which {problem}; import paths "
+                              "name the project's own code or an installed package's.")
     return obj
 
 
@@ -141,18 +151,37 @@ def _import(key: str, path: str, module_name: str, directory: Path) -> Any:
     except Exception as e:
         raise ConfigError(f"{key}: value {path!r}: importing {module_name} raised {type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}{_where(e)}.") from None
+    problem = _not_importable(module, module_name, directory)
+    if not problem:
+        return module
+    shown = getattr(module, "__file__", None) or "built into Python"
+    raise ConfigError(f"{key}: value {path!r}: module {module_name} ({shown}) {problem}; import paths name the "
+                      f"project's own code, a module in {directory}. An installed package's callable may be named "
+                      "too (torchvision.models:resnet18).")
+
+
+def _not_importable(module: Any, module_name: str, directory: Path) -> str | None:
+    """Why a config may not name code of this module, or None: expkit's own code and the
+    standard library are never named (a config could call os:system); the project's code
+    and installed packages' (a model zoo, your own installed package) may be."""
     file = getattr(module, "__file__", None)
     where = Path(file).resolve() if file else None
     if module_name.split(".")[0] == "expkit":
-        problem = "is expkit's own code"
-    elif where is None or installed(where):
-        problem = "is in the standard library or an installed package"
-    elif not where.is_relative_to(directory):
-        problem = "is outside the project folder"
-    else:
-        return module
-    raise ConfigError(f"{key}: value {path!r}: module {module_name} ({file or 'built into Python'}) {problem}; "
-                      f"import paths name the project's own code, a module in {directory}.")
+        return "is expkit's own code"
+    if where is None or in_stdlib(where):
+        return "is in the standard library"
+    if installed(where) or where.is_relative_to(directory):
+        return None
+    return "is outside the project folder"
+
+
+def in_stdlib(path: Path) -> bool:
+    import sysconfig
+
+    packages = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}
+    if any(path.is_relative_to(p) for p in packages) or "site-packages" in path.parts or "dist-packages" in path.parts:
+        return False
+    return any(path.is_relative_to(Path(sysconfig.get_paths()[k]).resolve()) for k in ("stdlib", "platstdlib"))
 
 
 def installed(path: Path) -> bool:
@@ -263,35 +292,87 @@ def check_trust(cfg: Any, meta: dict[str, Any], run_dir: Path, trust: bool,
         values = raw.get(group) if isinstance(raw, dict) else None
         if not isinstance(values, dict) or values.get(choice_key) != own or (ctx is not None and group in ctx.objects):
             continue
-        path, key = values.get(path_key), key_of(group)
-        module_name, _ = _split(key, path)
-        if module_name == "__main__":
-            continue  # a notebook's object: it is never looked up, the caller passes it again
-        file = module_file(module_name, directory)
-        if file is None or not file.resolve().is_relative_to(directory):
-            trained_in = meta.get("cwd")
-            where = f" ({trained_in}, by its record)" if isinstance(trained_in, str) else ""
-            found = f" (it is found at {file})" if file is not None else ""
-            raise ConfigError(f"{key}: value {path!r}: the run imports {module_name}, which is not a file of the "
-                              f"project folder {directory} (the current folder){found}; run this command in the "
-                              f"folder the run was trained in{where}. Nothing was imported.")
-        holder = inside_run_folder(file, is_run) or _beside_run(file, Path(run_dir), directory)
+        for key, path in [(key_of(group), values.get(path_key)),
+                          *((f"{group}.{k}", values.get(k)) for k in MORE_PATHS.get(group, ()) if values.get(k))]:
+            _check_trusted(key, path, meta, recorded, run_dir, directory, trust, is_run)
+
+
+def _check_trusted(key: str, path: Any, meta: dict[str, Any], recorded: dict[str, Any], run_dir: Path,
+                   directory: Path, trust: bool, is_run: Callable[[Path], bool]) -> None:
+    """One import path of a run folder's config: see check_trust."""
+    module_name, _ = _split(key, path)
+    if module_name == "__main__":
+        return  # a notebook's object: it is never looked up, the caller passes it again
+    entry = recorded.get(key) if isinstance(recorded.get(key), dict) else {}
+    file = module_file(module_name, directory)
+    if file is not None and not file.resolve().is_relative_to(directory) and installed(file.resolve()):
+        _check_installed(key, path, module_name, entry, trust)
+        return
+    if file is None or not file.resolve().is_relative_to(directory):
+        trained_in = meta.get("cwd")
+        where = f" ({trained_in}, by its record)" if isinstance(trained_in, str) else ""
+        found = f" (it is found at {file})" if file is not None else ""
+        raise ConfigError(f"{key}: value {path!r}: the run imports {module_name}, which is not a file of the "
+                          f"project folder {directory} (the current folder){found}; run this command in the "
+                          f"folder the run was trained in{where}. Nothing was imported.")
+    files = [file]
+    defined = entry.get("defined_in") if isinstance(entry.get("defined_in"), dict) else None
+    if defined and isinstance(defined.get("module"), str):  # a name re-exported by a package
+        other = module_file(defined["module"], directory)
+        if other is None or not other.resolve().is_relative_to(directory):
+            raise ConfigError(f"{key}: value {path!r}: the run's code is defined in {defined['module']}, which is "
+                              f"not a file of the project folder {directory}. Nothing was imported.")
+        files.append(other)
+    for each in files:
+        holder = inside_run_folder(each, is_run) or _beside_run(each, Path(run_dir), directory)
         if holder is not None:
-            raise ConfigError(f"{key}: value {path!r} names {file}, which is inside the run folder "
+            raise ConfigError(f"{key}: value {path!r} names {each}, which is inside the run folder "
                               f"{holder}, or in a folder holding it; code in a run folder is never imported.")
-        if trust:
-            continue
-        entry = recorded.get(key)
-        expected = entry.get("sha256") if isinstance(entry, dict) else None
-        found = hashlib.sha256(file.read_bytes()).hexdigest()
+    if trust:
+        return
+    for each, expected in zip(files, [entry.get("sha256"), (defined or {}).get("sha256")], strict=False):
+        found = hashlib.sha256(each.read_bytes()).hexdigest()
         if expected is None:
             raise ConfigError(f"{key}: value {path!r}: the run folder records no hash for the code it names, so "
-                              f"{file} cannot be told to be the code it trained with; nothing was imported. Pass "
+                              f"{each} cannot be told to be the code it trained with; nothing was imported. Pass "
                               f"{TRUST_FLAG} if you trust that file.")
         if found != expected:
-            raise ConfigError(f"{key}: value {path!r}: {file} is not the file the run was trained with (sha256 "
+            raise ConfigError(f"{key}: value {path!r}: {each} is not the file the run was trained with (sha256 "
                               f"{found[:12]}, the run recorded {str(expected)[:12]}); nothing was imported. Pass "
                               f"{TRUST_FLAG} to run the file as it is now.")
+
+
+def _check_installed(key: str, path: Any, module_name: str, entry: dict[str, Any], trust: bool) -> None:
+    """An installed package's callable, named by a run folder: run without --trust-code only
+    when it is a model zoo's (whatever the folder's keyword arguments, it builds a model)
+    and the package is the version the run recorded."""
+    if trust:
+        return
+    if not module_name.startswith(MODEL_ZOOS):
+        raise ConfigError(f"{key}: value {path!r} names {module_name}, an installed package that is not a model "
+                          f"zoo ({', '.join(MODEL_ZOOS)}); a run folder's config could call any of its functions "
+                          f"with arguments of its choosing. Nothing was imported. Pass {TRUST_FLAG} if you trust "
+                          "this run folder.")
+    package, version = distribution_of(module_name)
+    if entry.get("version") is None or (entry.get("package"), entry.get("version")) != (package, version):
+        raise ConfigError(f"{key}: value {path!r}: the run recorded {entry.get('package')} "
+                          f"{entry.get('version')}, this environment has {package} {version}; nothing was imported. "
+                          f"Pass {TRUST_FLAG} to build it with the installed version.")
+
+
+def distribution_of(module_name: str) -> tuple[str | None, str | None]:
+    """(the installed distribution that holds a module, its version), found without
+    importing the module."""
+    from importlib import metadata
+
+    top = module_name.split(".")[0]
+    names = metadata.packages_distributions().get(top) or []
+    if not names:
+        return None, None
+    try:
+        return names[0], metadata.version(names[0])
+    except metadata.PackageNotFoundError:
+        return names[0], None
 
 
 # ------------------------------------------------------------------ kinds and arguments
@@ -309,6 +390,9 @@ def target(group: str, cfg: Any) -> Callable[..., Any]:
                               "or a function that returns a model.")
     if not callable(obj):
         raise ConfigError(f"{key}: {shown} is a {type(obj).__name__}, not a function or class.")
+    if group == "task":
+        own_task_parts(cfg)
+        return obj
     if group == "init":
         try:
             inspect.signature(obj).bind(object())
@@ -320,6 +404,43 @@ def target(group: str, cfg: Any) -> Callable[..., Any]:
         return obj
     arguments(group, cfg, obj, dict.fromkeys(MODEL_ARGUMENTS if group == "model" else ()))
     return obj
+
+
+def own_task_parts(cfg: Any) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
+    """(loss, metrics or None) of task=python: task.factory names a loss function (task.metrics
+    then may name a metrics function), or a class (called with task.kwargs) or object with a
+    loss method and optionally a metrics method."""
+    key = key_of("task")
+    obj = resolve("task", cfg.factory)
+    shown = describe_object(obj, cfg.factory)
+    if inspect.isclass(obj):
+        try:
+            obj = obj(**arguments("task", cfg, obj, {}))
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"{key}: {shown}(...) raised {type(e).__name__}: {e}") from None
+    if callable(getattr(obj, "loss", None)):
+        loss, metrics = obj.loss, getattr(obj, "metrics", None)
+    elif callable(obj):
+        loss, metrics = obj, None
+    else:
+        raise ConfigError(f"{key}: {shown} is a {type(obj).__name__}; expected a loss function, or a class or "
+                          "object with loss() (and metrics()).")
+    if cfg.metrics is not None:
+        if metrics is not None:
+            raise ConfigError(f"task.metrics: {shown} has metrics() of its own; give task.metrics only with a "
+                              "loss function.")
+        metrics = resolve("task", cfg.metrics, "task.metrics")
+    for name, fn in (("loss", loss), ("metrics", metrics)):
+        try:
+            if fn is not None:
+                inspect.signature(fn).bind(object(), object())
+        except TypeError:
+            raise ConfigError(f"{key}: {shown}'s {name} must take two arguments, (outputs, targets).") from None
+        except ValueError:
+            pass
+    return loss, metrics
 
 
 def arguments(group: str, cfg: Any, obj: Callable[..., Any], offered: dict[str, Any]) -> dict[str, Any]:
@@ -391,16 +512,38 @@ def provenance(typed: dict[str, Any]) -> dict[str, dict[str, Any]]:
             obj = type(value) if not isinstance(value, (tuple, list)) else None
             if obj is not None:
                 entry["type"] = f"{obj.__module__}.{obj.__qualname__}"
-        module = sys.modules.get(getattr(obj, "__module__", "") or "")
-        file = getattr(module, "__file__", None) if module is not None and module.__name__ != "__main__" else None
-        if file:
-            entry["file"] = str(Path(file).resolve())
-            with contextlib.suppress(OSError):
-                entry["sha256"] = hashlib.sha256(Path(file).read_bytes()).hexdigest()
-        elif obj is not None and getattr(obj, "__module__", None) == "__main__":
-            entry["source"] = _source(obj)
-        out[key_of(group)] = entry
+        out[key_of(group)] = entry | _where_from(obj, entry["path"])
+        for more in MORE_PATHS.get(group, ()):
+            if getattr(typed[group], more, None):
+                other = getattr(typed[group], more)
+                out[f"{group}.{more}"] = {"path": other} | _where_from(resolve(group, other, f"{group}.{more}"), other)
     return out
+
+
+def _where_from(obj: Any, path: Any) -> dict[str, Any]:
+    """The file an object was imported from and its SHA-256 (and the file that defines it,
+    when a package re-exports it); for an installed package's, the package and version."""
+    named = str(path).partition(":")[0] if isinstance(path, str) and ":" in path else None
+    defined = getattr(obj, "__module__", None) or ""
+    module = sys.modules.get(named or defined)
+    file = getattr(module, "__file__", None) if module is not None and module.__name__ != "__main__" else None
+    entry: dict[str, Any] = {}
+    if file and installed(Path(file).resolve()) and not Path(file).resolve().is_relative_to(project_dir()):
+        package, version = distribution_of(module.__name__)
+        return {"package": package, "version": version}
+    if file:
+        entry["file"] = str(Path(file).resolve())
+        with contextlib.suppress(OSError):
+            entry["sha256"] = hashlib.sha256(Path(file).read_bytes()).hexdigest()
+        defining = sys.modules.get(defined)
+        defining_file = getattr(defining, "__file__", None) if defining is not None else None
+        if named and defined != named and defining_file:
+            entry["defined_in"] = {"module": defined, "file": str(Path(defining_file).resolve())}
+            with contextlib.suppress(OSError):
+                entry["defined_in"]["sha256"] = hashlib.sha256(Path(defining_file).read_bytes()).hexdigest()
+    elif obj is not None and defined == "__main__":
+        entry["source"] = _source(obj)
+    return entry
 
 
 def _source(obj: Any) -> str | None:

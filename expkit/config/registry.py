@@ -54,4 +54,4 @@ MODELS = Registry(
     "model", ("expkit.models.mlp", "expkit.models.cnn", "expkit.models.resnet", "expkit.models.tv",
               "expkit.models.python")
 )
-DATASETS = Registry("data", ("expkit.data.sources", "expkit.data.python"))
+DATASETS = Registry("data", ("expkit.data.sources", "expkit.data.python", "expkit.data.tables"))

@@ -18,9 +18,18 @@ def slug(text: str) -> str:
 
 
 def direction(metric: str) -> str:
-    """Losses are minimized, everything else (accuracies) maximized; sorts the sweep
-    summary and, through `expkit_direction`, sets Optuna's direction."""
-    return "minimize" if "loss" in str(metric).lower() else "maximize"
+    """Losses and errors are minimized, everything else (accuracies, R²) maximized; sorts
+    the sweep summary and, through `expkit_direction`, sets Optuna's direction."""
+    from expkit.tasks.names import direction as task_direction
+
+    return task_direction(metric)
+
+
+def main_metric(task: str) -> str:
+    """sweep.metric's default: the task's main validation metric."""
+    from expkit.tasks.names import main_metric as main
+
+    return main(str(task))
 
 
 def truthy(value: Any) -> bool:
@@ -47,6 +56,7 @@ def register() -> None:
     from omegaconf import OmegaConf
 
     for name, fn in (("expkit_unique", same_path), ("expkit_suffix", suffix), ("expkit_slug", slug),
-                     ("expkit_hydra_subdir", hydra_subdir), ("expkit_direction", direction)):
+                     ("expkit_hydra_subdir", hydra_subdir), ("expkit_direction", direction),
+                     ("expkit_main_metric", main_metric)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

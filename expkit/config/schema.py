@@ -7,9 +7,9 @@ _self_]`), which carry only what a choice changes, so a default cannot be writte
 every problem into one line that names the key, the value and what is allowed. This
 module imports no torch.
 
-Groups with several builders (data, model, optim, sched, init) choose their schema by the
-registry key inside the group (`data.name`, `model.arch`, `optim.name`, `sched.name`,
-`init.name`); a choice added with `register_schema` is validated the same way.
+Groups with several builders (data, model, optim, sched, init, task) choose their schema by
+the registry key inside the group (`data.name`, `model.arch`, `optim.name`, `sched.name`,
+`init.name`, `task.name`); a choice added with `register_schema` is validated the same way.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf import errors as oc_errors
 
 from expkit.errors import ConfigError, did_you_mean
 
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "sigmoid")
 NORMS = ("none", "batch", "layer", "group", "instance")
-# What metrics.json holds, and so what a sweep can sort by or optimize.
+# What metrics.json holds for classification, and so what a sweep can sort by or optimize;
+# other tasks have their own (expkit/tasks/names.py), checked against the task chosen.
 METRICS = ("val/acc", "val/loss", "best/val/acc", "train/acc", "train/loss", "test/acc", "test/loss")
 # A run's name becomes part of its folder's name: one safe path component.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]{0,99}")
@@ -80,7 +81,8 @@ def key(default: Any, help: str, choices: tuple | None = None, check: Check | No
 # ----------------------------------------------------------------------------- data
 @dataclass
 class DataConfig:
-    name: str = key("digits", "data set: digits, mnist, fashion_mnist, cifar10, folder, synthetic, python (own)")
+    name: str = key("digits", "data set: digits, mnist, fashion_mnist, cifar10, folder, synthetic, csv, diabetes, "
+                              "python (own)")
     root: str | None = key(None, "where data sets live; null = $EXPKIT_DATA or ~/.cache/expkit/data")
     batch_size: int = key(64, "examples per step on each device (per-device, not global)", check=ge(1))
     val_fraction: float = key(0.1, "share of the training split held out for validation", check=fraction())
@@ -119,6 +121,20 @@ class PythonDataConfig(DataConfig):
     normalize: bool = key(True, "own data: standardize each channel with the training split's mean and std")
 
 
+@dataclass
+class CSVDataConfig(DataConfig):
+    path: str | None = key(None, "csv: the file; a header row names the columns, every other row is one example")
+    target: Any = key(None, "csv: the target column, or a list of columns (several targets, or one 0/1 column per "
+                            "label for task=multilabel)")
+    features: list[str] | None = key(None, "csv: the feature columns; null = every column but the targets")
+    normalize: bool = key(True, "standardize each feature with the training split's mean and std")
+
+
+@dataclass
+class TabularDataConfig(DataConfig):
+    normalize: bool = key(True, "standardize each feature with the training split's mean and std")
+
+
 # ---------------------------------------------------------------------------- model
 @dataclass
 class ModelConfig:
@@ -151,6 +167,10 @@ class ResNetConfig(ModelConfig):
 @dataclass
 class TorchvisionModelConfig(ModelConfig):
     name: str = key("resnet18", "torchvision.models name, adapted to the data's channels/classes")
+    kwargs: dict[str, Any] = key({}, "keyword arguments for the torchvision builder (+model.kwargs.dropout=0.2)")
+    small_input: str = key("warn", "an ImageNet stem (a 7x7 stride-2 conv and a max pool) on images of 64 pixels "
+                                   "or less: warn, adapt (a 3x3 stride-1 conv, no pool, as CIFAR ResNets do) or "
+                                   "keep", ("warn", "adapt", "keep"))
 
 
 @dataclass
@@ -218,7 +238,7 @@ class ExponentialSchedConfig(SchedConfig):
 
 @dataclass
 class PlateauSchedConfig(SchedConfig):
-    monitor: str = key("val/loss", "validation metric watched", ("val/loss", "val/acc"))
+    monitor: str = key("val/loss", "validation metric watched: val/loss or one of the task's (val/acc, val/rmse, ...)")
     factor: float = key(0.1, "LR factor when the metric stops improving", check=fraction(low_open=True))
     patience: int = key(2, "evaluations without improvement before the LR drops", check=ge(0))
     min_lr: float = key(0.0, "lower bound on the LR", check=ge(0.0))
@@ -290,12 +310,13 @@ class RegConfig:
 
 
 # ---------------------------------------------------------------------------- trainer
-MONITORS = ("val/acc", "val/loss")
+MONITORS = ("val/acc", "val/loss")  # classification's; each task has its own (expkit/tasks/names.py)
 
 
 @dataclass
 class EarlyStopConfig:
-    monitor: str | None = key(None, "metric that picks best.pt and stops early; null = sweep.metric", MONITORS)
+    monitor: str | None = key(None, "validation metric that picks best.pt and stops early (val/loss or one of the "
+                                    "task's); null = sweep.metric")
     patience: int | None = key(None, "stop after this many evaluations without improvement; null = off",
                                check=ge(1))
     min_delta: float = key(0.0, "an improvement smaller than this does not count", check=ge(0.0))
@@ -338,7 +359,50 @@ class TrainerConfig:
 @dataclass
 class SweepConfig:
     resume: bool = key(False, "multirun: skip completed jobs, resume interrupted ones")
-    metric: str = key("val/acc", "metric the sweep summary sorts by and Optuna optimizes", METRICS)
+    metric: str = key("val/acc", "metric the sweep summary sorts by and Optuna optimizes: one of the task's "
+                                 "(conf/config.yaml sets the task's main one: val/acc, val/rmse, val/map)")
+
+
+# ------------------------------------------------------------------------------- task
+def _thresholds_ok(v: Any) -> bool:
+    values = list(v) if isinstance(v, (list, tuple, ListConfig)) else [v]
+    return len(values) >= 1 and all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1
+                                    for t in values)
+
+
+@dataclass
+class TaskConfig:
+    name: str = key("classification", "what the model's output means: classification, regression, multilabel, "
+                                      "python (own loss and metrics)")
+
+
+@dataclass
+class ClassificationTaskConfig(TaskConfig):
+    topk: int = key(0, "also score top-k accuracy (val/topK_acc) when the data has more than k classes; 0 = off",
+                    check=ge(0))
+
+
+@dataclass
+class RegressionTaskConfig(TaskConfig):
+    loss: str = key("mse", "training loss, on targets standardized with the training split's mean and std",
+                    ("mse", "l1", "huber"))
+    huber_delta: float = key(1.0, "huber: where the loss turns from squared to linear, in standard deviations",
+                             check=gt(0))
+
+
+@dataclass
+class MultilabelTaskConfig(TaskConfig):
+    threshold: Any = key(0.5, "a label is predicted when its probability is above this: one number, or one per "
+                              "label", check=Check(_thresholds_ok, "a number in (0, 1) or a list of them"))
+
+
+@dataclass
+class PythonTaskConfig(TaskConfig):
+    factory: str | None = key(None, "own task: MODULE:NAME of a loss function (outputs, targets) -> scalar tensor, "
+                                    "or of a class or object with loss() and metrics()")
+    metrics: str | None = key(None, "own task: MODULE:NAME of a function (outputs, targets) -> {name: number} over "
+                                    "a whole split, when task.factory names a loss function")
+    kwargs: dict[str, Any] = key({}, "own task: keyword arguments for a factory class (+task.kwargs.NAME=VALUE)")
 
 
 # ---------------------------------------------------------------------- registries
@@ -346,7 +410,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "data": {
         "digits": DataConfig, "mnist": DataConfig, "fashion_mnist": DataConfig,
         "cifar10": DataConfig, "folder": FolderDataConfig, "synthetic": SyntheticDataConfig,
-        "python": PythonDataConfig,
+        "python": PythonDataConfig, "csv": CSVDataConfig, "diabetes": TabularDataConfig,
     },
     "model": {
         "mlp": MLPConfig, "cnn": CNNConfig, "resnet": ResNetConfig, "tv": TorchvisionModelConfig,
@@ -360,11 +424,13 @@ SCHEMAS: dict[str, dict[str, type]] = {
     },
     "init": {name: InitConfig for name in LAYER_SCHEMES}
     | {"custom": CustomInitConfig, "function": FunctionInitConfig},
+    "task": {"classification": ClassificationTaskConfig, "regression": RegressionTaskConfig,
+             "multilabel": MultilabelTaskConfig, "python": PythonTaskConfig},
 }
 # The key inside each group that picks its builder.
-CHOICE_KEY = {"data": "name", "model": "arch", "optim": "name", "sched": "name", "init": "name"}
+CHOICE_KEY = {"data": "name", "model": "arch", "optim": "name", "sched": "name", "init": "name", "task": "name"}
 BASES = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "sched": SchedConfig,
-         "init": InitConfig}
+         "init": InitConfig, "task": TaskConfig}
 SINGLE = {"reg": RegConfig, "trainer": TrainerConfig, "sweep": SweepConfig}
 TOP_LEVEL = {"seed": (int, "seed of every random number generator"),
              "name": (str, "optional run name, appended to the run folder's name")}
@@ -477,6 +543,7 @@ def _range_errors(typed: dict[str, Any]) -> list[str]:
         errors.append("reg.norm: value 'instance' is not allowed with model=mlp; instance norm normalizes each "
                       "channel of a conv layer over its pixels and an MLP has none; choose none, batch, layer "
                       "or group.")
+    errors += _task_errors(typed)
     from expkit.config.imports import OWN, own_groups
 
     for group in own_groups(typed):  # own code: the import path is required
@@ -485,6 +552,39 @@ def _range_errors(typed: dict[str, Any]) -> list[str]:
             errors.append(f"{group}.{path_key}: a value is required with {group}={choice}; expected MODULE:NAME, "
                           f"e.g. {group}.{path_key}=mymodule:my_{'data' if group == 'data' else group} for a "
                           "function in mymodule.py of the current directory.")
+    return errors
+
+
+def task_metric_names(typed: dict[str, Any]) -> tuple[str, dict[str, bool]]:
+    """(the task's name, its metrics of one split -> higher is better)."""
+    from expkit.tasks.names import split_metrics
+
+    task = typed["task"]
+    return task.name, split_metrics(task.name, getattr(task, "topk", 0))
+
+
+def _task_errors(typed: dict[str, Any]) -> list[str]:
+    """The metric keys that name a task's metrics (sweep.metric, the monitors) against the
+    task chosen, and the keys that only one task uses."""
+    from expkit.tasks.names import full_names
+
+    task, per_split = task_metric_names(typed)
+    if task == "python":
+        return []  # own metrics are known once the task's code is imported (check_task_metrics)
+    errors = []
+    vals = [f"val/{n}" for n in per_split]
+    named = [("sweep.metric", typed["sweep"].metric, full_names(task, getattr(typed["task"], "topk", 0))),
+             ("trainer.early_stop.monitor", typed["trainer"].early_stop.monitor, vals)]
+    if hasattr(typed["sched"], "monitor"):
+        named.append(("sched.monitor", typed["sched"].monitor, vals))
+    for name, value, allowed in named:
+        if value is not None and value not in allowed:
+            hint = did_you_mean(value, allowed)
+            errors.append(f"{name}: value {value!r} is not a metric of task={task}{hint + ' Its' if hint else '; its'} "
+                          f"metrics: {', '.join(allowed)}.")
+    if task != "classification" and typed["reg"].label_smoothing:
+        errors.append(f"reg.label_smoothing: value {typed['reg'].label_smoothing!r} is not allowed with task={task}; "
+                      "label smoothing is for cross-entropy (task=classification); use 0.")
     return errors
 
 
@@ -515,7 +615,17 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"{e.full_key}: value {raw!r} does not resolve ({reason}); expected a value or an "
                           "interpolation of a key that exists (${optim.lr}, ${oc.env:NAME,default}).") from None
     out.pop("hydra", None)
-    return out
+    return in_record_order(out)
+
+
+RECORD_ORDER = ("data", "model", "optim", "sched", "init", "reg", "trainer", "task")
+
+
+def in_record_order(plain: dict[str, Any]) -> dict[str, Any]:
+    """The groups in the order records have always listed them (the defaults list composes
+    task and model before data, so that a data choice can pick them), the rest after."""
+    return {**{k: plain[k] for k in RECORD_ORDER if k in plain},
+            **{k: v for k, v in plain.items() if k not in RECORD_ORDER}}
 
 
 def validate(cfg: DictConfig) -> RunConfig:
@@ -524,6 +634,10 @@ def validate(cfg: DictConfig) -> RunConfig:
 
     Raises ConfigError whose message lists every problem found, one per line.
     """
+    if cfg.get("task") is None:  # configs from before the task group: classification was the only task
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.task = {"name": "classification"}
     plain = resolved(cfg)
     errors: list[str] = []
     typed: dict[str, Any] = {}
@@ -552,7 +666,9 @@ def validate(cfg: DictConfig) -> RunConfig:
             errors.append(str(e))
     for group, schema in SINGLE.items():
         try:
-            typed[group] = _merge_group(group, schema, cfg.get(group) or OmegaConf.create({}))
+            # Resolved: a default may interpolate another group's key (sweep.metric: the task's).
+            values = plain.get(group) if isinstance(plain.get(group), dict) else {}
+            typed[group] = _merge_group(group, schema, OmegaConf.create(values))
             errors += _check_choices(group, typed[group])
         except ConfigError as e:
             errors.append(str(e))

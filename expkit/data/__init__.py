@@ -29,6 +29,7 @@ from expkit.data.loaders import (
     random_crop_flip,
 )
 from expkit.data.sources import Source, val_count
+from expkit.data.targets import Targets, check_kind, counts, prepare
 from expkit.errors import ConfigError
 
 log = logging.getLogger("expkit")
@@ -46,13 +47,20 @@ class Data:
     mean: list[float]
     std: list[float]
     info: dict[str, Any] = field(default_factory=dict)
+    targets: Targets | None = None  # what the targets are for the task (None: classification)
 
+    @property
+    def outputs(self) -> int:
+        """The model's output width: classes, targets or labels."""
+        return self.targets.outputs if self.targets is not None else self.num_classes
 
     def record(self) -> dict[str, Any]:
         """What meta.json says about the data: where it came from and how it was split."""
         keys = ("name", "location", "mode", "sizes", "split_seed", "test_split", "test_fraction",
-                "input_shape", "mean", "std")
-        return {k: self.info.get(k) for k in keys} | {"classes": list(self.classes)}
+                "input_shape", "mean", "std", "columns", "file_sha256")
+        out = {k: self.info[k] for k in keys if k in self.info} | {"classes": list(self.classes)}
+        return out | (self.targets.record() if self.targets is not None and self.targets.task != "classification"
+                      else {})
 
 
 def carve_test(n: int, test_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,18 +224,28 @@ def describe_test(info: dict[str, Any]) -> str:
 
 def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
                device: torch.device | None = None,
-               stats: tuple[list[float], list[float]] | None = None) -> Data:
-    """The loaders of every split. `stats`: (mean, std) to normalize with instead of the
-    training split's own (scoring a run's model on data it did not train on)."""
+               stats: tuple[list[float], list[float]] | None = None, task: str = "classification",
+               target_stats: tuple[list[float], list[float]] | None = None) -> Data:
+    """The loaders of every split, with targets as `task` learns them. `stats`: (mean, std)
+    to normalize inputs with instead of the training split's own, `target_stats` the same
+    for regression targets (scoring a run's model on data it did not train on)."""
     source: Source = DATASETS.get(cfg.name)(cfg)
     if source.folder is not None:
+        if task != "classification":
+            raise ConfigError(f"task.name: value {task!r} is not allowed with data={cfg.name}: a folder of images "
+                              "has one class per subfolder (task=classification); give other targets with "
+                              "data=python or data=csv.")
         return _build_folder(cfg, source, seed, rank, world_size, stats)
     device = device or torch.device("cpu")
     if source.rows is not None:  # own data (data=python): its splits, read now
-        splits, classes, origin = own_splits(cfg, source)
+        splits, classes, origin = own_splits(cfg, source, task)
         mean, std = stats or channel_stats(splits["train"][0])
     else:
-        splits, origin = tensor_splits(cfg, source)
+        if task == "classification" and source.integer_targets_are_numbers:
+            from expkit.data.tables import as_classes
+
+            as_classes(source)
+        splits, origin = tensor_splits(cfg, source, task)
         # Statistics of the training split only: the validation set must not leak into them.
         mean, std = stats or channel_stats(splits["train"][0])
         classes = source.classes
@@ -246,12 +264,17 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
         "name": cfg.name, "location": source.location, "mode": "full" if cfg.sample is None else f"sample {cfg.sample}",
         "loader": "tensor" if use_tensor_path else "dataloader",
         "sizes": {s: len(y) for s, (_, y) in splits.items()},
-        "class_counts": {s: class_counts(y, num_classes) for s, (_, y) in splits.items()},
         "input_shape": list(input_shape), "mean": mean, "std": std,
         **test_info(cfg, origin if "test" in splits else None),
     }
+    if source.features is not None:
+        info["columns"] = {"features": list(source.features), "targets": list(source.targets or [])}
+    if source.file_sha256 is not None:
+        info["file_sha256"] = source.file_sha256
     if rank == 0:  # what meta.json records; the other ranks use the same examples
         info["sha256"], info["fingerprint_of"] = fingerprint_tensors(splits), "examples"
+    targets = prepare(cfg, task, splits, classes, source.targets, source.integer_targets_are_numbers, target_stats)
+    info["class_counts"] = {s: counts(task, y, num_classes) for s, (_, y) in splits.items()}
     owned = source.rows is None  # own data's tensors (data=python) may be the caller's: copied
     for split in list(splits):
         x, y = splits.pop(split)  # the raw split is freed as soon as its normalized copy exists
@@ -266,17 +289,23 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
             loaders[split] = DataLoaderAdapter(
                 TensorDataset(x, y), cfg.batch_size, sampler, cfg.num_workers,
                 pin_memory=device.type == "cuda", augment=augment if train else None, seed=seed + rank)
-    for split, counts in info["class_counts"].items():
-        check_labels(cfg.name, split, counts, classes)
+    if task == "classification":
+        for split, per_class in info["class_counts"].items():
+            check_labels(cfg.name, split, per_class, classes)
+    else:
+        classes = targets.names if task == "multilabel" else classes
     return Data(loaders["train"], loaders["val"], loaders.get("test"), input_shape,
-                num_classes, classes, mean, std, info)
+                len(classes), classes, mean, std, info, targets=None if task == "classification" else targets)
 
 
-def tensor_splits(cfg, source: Source) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], str | None]:
+def tensor_splits(cfg, source: Source, task: str = "classification",
+                  ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], str | None]:
     """A built-in tensor data set's splits (copies, so normalizing them in place is safe),
     checked, and how its test split was made."""
     check_finite(cfg.name, "train", source.train_x)
-    check_label_range(cfg.name, "train", source.train_y, source.classes)
+    if task == "classification":
+        check_kind(cfg, task, "train", source.train_y)
+        check_label_range(cfg.name, "train", source.train_y, source.classes)
     x, y = source.train_x, source.train_y
     official = source.test_x is not None
     picked = split_examples(cfg, len(y), has_test=official)
@@ -289,7 +318,8 @@ def tensor_splits(cfg, source: Source) -> tuple[dict[str, tuple[torch.Tensor, to
     else:
         return splits, None
     check_finite(cfg.name, "test", test_x)
-    check_label_range(cfg.name, "test", test_y, source.classes)
+    if task == "classification":
+        check_label_range(cfg.name, "test", test_y, source.classes)
     if len(test_y):
         n_test = picked.test_count(len(test_y))
         # The data set's own test tensor (not a carved copy) must not change under it.
@@ -297,7 +327,8 @@ def tensor_splits(cfg, source: Source) -> tuple[dict[str, tuple[torch.Tensor, to
     return splits, origin
 
 
-def own_splits(cfg, source: Source) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[str], str | None]:
+def own_splits(cfg, source: Source, task: str = "classification",
+               ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[str], str | None]:
     """Own data's splits as tensors, its classes and how its test split was made. As for
     built-in data: a test split carved out of train first when the factory gives none
     (data.test_fraction), a val split held out of the rest when it gives none
@@ -324,13 +355,17 @@ def own_splits(cfg, source: Source) -> tuple[dict[str, tuple[torch.Tensor, torch
         n_test = len(test) if cfg.sample is None else min(len(test), n_val)
         splits["test"] = test.take(torch.arange(n_test))
     classes = source.classes
-    if not classes:
+    if task == "classification":
+        for split, (_, y) in splits.items():
+            check_kind(cfg, task, split, y)
+    if not classes and task == "classification":
         targets = [t for t in (r.targets() for r in rows.values()) if t is not None and len(t)]
         largest = max(int(t.max()) for t in [*targets, *(y for _, y in splits.values() if len(y))])
         classes = [str(i) for i in range(largest + 1)]
     for split, (x, y) in splits.items():
         check_finite(cfg.name, split, x)
-        check_label_range(cfg.name, split, y, classes)
+        if task == "classification":
+            check_label_range(cfg.name, split, y, classes)
         if x.shape[1:] != splits["train"][0].shape[1:]:
             raise ConfigError(f"data.factory: the {split} split's examples have shape {list(x.shape[1:])}, the train "
                               f"split's {list(splits['train'][0].shape[1:])}; expected one shape.")
@@ -413,8 +448,8 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,
         used = {"train": [probe.samples[int(i)] for i in train_idx], "val": [probe.samples[int(i)] for i in val_idx],
                 **({"test": test_folder.samples[:n_test]} if test_folder is not None else {})}
         info["sha256"], info["fingerprint_of"] = fingerprint_files(used, str(Path(train_folder.root).parent)), "files"
-    for split, counts in info["class_counts"].items():
-        check_labels(cfg.name, split, counts, source.classes)
+    for split, per_class in info["class_counts"].items():
+        check_labels(cfg.name, split, per_class, source.classes)
     return Data(loaders["train"], loaders["val"], loaders.get("test"), (cfg.channels, size, size),
                 num_classes, source.classes, mean, std, info)
 

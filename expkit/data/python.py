@@ -31,12 +31,15 @@ class TensorRows:
 
     def __init__(self, x: Any, y: Any, what: str):
         x, y = _tensor(x, f"{what} x"), _tensor(y, f"{what} y")
-        if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+        if x.ndim < 2 or y.ndim not in (1, 2) or len(x) != len(y):
             raise ConfigError(f"{KEY}: {what} is tensors of shapes {list(x.shape)} and {list(y.shape)}; expected "
-                              "x of N examples (N, ...) and y of N integer labels (N,).")
-        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise ConfigError(f"{KEY}: {what}'s labels y are {y.dtype}; expected integer class indices.")
-        self.x, self.y = x, y.long()
+                              "x of N examples (N, ...) and y of N targets: (N,) class indices or numbers, or "
+                              "(N, k) for several targets or labels.")
+        if y.is_complex():
+            raise ConfigError(f"{KEY}: {what}'s targets y are {y.dtype}; expected integers or real numbers.")
+        # What the targets mean is the task's to check (data/targets.py): class indices stay
+        # int64, numbers become float32.
+        self.x, self.y = x, (y.float() if y.is_floating_point() else y.long())
 
     def __len__(self) -> int:
         return len(self.y)
@@ -73,19 +76,23 @@ class DatasetRows:
                 label = torch.as_tensor(y)
             except (TypeError, ValueError, RuntimeError):
                 label = None
-            if label is None or label.numel() != 1 or label.is_floating_point() or label.is_complex() \
-                    or label.dtype == torch.bool:
-                # int() would truncate 0.7 to class 0: a float label is refused, not rounded
-                raise ConfigError(f"{KEY}: {self.what}[{i}] has a label of type {type(y).__name__} "
-                                  f"({str(y)[:40]}); expected an integer class index.")
-            ys.append(int(label))
+            if label is None or label.ndim > 1 or label.is_complex() or label.numel() == 0:
+                raise ConfigError(f"{KEY}: {self.what}[{i}] has a target of type {type(y).__name__} "
+                                  f"({str(y)[:40]}); expected a class index, a number or a 1-D tensor of them.")
+            # Kept as given (a float label is not rounded to a class): the task checks what it means.
+            ys.append(label.bool().long() if label.dtype == torch.bool else label)
             xs.append(torch.as_tensor(x))
         shapes = {tuple(x.shape) for x in xs}
         if len(shapes) > 1:
             raise ConfigError(f"{KEY}: {self.what}'s inputs differ in shape ({', '.join(map(str, sorted(shapes)[:3]))}"
                               "); expected one shape for every example.")
+        if len({tuple(t.shape) for t in ys}) > 1:
+            raise ConfigError(f"{KEY}: {self.what}'s targets differ in shape; expected one shape for every example.")
         x = torch.stack(xs) if xs else torch.zeros(0, 1)
-        return _float(x), torch.tensor(ys, dtype=torch.long)
+        if not ys:
+            return _float(x), torch.zeros(0, dtype=torch.long)
+        y = torch.stack(ys)
+        return _float(x), (y.float() if y.is_floating_point() else y.long())
 
     def targets(self) -> torch.Tensor | None:
         targets = getattr(self.dataset, "targets", None)

@@ -35,6 +35,10 @@ class Source:
     folder: object = None  # folder data: (train ImageFolder, test ImageFolder or None)
     test_origin: str = "official"  # how test_x was made, when there is one: official, generated
     rows: dict | None = None  # own data (data=python): split -> rows read on demand (data/python.py)
+    features: list[str] | None = None  # tables: the feature columns
+    targets: list[str] | None = None  # tables: the target columns
+    integer_targets_are_numbers: bool = False  # a table's integer column may be a regression target
+    file_sha256: str | None = None  # data=csv: the file's
 
 
 def default_root() -> Path:

@@ -51,10 +51,10 @@ def build(typed: RunConfig, run_dir: Path, resume: Checkpoint | None = None):
     device = set_up_process(typed)
     log_header(typed, run_dir, device, resumed=resume is not None)
 
-    data = build_data(typed["data"], typed["seed"], dist.rank(), dist.world_size(), device)
+    data = build_data(typed["data"], typed["seed"], dist.rank(), dist.world_size(), device, task=typed["task"].name)
     log_data(data, t.verbose)
 
-    model = build_model_for(typed, data.input_shape, data.num_classes)
+    model = build_model_for(typed, data.input_shape, data.outputs)
     apply_init(model, typed["init"], typed["model"].activation)
     log_model(model, typed["model"].arch, t.verbose)
     model.to(device)
@@ -79,6 +79,8 @@ def build(typed: RunConfig, run_dir: Path, resume: Checkpoint | None = None):
     rundir = RunDir(run_dir)
     if dist.is_main() and rundir.meta_path.exists():  # once the checkpoint fits: a refused resume changes nothing
         record_data(rundir, typed["data"], data)
+        rundir.update_meta(task={"name": trainer.task.name, "main": trainer.main_metric,
+                                 "metrics": sorted(trainer.task.metrics())})
     return trainer
 
 
@@ -106,7 +108,14 @@ def log_data(data, verbose: bool) -> None:
              ", ".join(f"{k} {v}" for k, v in data.info["sizes"].items()), data.info["input_shape"],
              _short(data.mean), _short(data.std))
     log.info("%s", describe_test(data.info))
-    log.info("class counts: %s", data.info["class_counts"], extra=console_extra(verbose))
+    targets = data.targets
+    if targets is None or targets.task == "multilabel":
+        what = "class counts" if targets is None else f"positives of the labels {', '.join(targets.names[:20])}"
+        log.info("%s: %s", what, data.info["class_counts"], extra=console_extra(verbose))
+    else:
+        log.info("targets %s: %d output(s)%s", ", ".join(targets.names[:20]), targets.outputs,
+                 f"; standardized with mean {_short(targets.mean)} std {_short(targets.std)} of the training split"
+                 if targets.mean is not None else "")
 
 
 def record_data(rundir: RunDir, cfg, data) -> None:
@@ -138,19 +147,28 @@ def set_up_process(typed: RunConfig):
     return device
 
 
-def build_model_for(typed: dict[str, Any], input_shape, num_classes: int):
-    """The run's model, untrained: the same builder for training, eval, predict and export."""
+def build_model_for(typed: dict[str, Any], input_shape, outputs: int):
+    """The run's model, untrained: the same builder for training, eval, predict and export.
+    `outputs`: its output width, the data's classes, targets or labels."""
     from expkit.models import build_model
 
     try:
-        model = build_model(typed["model"], typed["reg"], tuple(input_shape), num_classes)
+        model = build_model(typed["model"], typed["reg"], tuple(input_shape), outputs)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    check_output_width(model, tuple(input_shape), num_classes, typed["model"])
+    task = typed["task"].name if "task" in typed else "classification"
+    if task != "python":  # an own loss takes whatever the model gives it
+        check_output_width(model, tuple(input_shape), outputs, typed["model"], task)
     return model
 
 
-def check_output_width(model, input_shape: tuple[int, ...], num_classes: int, cfg) -> None:
+WIDTH_WORDS = {"classification": ("classes", "one score per class"),
+               "regression": ("targets", "one number per target"),
+               "multilabel": ("labels", "one score per label")}
+
+
+def check_output_width(model, input_shape: tuple[int, ...], num_classes: int, cfg,
+                       task: str = "classification") -> None:
     """One forward pass of two blank examples, in eval mode (no statistics or dropout masks
     change, no random number drawn), before anything trains: a model whose output is not
     one score per class (a third-party ResNet18 with 10 outputs on 5 classes) is bad input,
@@ -171,8 +189,9 @@ def check_output_width(model, input_shape: tuple[int, ...], num_classes: int, cf
     if shape != [2, num_classes]:
         what = f"{shape[1:] if shape else type(out).__name__}"
         key = "model.factory" if getattr(cfg, "arch", None) == "python" else "model"
+        noun, each = WIDTH_WORDS[task]
         raise ConfigError(f"{key}: the model's output for one example is {what}, but the data has {num_classes} "
-                          f"classes; expected [{num_classes}], one score per class (set the model's output width, "
+                          f"{noun} (task={task}); expected [{num_classes}], {each} (set the model's output width, "
                           "e.g. +model.kwargs.num_classes=N, or pass num_classes through).")
 
 
@@ -242,8 +261,13 @@ def flat_hparams(typed: RunConfig) -> dict[str, Any]:
 
 
 def write_hparams(trainer, typed: RunConfig) -> None:
+    from expkit.tasks.names import full_names
+
     m = trainer.last_metrics
-    metrics = {f"hparams/{k.replace('/', '_')}": float(m[k])
-               for k in ("val/acc", "val/loss", "best/val/acc", "train/loss", "test/acc", "test/loss")
-               if isinstance(m.get(k), (int, float))}
+    task = trainer.task
+    names = full_names(task.name, getattr(task, "topk", 0), getattr(task, "own_names", None) or ())
+    keys = [k for k in names if k != "train/acc"] if task.name != "classification" else [
+        "val/acc", "val/loss", "best/val/acc", "train/loss", "test/acc", "test/loss", *(
+            k for k in names if "top" in k)]
+    metrics = {f"hparams/{k.replace('/', '_')}": float(m[k]) for k in keys if isinstance(m.get(k), (int, float))}
     trainer.writer.hparams(flat_hparams(typed), metrics, trainer.step)

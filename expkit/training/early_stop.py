@@ -8,23 +8,24 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from expkit.config.schema import MONITORS
+from expkit.tasks.names import lower_is_better, main_metric
 
 
 def resolve_monitor(typed: dict[str, Any]) -> str:
     """trainer.early_stop.monitor, or the sweep's metric when it is a validation metric
-    (`best/val/acc` counts as val/acc), else val/acc."""
+    (`best/val/acc` counts as val/acc), else the task's main metric (val/acc, val/rmse, ...)."""
     chosen = typed["trainer"].early_stop.monitor
     if chosen:
         return chosen
-    metric = str(typed["sweep"].metric).removeprefix("best/") if "sweep" in typed else "val/acc"
-    return metric if metric in MONITORS else "val/acc"
+    task = typed["task"].name if "task" in typed else "classification"
+    metric = str(typed["sweep"].metric).removeprefix("best/") if "sweep" in typed else main_metric(task)
+    return metric if metric.startswith("val/") else main_metric(task)
 
 
 class EarlyStop:
     def __init__(self, monitor: str, patience: int | None, min_delta: float):
         self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
-        self.lower = "loss" in monitor
+        self.lower = lower_is_better(monitor)
         self.best: float | None = None  # the best value so far (best.pt holds its weights)
         self.best_epoch: int | None = None
         self.reference: float | None = None  # the value of the last improvement by more than min_delta

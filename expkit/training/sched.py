@@ -46,7 +46,9 @@ class Schedule:
         if cfg.name == "cosine":
             return s.CosineAnnealingLR(opt, T_max=self.main_epochs, eta_min=cfg.eta_min)
         if cfg.name == "plateau":
-            mode = "max" if cfg.monitor.endswith("acc") else "min"
+            from expkit.tasks.names import lower_is_better
+
+            mode = "min" if lower_is_better(cfg.monitor) else "max"
             return s.ReduceLROnPlateau(opt, mode=mode, factor=cfg.factor, patience=cfg.patience,
                                        min_lr=cfg.min_lr)
         if cfg.name == "onecycle":
@@ -110,7 +112,9 @@ def simulate(cfg_sched, cfg_optim, epochs: int, steps_per_epoch: int) -> list[fl
     model = torch.nn.Linear(1, 1)
     optimizer = build_optim(model, cfg_optim)
     schedule = Schedule(optimizer, cfg_sched, epochs, steps_per_epoch)
-    worst = -math.inf if getattr(cfg_sched, "monitor", "").endswith("acc") else math.inf
+    from expkit.tasks.names import lower_is_better
+
+    worst = math.inf if lower_is_better(getattr(cfg_sched, "monitor", "val/loss")) else -math.inf
     lrs = []
     for _ in range(epochs):
         for _ in range(steps_per_epoch):

@@ -40,6 +40,8 @@ from torch import nn
 from expkit.config.compose import flatten
 from expkit.run import checkpoint
 from expkit.run.folder import RunDir, write_json
+from expkit.tasks import build_task
+from expkit.tasks.names import lower_is_better, main_metric
 from expkit.training import dist
 from expkit.training.early_stop import EarlyStop, resolve_monitor
 from expkit.training.logs import Progress
@@ -73,7 +75,8 @@ class TrainTally:
 
     FOLD_EVERY = 32
 
-    def __init__(self, saved: dict[str, Any] | None = None):
+    def __init__(self, saved: dict[str, Any] | None = None, accuracy: bool = True):
+        self.accuracy = accuracy  # classification counts correct predictions; other tasks log the loss only
         self.losses: list[torch.Tensor] = []
         self.logits: list[torch.Tensor] = []
         self.targets: list[torch.Tensor] = []
@@ -90,9 +93,11 @@ class TrainTally:
         if not self.losses:
             self.first_step = step
         self.losses.append(loss)
+        self.batch_sizes.append(y.shape[0])
+        if not self.accuracy:
+            return
         self.logits.append(logits)
         self.targets.append(y)
-        self.batch_sizes.append(y.shape[0])
         if len(self.logits) >= self.FOLD_EVERY:
             self.fold()
 
@@ -108,7 +113,8 @@ class TrainTally:
         if self.logits:
             self.fold()
         with torch.no_grad():
-            values = torch.cat([torch.stack(self.losses).float(), self.correct_on_device.float().view(1)])
+            correct_count = self.correct_on_device if self.accuracy else torch.zeros((), device=self.losses[0].device)
+            values = torch.cat([torch.stack(self.losses).float(), correct_count.float().view(1)])
         *losses, correct = values.tolist()
         for i, loss in enumerate(losses):
             if self.bad_step is None and not math.isfinite(loss):
@@ -189,7 +195,10 @@ class Trainer:
         self.config_plain = cfg.plain  # the resolved config, recorded in every checkpoint
         self.main = dist.is_main()
         self.raw_model = unwrap(model)
-        self.label_smoothing = self.reg.label_smoothing
+        self.task = build_task(cfg, data)
+        # The task's main validation metric (val/acc, val/rmse, ...): best/<it> in metrics.json.
+        self.main_metric = main_metric(self.task.name)
+        self.main_higher = not lower_is_better(self.main_metric)
         precision = self.t.precision
         self.autocast_dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
         self.no_autocast = nullcontext()
@@ -197,7 +206,8 @@ class Trainer:
         self.channels_last = self.t.channels_last and len(data.input_shape) == 3
         # Position and results; all restored by load_state_dict.
         self.epoch, self.batch, self.step = 0, 0, 0
-        self.best_acc = -math.inf
+        # The best value of the main metric so far (the checkpoint's field keeps its first name).
+        self.best_acc = -math.inf if self.main_higher else math.inf
         es = self.t.early_stop
         self.early_stop = EarlyStop(resolve_monitor(cfg), es.patience, es.min_delta)
         self.last_metrics: dict[str, float] = {}
@@ -214,7 +224,7 @@ class Trainer:
         self.log_grads_next = False  # set by train_epoch when the coming step is a log step
         self.grads_before_clip: tuple[list[str], torch.Tensor] | None = None
         self.errors: list = []  # misclassified validation examples of the last evaluation
-        self.tally = TrainTally()  # train loss and accuracy since the last log step
+        self.tally = self.new_tally()  # train loss (and accuracy) since the last log step
         self.restored_tally: dict[str, Any] | None = None
         self.saver = checkpoint.BackgroundSaver()
         self.logged_lr: tuple[int, float] | None = None  # (step, value) of the last opt/lr point
@@ -269,7 +279,7 @@ class Trainer:
         progress.start(f"epoch {epoch + 1}/{self.t.epochs}", len(loader), start_batch)
         # A run resumed mid-epoch starts from the interrupted run's tally, so its next
         # train/loss point averages the same batches as an uninterrupted run's.
-        self.tally = tally = TrainTally(self.restored_tally)
+        self.tally = tally = self.new_tally(self.restored_tally)
         self.restored_tally = None
         started, samples = time.perf_counter(), 0
         last_line = started
@@ -285,7 +295,7 @@ class Trainer:
                 speed = samples / max(time.perf_counter() - started, 1e-9)
                 stats = f"{self.log_train(tally)} {speed:,.0f}/s"
                 progress.update(0, stats)
-                self.tally = tally = TrainTally()
+                self.tally = tally = self.new_tally()
                 # Without a progress bar (CI, SLURM, a file): a plain line now and then.
                 if not progress.active and (time.perf_counter() - last_line >= PLAIN_LINE_EVERY_S
                                             or self.batch == len(loader)):
@@ -302,6 +312,9 @@ class Trainer:
         elapsed = time.perf_counter() - started
         self.writer.scalars({"time/epoch_s": elapsed, "time/samples_per_s": samples / max(elapsed, 1e-9)},
                             self.step)
+
+    def new_tally(self, saved: dict[str, Any] | None = None) -> TrainTally:
+        return TrainTally(saved, accuracy=self.task.train_accuracy)
 
     def log_lr(self) -> None:
         """opt/lr of the coming step, written only where the curve needs a point: at log steps
@@ -321,7 +334,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             logits = self.model(x)
-            loss = nn.functional.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+            loss = self.task.loss(logits, y)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
@@ -352,40 +365,41 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader, collect_errors: int = 0) -> tuple[dict[str, float], list]:
-        """Loss and accuracy over the whole split, summed across ranks, so they equal a
-        single-process evaluation."""
+        """The task's metrics over the whole split (loss and accuracy for classification),
+        summed across ranks, so they equal a single-process evaluation; and, for
+        classification, up to `collect_errors` misclassified examples."""
         self.model.eval()  # dropout off, batchnorm uses its running averages
-        totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, count
+        scorer = self.task.scorer(self.device)
         errors: list = []
+        collect_errors = collect_errors if self.task.name == "classification" else 0
         for x, y in loader.iterate():
             x, y = self.to_device(x, y)
             with self.autocast():
                 logits = self.model(x)
-            totals[0] += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-            pred = logits.argmax(1)
-            totals[1] += (pred == y).sum()
-            totals[2] += len(y)
+            scorer.add(logits, y)
             if collect_errors and len(errors) < collect_errors:
+                pred = logits.argmax(1)
                 wrong = (pred != y).nonzero().flatten()[: collect_errors - len(errors)]
                 errors += [(x[i].float().cpu(), int(y[i]), int(pred[i])) for i in wrong]
-        dist.all_reduce_sum(totals)
-        loss_sum, correct, count = totals.tolist()
+        metrics = scorer.result()
         self.model.train()
-        return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1)}, errors
+        return metrics, errors
 
     def evaluate_and_record(self, epoch: int, collect_errors: int = 0) -> bool:
         metrics, self.errors = self.evaluate(self.data.val, collect_errors)
-        val = {"val/loss": metrics["loss"], "val/acc": metrics["acc"]}
+        val = {f"val/{k}": v for k, v in ordered(metrics).items()}
         self.schedule.step_eval(val)
         # A non-finite loss never makes a checkpoint the best one.
         improved = self.early_stop.update(val, epoch) and math.isfinite(val["val/loss"])
-        self.best_acc = max(self.best_acc, val["val/acc"])
+        main = val.get(self.main_metric, math.nan)
+        if math.isfinite(main) and (main > self.best_acc if self.main_higher else main < self.best_acc):
+            self.best_acc = main
         self.last_metrics.update(val)
-        self.last_metrics["best/val/acc"] = self.best_acc
+        self.last_metrics[f"best/{self.main_metric}"] = self.best_acc
         self.writer.scalars(val, self.step)
         self.writer.flush()  # a crash later still leaves these curves on disk
-        log.info("epoch %d/%d step %d  val/loss %.4f  val/acc %.4f  best %.4f  lr %.3g",
-                 epoch, self.t.epochs, self.step, val["val/loss"], val["val/acc"], self.best_acc,
+        log.info("epoch %d/%d step %d  %s  best %.4f  lr %.3g", epoch, self.t.epochs, self.step,
+                 "  ".join(f"{k} {v:.4f}" for k, v in val.items()), self.best_acc,
                  self.optimizer.param_groups[0]["lr"])
         self.write_metrics()
         return improved
@@ -397,13 +411,15 @@ class Trainer:
             raise NonFiniteLoss(tally.bad_step)
         if tally.count == 0:
             return ""
-        loss, acc = tally.mean_loss(), tally.correct / tally.count
-        self.last_metrics.update({"train/loss": loss, "train/acc": acc})
-        self.writer.scalars({"train/loss": loss, "train/acc": acc}, self.step)
+        loss = tally.mean_loss()
+        train = {"train/loss": loss} | ({"train/acc": tally.correct / tally.count} if tally.accuracy else {})
+        self.last_metrics.update(train)
+        self.writer.scalars(train, self.step)
         if self.main:
             self.log_gradients(loss)
         lr = self.optimizer.param_groups[0]["lr"]
-        return f"train/loss {loss:.4f} train/acc {acc:.3f} lr {lr:.3g}"
+        acc = f" train/acc {train['train/acc']:.3f}" if tally.accuracy else ""
+        return f"train/loss {loss:.4f}{acc} lr {lr:.3g}"
 
     def grad_norms(self, with_weights: bool = False) -> tuple[list[str], torch.Tensor]:
         """Each weight's gradient norm (then, `with_weights`, each weight's norm), as one tensor
@@ -494,7 +510,7 @@ class Trainer:
             self.score_test()
         elif self.t.test_at_end:
             log.info("test: no test split to score (data.test_fraction=0)")
-        if self.main and len(self.data.input_shape) == 3:
+        if self.main and len(self.data.input_shape) == 3 and self.task.name == "classification":
             write_misclassified(self.writer, self.errors, self.data, self.step)
         self.write_metrics()
         self.writer.flush()
@@ -520,10 +536,11 @@ class Trainer:
             best = self.early_stop.best
             scored = (f"{shown} (epoch {best_state.epoch}, step {step}"
                       + (f", best {self.early_stop.monitor} {best:.4f})" if best is not None else ")"))
-        self.last_metrics.update({"test/loss": test["loss"], "test/acc": test["acc"], "test/step": step})
-        self.writer.scalars({"test/loss": test["loss"], "test/acc": test["acc"]}, step)
-        log.info("test: scored %s on the test split (%d examples): test/loss %.4f  test/acc %.4f", scored,
-                 self.data.info["sizes"].get("test", 0), test["loss"], test["acc"])
+        scores = {f"test/{k}": v for k, v in ordered(test).items()}
+        self.last_metrics.update(scores | {"test/step": step})
+        self.writer.scalars(scores, step)
+        log.info("test: scored %s on the test split (%d examples): %s", scored,
+                 self.data.info["sizes"].get("test", 0), "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
     def write_metrics(self) -> None:
         if self.main:
@@ -576,7 +593,8 @@ class Trainer:
             # What predicting with the weights needs: the input's normalization and the classes.
             data={"name": self.data.info.get("name"), "classes": list(self.data.classes),
                   "input_shape": list(self.data.input_shape), "mean": list(self.data.mean),
-                  "std": list(self.data.std)},
+                  "std": list(self.data.std),
+                  **(self.data.targets.record() if self.data.targets is not None else {})},
             warned_vanishing=self.warned_vanishing, warned_exploding=self.warned_exploding,
             train_tally=self.tally.state_dict() if self.batch else None,
             rng=rng_state(), world_size=dist.world_size(),
@@ -650,6 +668,11 @@ class Trainer:
         started = time.perf_counter()
         checkpoint.save(folder, state, best, self.t.keep_last)
         log.debug("checkpoint at step %d written in %.3f s", self.step, time.perf_counter() - started)
+
+
+def ordered(metrics: dict[str, float]) -> dict[str, float]:
+    """The loss first, then the task's own metrics (classification: loss, acc, as always)."""
+    return {"loss": metrics["loss"], **{k: v for k, v in metrics.items() if k != "loss"}}
 
 
 def model_mismatch(saved_cfg: dict[str, Any] | None, cfg: dict[str, Any], error: Exception) -> str:
