@@ -137,7 +137,7 @@ def _check_data(cfg: Any, meta: dict[str, Any], result: Result) -> None:
 
     try:
         typed = validate(cfg)
-        now_sha = build_data(typed["data"], typed["seed"]).info.get("sha256")
+        now_sha = build_data(typed["data"], typed["seed"], task=typed["task"].name).info.get("sha256")
     except ConfigError as e:
         raise ConfigError(f"the run's data cannot be read any more: {str(e).splitlines()[0]}") from None
     if now_sha != recorded:

@@ -53,6 +53,7 @@ E2E = {
         "sigterm_to_reproduce_ends_its_rerun_and_removes_the_worktree")),
     "test_runs::test_runs_counts_only_the_time_a_real_resumed_run_trained",
     "test_runs::test_a_sigkilled_run_is_crashed_not_running", "test_signals", "test_sweep", "test_switches",
+    "test_task_runs",
     "test_tensorboard",
 }
 

@@ -98,7 +98,8 @@ def export(run_dir: str | Path, checkpoint: str = "best", fmt: str = "exported",
     example = example_batch(run)
     info = {"format": fmt, "checkpoint": run.label, "checkpoint_file": str(run.checkpoint),
             "step": run.saved.step, "epoch": run.saved.epoch,
-            "input": f"float32 (N, {', '.join(map(str, run.input_shape))}) in [0, 1]; normalized inside",
+            "input": f"float32 (N, {', '.join(map(str, run.input_shape))}) "
+                     f"{'as the table holds them' if len(run.input_shape) == 1 else 'in [0, 1]'}; normalized inside",
             "output": output_words(run), "task": run.task.name, "input_shape": list(run.input_shape),
             **({"targets": run.task.names} if run.task.name in ("regression", "multilabel") else {}),
             **({"thresholds": run.task.threshold.tolist()} if run.task.name == "multilabel" else {}),

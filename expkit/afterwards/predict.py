@@ -66,8 +66,10 @@ def table_rows(run: RunModel, paths: list[Path]) -> tuple[Any, list[tuple[str, i
     import torch
 
     from expkit.data.tables import _number
+    from expkit.run.folder import RunDir
 
-    features = list((run.facts.get("columns") or {}).get("features") or [])
+    columns = run.facts.get("columns") or (RunDir(run.path).meta_or_empty().get("data") or {}).get("columns") or {}
+    features = list(columns.get("features") or []) if isinstance(columns, dict) else []
     width = run.input_shape[0]
     xs, where = [], []
     for path in paths:

@@ -45,7 +45,7 @@ def steps_per_epoch_of(typed) -> int:
 
     from expkit.data import build_data
 
-    data = build_data(typed["data"], typed["seed"])
+    data = build_data(typed["data"], typed["seed"], task=typed["task"].name)
     return max(1, math.ceil(data.info["sizes"]["train"] / typed["data"].batch_size))
 
 

@@ -196,8 +196,11 @@ class Trainer:
         self.main = dist.is_main()
         self.raw_model = unwrap(model)
         self.task = build_task(cfg, data)
-        # The task's main validation metric (val/acc, val/rmse, ...): best/<it> in metrics.json.
-        self.main_metric = main_metric(self.task.name)
+        es = self.t.early_stop
+        self.early_stop = EarlyStop(resolve_monitor(cfg), es.patience, es.min_delta)
+        # The task's main validation metric (val/acc, val/rmse, ...): best/<it> in metrics.json. An
+        # own task's is the one it is monitored by (sweep.metric: one of its own metrics, say).
+        self.main_metric = self.early_stop.monitor if self.task.name == "python" else main_metric(self.task.name)
         self.main_higher = not lower_is_better(self.main_metric)
         precision = self.t.precision
         self.autocast_dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
@@ -208,8 +211,6 @@ class Trainer:
         self.epoch, self.batch, self.step = 0, 0, 0
         # The best value of the main metric so far (the checkpoint's field keeps its first name).
         self.best_acc = -math.inf if self.main_higher else math.inf
-        es = self.t.early_stop
-        self.early_stop = EarlyStop(resolve_monitor(cfg), es.patience, es.min_delta)
         self.last_metrics: dict[str, float] = {}
         self.stop_signal: str | None = None  # set by the signal handler in app.py
         # The weights whose gradient and weight norms are logged (matrices and kernels); the
@@ -388,6 +389,11 @@ class Trainer:
     def evaluate_and_record(self, epoch: int, collect_errors: int = 0) -> bool:
         metrics, self.errors = self.evaluate(self.data.val, collect_errors)
         val = {f"val/{k}": v for k, v in ordered(metrics).items()}
+        if self.early_stop.monitor not in val:  # an own task's metrics are known once it has scored
+            from expkit.errors import ConfigError
+
+            raise ConfigError(f"sweep.metric (or trainer.early_stop.monitor): value {self.early_stop.monitor!r} is not "
+                              f"a metric of this task; its metrics: {', '.join(val)}.")
         self.schedule.step_eval(val)
         # A non-finite loss never makes a checkpoint the best one.
         improved = self.early_stop.update(val, epoch) and math.isfinite(val["val/loss"])
@@ -594,7 +600,8 @@ class Trainer:
             data={"name": self.data.info.get("name"), "classes": list(self.data.classes),
                   "input_shape": list(self.data.input_shape), "mean": list(self.data.mean),
                   "std": list(self.data.std),
-                  **(self.data.targets.record() if self.data.targets is not None else {})},
+                  **(self.data.targets.record() if self.data.targets is not None else {}),
+                  **({"columns": self.data.info["columns"]} if "columns" in self.data.info else {})},
             warned_vanishing=self.warned_vanishing, warned_exploding=self.warned_exploding,
             train_tally=self.tally.state_dict() if self.batch else None,
             rng=rng_state(), world_size=dist.world_size(),
