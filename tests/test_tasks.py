@@ -279,3 +279,25 @@ def test_nan_r2_of_a_constant_target_is_not_a_number_not_a_crash():
     scorer.add(torch.zeros(4, 1), torch.zeros(4, 1))
     assert math.isnan(scorer.result()["r2"])
     assert np.isfinite(scorer.result()["rmse"])
+
+
+def test_torchvision_models_take_kwargs_and_adapt_an_imagenet_stem_to_small_images(caplog):
+    from types import SimpleNamespace
+
+    from expkit.models.tv import build_torchvision
+
+    def build(small_input, **kwargs):
+        return build_torchvision(SimpleNamespace(name="resnet18", kwargs=kwargs, small_input=small_input), None,
+                                 (3, 32, 32), 10)
+
+    with caplog.at_level("WARNING", logger="expkit"):
+        kept = build("warn")
+    assert kept.conv1.stride == (2, 2) and "model.small_input=adapt" in caplog.text
+    adapted = build("adapt")
+    assert adapted.conv1.kernel_size == (3, 3) and isinstance(adapted.maxpool, torch.nn.Identity)
+    assert adapted(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ConfigError) as e:
+        build("keep", nope=1)
+    assert "model.kwargs" in str(e.value) and "nope" in str(e.value)
+    assert build_torchvision(SimpleNamespace(name="mobilenet_v3_small", kwargs={"dropout": 0.1}, small_input="keep"),
+                             None, (3, 32, 32), 4)(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
