@@ -113,7 +113,7 @@ def table(res: dict) -> list[str]:
         f"| defaults | {ms['defaults']:.2f} | 1 |",
     ]
     for name, r in res["ratios"].items():
-        q = statistics.quantiles(r["wall"], n=4)
+        q = statistics.quantiles(r["wall"], n=4) if len(r["wall"]) > 1 else r["wall"] * 3
         lines.append(f"| {name} | {ms[name]:.2f} | {statistics.median(r['wall']):.3f} ({q[0]:.3f}-{q[2]:.3f}) |")
     s = res["syncs"]
     lines += ["", f"Host syncs in one epoch at defaults: {s['per_log_step']:g} per log step ({s['log_steps']} log "
