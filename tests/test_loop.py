@@ -225,12 +225,12 @@ class HostCopies(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-SWITCHES = {"default": ["trainer.tensorboard=true"], "clip": ["reg.grad_clip=1.0"], "bf16": ["trainer.precision=bf16"],
+SWITCHES = {"default": ["trainer.tensorboard=true"], "bf16": ["trainer.precision=bf16", "reg.grad_clip=1.0"],
             "ema": ["trainer.ema=0.99"], "accumulate": ["trainer.accumulate=2", "data.batch_size=12",
                                                         "reg.grad_clip=0.5", "reg.grad_clip_mode=value"]}
 
 
-@pytest.mark.parametrize("switches", SWITCHES.values(), ids=SWITCHES.keys())
+@pytest.mark.parametrize("switches", SWITCHES.values(), ids=list(SWITCHES))
 def test_a_step_makes_no_host_sync_and_a_log_step_one(tmp_path, switches):
     trainer = build_trainer(tmp_path / "run", ["data.sample=256", "data.batch_size=24", "trainer.log_every=3",
                                                "trainer.tensorboard=false", *QUIET, *switches])
