@@ -5,7 +5,10 @@
 1. tests: the tests marked gpu (tests/test_gpu.py), four pytest workers on a GPU;
 2. bench: bench/gpu_bench.py, side by side in one process: expkit / plain loop steps/s
    (target >= 0.98), bf16 / fp32, channels_last on / off, compile / eager, and the airbench
-   anchor (expkit's fast path per epoch on CIFAR-10's shapes);
+   anchor (expkit's fast path per epoch on CIFAR-10's shapes); then bench/loop_switches.py:
+   trainer.ema (target >= 0.97), trainer.accumulate=4 at a quarter of the batch, the loop
+   after trainer.profile's trace (>= 0.99), each against expkit's defaults, and the host
+   syncs per step counted (1 on a log step, 0 between: checked on a CPU too);
 3. report: bench/results/gpu.md with the device, torch, CUDA and cuDNN versions, the date,
    the commit, and each check PASS / FAIL / SKIPPED with its figure. A bench row without a
    target passes when it ran and was measured.
@@ -158,8 +161,47 @@ def run_bench(cuda: bool, quick: bool) -> tuple[list[Check], list[str]]:
         traceback.print_exc()
         checks.append(Check("anchor: expkit fast path s/epoch, CIFAR-10 shapes", "FAIL",
                             f"{type(e).__name__}: {str(e)[:300]}"))
+    switch_checks, switch_lines = run_loop_switches(cuda, quick)
     print(f"bench: {time.perf_counter() - started:.0f} s", flush=True)
-    return checks, lines
+    return checks + switch_checks, lines + ["", *switch_lines]
+
+
+# Targets of the loop switches' rows (steps/s against expkit's defaults), judged on a GPU.
+SWITCH_TARGETS = {"ema": 0.97, "accumulate 4": None, "profile done": 0.99}
+
+
+def run_loop_switches(cuda: bool, quick: bool) -> tuple[list[Check], list[str]]:
+    """bench/loop_switches.py on this device: the switches' speed and the host syncs."""
+    from dataclasses import replace
+
+    import loop_switches
+    from logging_cost import CONFIGS
+
+    size, rounds = (32768, 12) if cuda else ((1024, 1) if quick else (2048, 3))
+    try:
+        res = loop_switches.measure(replace(CONFIGS["mlp"], size=size), rounds)
+    except Exception as e:
+        traceback.print_exc()
+        return [Check("loop switches: EMA, accumulation, profile, syncs", "FAIL",
+                      f"{type(e).__name__}: {str(e)[:300]}")], []
+    checks = []
+    for name, target in SWITCH_TARGETS.items():
+        wall = res["ratios"][name]["wall"]
+        median = sorted(wall)[len(wall) // 2]
+        figure = f"{median:.3f} x defaults, steps/s (rounds {min(wall):.3f}-{max(wall):.3f})"
+        if target is None:
+            status = "PASS"
+        elif not cuda:
+            status, figure = "SKIPPED", f"{figure}; target >= {target} is judged on a GPU only"
+        else:
+            status, figure = ("PASS" if median >= target else "FAIL"), f"{figure}; target >= {target}"
+        checks.append(Check(f"loop switches: {name}", status, figure))
+    sy = res["syncs"]
+    ok = sy["per_log_step"] == 1 and sy["between_log_steps"] == 0
+    checks.append(Check("loop: host syncs per step (1 on a log step, 0 between)", "PASS" if ok else "FAIL",
+                        f"{sy['per_log_step']:g} per log step; {sy['between_log_steps']} on the "
+                        f"{sy['other_steps']} steps between"))
+    return checks, loop_switches.table(res)
 
 
 # --------------------------------------------------------------------- report

@@ -19,7 +19,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -222,8 +222,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--freeze-at-exit", action="store_true",
                         help="skip Python's final garbage collection as `expkit` does (gc.freeze), so the "
                              "whole-command comparison can show expkit's own work apart from its faster exit")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="train this many runs one after another in this process, seeds seed, seed + 1, ... "
+                             "(what `expkit train -m seed=...` does with Hydra's basic launcher)")
     args = parser.parse_args(argv)
     c = config_from(args)
+    for job in range(1, args.jobs):
+        train(replace(c, seed=c.seed + job), verbose=not args.json)
     model, timings = train(c, verbose=not args.json)
     if args.save:
         torch.save(model.state_dict(), args.save)

@@ -17,9 +17,13 @@ machine state) before the median is taken. Sections:
              loop (and two more plain loops, the floor), their training epochs taking turns
              in a rotating order for 40 rounds, the finer measure the target is judged on,
              and bench/step_profile.py: expkit's own work per step, piece by piece
+   switches  bench/loop_switches.py: trainer.accumulate=4 (batch / 4) against the one
+             batch, trainer.ema on, after trainer.profile's trace, each against expkit at
+             its defaults, interleaved epochs; and host syncs per step, counted
 2. command   the whole command from the shell, start-up and imports included: wall time
              and peak RSS of `expkit train ...`, `python bench/plain_loop.py`,
-             `python bench/lightning_loop.py`, and `python -c "import torch"` as the floor
+             `python bench/lightning_loop.py`, and `python -c "import torch"` as the floor;
+             a `-m` sweep of 20 tiny jobs against the plain loop training 20 runs in one process
 3. data      bench/data_path.py: an epoch of 60,000 28x28 examples, fast path vs DataLoader
 4. logging   bench/logging_cost.py: expkit's training epochs with logging at defaults and
              off (trainer.tensorboard=false trainer.log_every=10**9), alternating A B B A in
@@ -67,13 +71,15 @@ import ddp_interleaved  # noqa: E402
 import lightning_loop  # noqa: E402
 import logging_cost  # noqa: E402
 import loop_interleaved  # noqa: E402
+import loop_switches  # noqa: E402
 import plain_loop  # noqa: E402
 import scaling  # noqa: E402
 import step_profile  # noqa: E402
 from plain_loop import Config  # noqa: E402
 from scaling import timed_command  # noqa: E402
 
-ALL_SECTIONS = "loop,command,data,logging,ddp,checkpoint,scaling"
+ALL_SECTIONS = "loop,switches,command,data,logging,ddp,checkpoint,scaling"
+SWEEP_JOBS = 20
 QUIET = ["trainer.tensorboard=false", "trainer.checkpoint=false", f"trainer.log_every={10**9}"]
 
 
@@ -270,6 +276,14 @@ def bench_command(c: Config, rounds: int, tmp: Path) -> dict:
                                                                  "--freeze-at-exit"],
         "expkit train": lambda: [str(BIN / "expkit"), "train", *c.expkit_overrides(),
                                  f"hydra.run.dir={tmp}/cmd-{next(counter)}"],
+        # A sweep of SWEEP_JOBS tiny jobs: Hydra runs them one after another in one process, so
+        # the plain contender trains as many runs in one process too.
+        f"expkit train -m ({SWEEP_JOBS} jobs)": lambda: [
+            str(BIN / "expkit"), "train", "-m", *replace(c, size=256, epochs=1).expkit_overrides(),
+            f"seed=range(0,{SWEEP_JOBS})", f"hydra.sweep.dir={tmp}/sweep-{next(counter)}"],
+        f"python bench/plain_loop.py --jobs {SWEEP_JOBS}": lambda: [
+            py, str(HERE / "plain_loop.py"), "--model", c.model, "--size", "256", "--epochs", "1",
+            "--jobs", str(SWEEP_JOBS)],
     }
     if lightning_loop.available():
         for setting in lightning_loop.SETTINGS:
@@ -479,13 +493,33 @@ def summary(results: dict) -> list[str]:
             r = results[key]["ratios"]["wall"]
             add(f"logging ({results[key]['config'].model}): defaults / off, training steps/s, interleaved epochs", r,
                 ">= 0.97", median(r) >= 0.97)
+    if "switches" in results:
+        res = results["switches"]
+        r = res["ratios"]
+        add("accumulation (mlp): trainer.accumulate=4 at batch / 4 / one batch, optimizer steps/s, interleaved",
+            r["accumulate 4"]["wall"], "-", None)
+        add("EMA (mlp): trainer.ema=0.999 / off, steps/s, interleaved", r["ema"]["wall"], ">= 0.97",
+            median(r["ema"]["wall"]) >= 0.97)
+        add("profile (mlp): after trainer.profile=2's trace / off (off: no profiler exists), steps/s, interleaved",
+            r["profile done"]["wall"], ">= 0.99", median(r["profile done"]["wall"]) >= 0.99)
+        sy = res["syncs"]
+        rows.append(("host syncs (mlp, defaults): per log step; on the steps between", f"{sy['per_log_step']:g}; "
+                     f"{sy['between_log_steps']} on {sy['other_steps']} steps", "-", "1; 0",
+                     "yes" if sy["per_log_step"] == 1 and sy["between_log_steps"] == 0 else "**no**"))
     if "command" in results:
         res = results["command"]
         w, plain = res["wall"], res["wall"]["python bench/plain_loop.py"]
         ex = w["expkit train"]
         d = [a - b for a, b in zip(ex, plain, strict=True)]
-        add("whole command: expkit train - plain script, wall s", d, "< 1 s", median(d) < 1, "{:+.2f}",
+        add("whole command: expkit train - plain script, wall s", d, "< 0.5 s", median(d) < 0.5, "{:+.2f}",
             best=min(ex) - min(plain))
+        sweep = w[f"expkit train -m ({SWEEP_JOBS} jobs)"]
+        plain_jobs = w[f"python bench/plain_loop.py --jobs {SWEEP_JOBS}"]
+        add(f"sweep of {SWEEP_JOBS} tiny jobs (-m): expkit / plain loop, wall per job", ratios(sweep, plain_jobs), "-",
+            None, "{:.2f}", best=min(sweep) / min(plain_jobs))
+        d = [(a - b) / SWEEP_JOBS for a, b in zip(sweep, plain_jobs, strict=True)]
+        add(f"sweep of {SWEEP_JOBS} tiny jobs (-m): expkit - plain loop, wall s per job", d, "-", None, "{:+.2f}",
+            best=(min(sweep) - min(plain_jobs)) / SWEEP_JOBS)
         add("whole command: expkit train / plain script, wall", ratios(ex, plain), "-", None, "{:.2f}",
             best=min(ex) / min(plain))
         frozen = w["python bench/plain_loop.py --freeze-at-exit"]
@@ -592,6 +626,13 @@ def main(argv: list[str] | None = None) -> None:
                 key = f"profile_{c.model}"
                 results[key] = step_profile.measure(replace(logging_cost.CONFIGS[c.model], size=c.size))
                 sections.append((f"1. Step profile: {c.model}", step_profile.table(results[key])))
+        if "switches" in only:
+            switch_rounds = 2 if args.quick else 30
+            print(f"1. loop switches, mlp ({switch_rounds} interleaved rounds)", flush=True)
+            results["switches"] = loop_switches.measure(replace(logging_cost.CONFIGS["mlp"], size=mlp.size),
+                                                        switch_rounds)
+            sections.append(("1. Loop switches: accumulation, EMA, profiler, host syncs",
+                             loop_switches.table(results["switches"])))
         if "command" in only:
             print(f"2. whole command ({rounds} rounds)", flush=True)
             results["command"] = bench_command(replace(mlp, size=2048, epochs=2), rounds, Path(tmp))

@@ -51,7 +51,7 @@ E2E = {
         "a_disk_that_fills_during_training_ends_the_run_as_failed",
         "a_file_size_limit_is_named_not_just_file_too_large",
         "sigterm_to_reproduce_ends_its_rerun_and_removes_the_worktree")),
-    "test_runs::test_runs_counts_only_the_time_a_real_resumed_run_trained",
+    "test_loop_runs", "test_runs::test_runs_counts_only_the_time_a_real_resumed_run_trained",
     "test_runs::test_a_sigkilled_run_is_crashed_not_running", "test_signals", "test_sweep", "test_switches",
     "test_task_runs",
     "test_tensorboard",

@@ -32,6 +32,7 @@ def test_without_a_gpu_it_says_so_runs_the_cpu_parts_and_exits_0(tmp_path):
     assert len(rows) >= 10 and all("| SKIPPED | no CUDA GPU" in row for row in rows), rows
     assert "| expkit / plain loop steps/s (fp32) | SKIPPED |" in text  # the target is judged on a GPU only
     assert "| bf16 / fp32 speed-up | PASS |" in text and ", 0 failed," in text
+    assert "| loop: host syncs per step (1 on a log step, 0 between) | PASS |" in text
 
 
 def test_junit_results_become_checks(tmp_path):

@@ -132,7 +132,8 @@ def first_step_warnings(tmp_path, caplog, overrides) -> str:
     x, y = next(trainer.data.train.iterate())
     with caplog.at_level(logging.WARNING, logger="expkit"):
         loss, _ = trainer.train_step(x, y)
-        trainer.log_gradients(float(loss.detach()))
+        names, norms = trainer.gradient_norms()
+        trainer.log_gradients(names, norms.tolist(), float(loss.detach()))
     trainer.writer.close()
     return caplog.text
 

@@ -205,7 +205,8 @@ def test_gradient_norms_name_the_right_layers_when_one_is_frozen(tmp_path):
     dict(trainer.raw_model.named_parameters())[frozen].requires_grad_(False)
     x, y = next(trainer.data.train.iterate())
     trainer.train_step(x, y)
-    trainer.log_gradients()
+    names, norms = trainer.gradient_norms()
+    trainer.log_gradients(names, norms.tolist())
     params = dict(trainer.raw_model.named_parameters())
     trainer.writer.close()
 

@@ -197,7 +197,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
     facts = data_facts(path, saved_state, validate(saved) if overrides else typed)
     model = build_model_for(typed, facts["input_shape"], int(facts.get("outputs") or len(facts["classes"])))
     try:
-        model.load_state_dict(saved_state.model)
+        model.load_state_dict(saved_state.weights)  # the EMA's where the run kept one
     except RuntimeError as e:
         reason = model_mismatch(saved_state.config, typed.plain, e)
         raise ConfigError(f"checkpoint {file} does not fit this run's model: {reason}") from None

@@ -76,6 +76,8 @@ SAFE_KEYS = {
     "trainer.progress", "trainer.verbose", "trainer.keep_last", "trainer.checkpoint", "trainer.histogram_every",
     "trainer.max_steps", "trainer.num_threads", "trainer.graph", "trainer.tensorboard", "data.num_workers",
     "trainer.test_at_end", "trainer.early_stop.patience", "trainer.early_stop.min_delta",
+    # the same weights either way (compile), or only what is measured and logged
+    "trainer.compile", "trainer.profile", "trainer.weight_norm_every",
 }
 NOT_TRAINING = SAFE_KEYS | {"name", "trainer.accelerator", "trainer.untracked_max_kb", "sweep.resume",
                             "sweep.metric", "data.root"}  # data.root: the same data moved is the same data

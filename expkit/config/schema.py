@@ -342,7 +342,18 @@ class TrainerConfig:
     histogram_every: int = key(0, "weight/gradient histograms every N epochs; 0 = off", check=ge(0))
     tensorboard: bool = key(True, "write TensorBoard events (false: train.log and metrics.json only)")
     graph: bool = key(True, "write the model graph to TensorBoard once")
-    compile: bool = key(False, "torch.compile the model")
+    compile: bool = key(False, "torch.compile the model (checkpoints are the same either way; a resume may switch it)")
+    accumulate: int = key(1, "micro-batches per optimizer step (gradient accumulation); steps, schedules, log_every "
+                             "and max_steps count optimizer steps", check=ge(1))
+    ema: float | None = key(None, "decay of an exponential moving average of the weights, e.g. 0.999; validation, "
+                                  "test, best.pt and export use the averaged weights; null = off",
+                            check=Check(lambda v: 0 < v < 1, "a number in (0, 1), e.g. 0.999"))
+    ema_warmup: bool = key(False, "ramp the EMA decay up as min(ema, (1 + step) / (10 + step)), so the average "
+                                  "forgets the first weights quickly")
+    profile: int = key(0, "trace this many training steps with torch.profiler (after a few warm-up steps) into "
+                          "profile/trace.json and log the top operators; 0 = off", check=ge(0))
+    weight_norm_every: int = key(0, "log weight/norm/<layer> at the first log step at least N steps after the last; "
+                                    "0 = at each epoch's last step", check=ge(0))
     channels_last: bool = key(False, "channels-last memory format for image models")
     num_threads: int | None = key(None, "torch CPU threads per process; null = OMP_NUM_THREADS if set, "
                                         "else usable cores / processes", check=ge(1))

@@ -87,15 +87,23 @@ class Checkpoint:
     world_size: int = 1
     config: dict[str, Any] | None = None  # the resolved config that trained these weights
     rng_ranks: list[Any] | None = None  # DDP: every rank's streams
+    ema: dict[str, Any] | None = None  # trainer.ema: the averaged weights, a state_dict like model's
     format: int = FORMAT
     path: Path | None = None  # the file it was read from (not stored)
 
     def to_state(self) -> dict[str, Any]:
         """The plain dict that is written (tensors, numbers, strings, lists, dicts)."""
         state = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
-        if self.rng_ranks is None:
-            del state["rng_ranks"]
+        for optional in ("rng_ranks", "ema"):
+            if state[optional] is None:
+                del state[optional]
         return state
+
+    @property
+    def weights(self) -> dict[str, Any]:
+        """The weights to score, predict and export with: the moving average where the run kept
+        one (trainer.ema), else the trained weights. Resume restores both."""
+        return self.ema if self.ema is not None else self.model
 
     @classmethod
     def from_state(cls, state: Any, path: Path) -> Checkpoint:
@@ -116,7 +124,25 @@ class Checkpoint:
             loss_sum, correct, count = state["train_sums"]
             values["train_tally"] = {"terms": [loss_sum], "correct": correct, "count": count}
         values.setdefault("format", 0)
+        values["model"] = plain_keys(values["model"])
+        if values.get("ema") is not None:
+            values["ema"] = plain_keys(values["ema"])
         return cls(**values, path=path)
+
+
+# What torch.compile's and DDP's wrappers put before a module's own keys.
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def plain_keys(weights: Any) -> Any:
+    """A state_dict with the wrappers' prefixes taken off, so the weights of a compiled (or
+    DDP-wrapped) model saved by other code load into the plain module; expkit writes plain keys."""
+    if not isinstance(weights, dict) or not weights:
+        return weights
+    for prefix in WRAPPER_PREFIXES:
+        if all(isinstance(k, str) and k.startswith(prefix) for k in weights):
+            weights = {k[len(prefix):]: v for k, v in weights.items()}
+    return weights
 
 
 

@@ -11,6 +11,7 @@ and its status. Everything that writes a run's record goes through here.
     metrics.json  the last evaluation's metrics, the best, the test split's
     checkpoints/  run/checkpoint.py's files
     eval/ export/ what `expkit eval` and `expkit export` write
+    profile/      trace.json: trainer.profile's torch.profiler trace (Perfetto, chrome://tracing)
     reproduce.json  `expkit reproduce`'s report
     .lock         names the process that holds the folder (FolderLock)
 """
@@ -152,6 +153,8 @@ class RunDir:
     checkpoints = _inside(CHECKPOINTS)
     eval_dir = _inside("eval")
     export_dir = _inside("export")
+    profile_dir = _inside("profile")
+    profile_trace = _inside("profile", "trace.json")
     reproduce_report = _inside("reproduce.json")
     lock = _inside(".lock")
 
@@ -162,7 +165,7 @@ class RunDir:
         from expkit.errors import ConfigError
 
         paths = [getattr(self, name) for name, value in vars(RunDir).items() if isinstance(value, property)]
-        for folder in (self.checkpoints, self.eval_dir, self.export_dir, self.hydra_dir):
+        for folder in (self.checkpoints, self.eval_dir, self.export_dir, self.hydra_dir, self.profile_dir):
             if folder.is_dir() and not folder.is_symlink():
                 paths += list(folder.iterdir())
         for path in paths:

@@ -7,6 +7,7 @@ from (`expkit reproduce` does), except other run folders, which are outputs, not
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import platform
@@ -126,6 +127,13 @@ def untracked_files(repo_root: str | os.PathLike, names: list[str], cap_bytes: i
 
 def packages() -> dict[str, str]:
     """Every installed distribution -> its version (importlib.metadata), sorted by name."""
+    return dict(_packages())
+
+
+@functools.lru_cache(maxsize=1)
+def _packages() -> dict[str, str]:
+    # Read once per process: a sweep's jobs share it (every distribution's metadata costs a
+    # quarter of a second to read, and nothing installs packages under a running sweep).
     import importlib.metadata
 
     found: dict[str, str] = {}

@@ -61,7 +61,7 @@ def build(typed: RunConfig, run_dir: Path, resume: Checkpoint | None = None):
     if t.channels_last and len(data.input_shape) == 3:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optim(model, typed["optim"])
-    schedule = Schedule(optimizer, typed["sched"], t.epochs, len(data.train))
+    schedule = Schedule(optimizer, typed["sched"], t.epochs, -(-len(data.train) // t.accumulate))  # optimizer steps
     if dist.initialized():  # torchrun with one process too: the same DDP path as with many
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if t.compile:

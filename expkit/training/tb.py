@@ -9,6 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Writer.graph's traces in this process: (model class, printed module tree, input) -> graph.
+TRACED_GRAPHS: dict[tuple, Any] = {}
+
 
 class NullWriter:
     def __getattr__(self, name: str):
@@ -117,7 +120,15 @@ class Writer:
         self.w.add_text(tag, "    " + text.replace("\n", "\n    "), step)
 
     def graph(self, model, example) -> None:
-        self.w.add_graph(model, example)
+        from torch.utils.tensorboard._pytorch_graph import graph as trace
+
+        # A sweep's jobs mostly train the same architecture: trace it once per process (a
+        # trace costs a tenth of a second or more). The key is the module tree as printed,
+        # which names every layer and its shape, and the input's shape and type.
+        key = (type(model), repr(model), tuple(example.shape), str(example.dtype), str(example.device))
+        if key not in TRACED_GRAPHS:
+            TRACED_GRAPHS[key] = trace(model, example)
+        self.w._get_file_writer().add_graph(TRACED_GRAPHS[key])
 
     def hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
         from torch.utils.tensorboard.summary import hparams as hparams_summary

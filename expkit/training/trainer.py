@@ -4,9 +4,11 @@
       before_fit()                    graph, data grids, text: once, rank 0 only
       for each epoch (from a checkpoint's epoch and batch when resuming):
         train_epoch()
-          for each batch: train_step()  forward (autocast) -> loss -> backward -> clip
-                                        -> optimizer -> schedule.step_batch()
+          for each batch: train_step()  forward (autocast) -> loss -> backward; every
+                                        trainer.accumulate batches (and at the epoch's end):
+                                        clip -> optimizer -> schedule.step_batch() -> EMA
           every trainer.log_every steps: log_train()   the loop's only host-device sync
+          trainer.profile: the profiler's step
           a stop signal: checkpoint mid-epoch, raise Interrupted
         schedule.step_epoch()
         every trainer.eval_every epochs and after the last: evaluate() -> schedule.step_eval()
@@ -44,6 +46,7 @@ from expkit.tasks import build_task
 from expkit.tasks.names import lower_is_better, main_metric
 from expkit.training import dist
 from expkit.training.early_stop import EarlyStop, resolve_monitor
+from expkit.training.ema import EMA
 from expkit.training.logs import Progress
 
 if TYPE_CHECKING:
@@ -107,15 +110,19 @@ class TrainTally:
         self.correct_on_device = correct if self.correct_on_device is None else self.correct_on_device + correct
         self.logits, self.targets = [], []
 
-    def to_host(self) -> None:
+    def to_host(self, extra: torch.Tensor | None = None) -> list[float]:
+        """Reduce what was kept, in one host sync; `extra` (the log step's gradient norms)
+        comes back in the same transfer, as a list."""
         if not self.losses:
-            return
+            return extra.tolist() if extra is not None else []
         if self.logits:
             self.fold()
         with torch.no_grad():
             correct_count = self.correct_on_device if self.accuracy else torch.zeros((), device=self.losses[0].device)
-            values = torch.cat([torch.stack(self.losses).float(), correct_count.float().view(1)])
-        *losses, correct = values.tolist()
+            parts = [torch.stack(self.losses).float(), correct_count.float().view(1)]
+            values = torch.cat(parts + ([extra.float().to(parts[0].device)] if extra is not None else [])).tolist()
+        n = len(self.losses)
+        losses, correct, extras = values[:n], values[n], values[n + 1:]
         for i, loss in enumerate(losses):
             if self.bad_step is None and not math.isfinite(loss):
                 self.bad_step = self.first_step + i
@@ -123,6 +130,7 @@ class TrainTally:
         self.correct += int(correct)
         self.count += sum(self.batch_sizes)
         self.losses, self.batch_sizes, self.correct_on_device = [], [], None
+        return extras
 
     def mean_loss(self) -> float:
         return math.fsum(self.terms) / self.count
@@ -229,14 +237,25 @@ class Trainer:
         self.restored_tally: dict[str, Any] | None = None
         self.saver = checkpoint.BackgroundSaver()
         self.logged_lr: tuple[int, float] | None = None  # (step, value) of the last opt/lr point
+        self.weights_logged_at: int | None = None  # the step of the last weight/norm points
+        self.micro = 0  # micro-batches of the optimizer step in progress (trainer.accumulate)
+        self.ema = EMA(self.raw_model, self.t.ema, self.t.ema_warmup) if self.t.ema is not None else None
+        self.profiler = None  # trainer.profile's StepProfiler while it traces
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, float]:
+        if self.t.profile and self.main:
+            from expkit.training.profile import StepProfiler
+
+            self.profiler = StepProfiler(self.t.profile, self.rundir.profile_trace, self.device)
         try:
             self.train_epochs()
         except BaseException:
             self.finish_saving(raising=True)
             raise
+        finally:
+            if self.profiler is not None:  # a run shorter than the trace: what was traced
+                self.profiler = self.profiler.stop()
         self.finish_saving()
         return self.after_fit()
 
@@ -277,7 +296,8 @@ class Trainer:
         loader = self.data.train
         loader.sampler.set_epoch(epoch)
         progress = Progress(self.t.progress, self.main)
-        progress.start(f"epoch {epoch + 1}/{self.t.epochs}", len(loader), start_batch)
+        n = self.t.accumulate  # the progress bar counts optimizer steps
+        progress.start(f"epoch {epoch + 1}/{self.t.epochs}", -(-len(loader) // n), -(-start_batch // n))
         # A run resumed mid-epoch starts from the interrupted run's tally, so its next
         # train/loss point averages the same batches as an uninterrupted run's.
         self.tally = tally = self.new_tally(self.restored_tally)
@@ -286,12 +306,21 @@ class Trainer:
         last_line = started
         for batch, (x, y) in enumerate(loader.iterate(start_batch), start=start_batch):
             x, y = self.to_device(x, y)
-            self.log_grads_next = self.main and ((self.step + 1) % self.t.log_every == 0 or batch + 1 == len(loader))
-            self.log_lr()
-            loss, logits = self.train_step(x, y)
+            # trainer.accumulate: an optimizer step after every n micro-batches and after the
+            # epoch's last one (a smaller group), so checkpoints and stops fall between steps.
+            group, stepping = min(n, len(loader) - batch // n * n), (batch + 1) % n == 0 or batch + 1 == len(loader)
+            if stepping:
+                self.log_grads_next = self.main and ((self.step + 1) % self.t.log_every == 0
+                                                     or batch + 1 == len(loader))
+                self.log_lr()
+            loss, logits = self.train_step(x, y, group, stepping)
             tally.add(self.step, loss.detach(), logits.detach(), y)
             samples += y.shape[0]
             self.batch = batch + 1
+            if not stepping:
+                continue
+            if self.profiler is not None:
+                self.profiler = self.profiler.step()
             if self.step % self.t.log_every == 0 or self.batch == len(loader):
                 speed = samples / max(time.perf_counter() - started, 1e-9)
                 stats = f"{self.log_train(tally)} {speed:,.0f}/s"
@@ -331,16 +360,24 @@ class Trainer:
         self.writer.scalar("opt/lr", lr, step)
         self.logged_lr = (step, lr)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            logits = self.model(x)
-            loss = self.task.loss(logits, y)
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, group: int = 1,
+                   stepping: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """One micro-batch's forward and backward; the optimizer step when `stepping` (the
+        last of a `group` of micro-batches whose gradients add up, each loss / group)."""
+        if self.micro == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+        with self.no_sync(not stepping):
+            with self.autocast():
+                logits = self.model(x)
+                loss = self.task.loss(logits, y)
+            scaled = loss if group == 1 else loss / group
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        if not stepping:
+            self.micro += 1
+            return loss, logits
+        self.micro = 0
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
-        else:
-            loss.backward()
         if self.log_grads_next and self.reg.grad_clip is not None:
             self.grads_before_clip = self.grad_norms()  # grad/norm shows what clipping is about to hide
         self.clip_gradients()
@@ -351,9 +388,22 @@ class Trainer:
             self.optimizer.step()
         self.schedule.step_batch()
         self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.step)
         if CRASH_AT and (dist.rank(), self.step) == CRASH_AT:
             raise RuntimeError(f"injected crash on rank {dist.rank()} at step {self.step} (EXPKIT_TEST_CRASH)")
         return loss, logits
+
+    def no_sync(self, skip: bool):
+        """DDP: no gradient all-reduce on the micro-batches before an optimizer step."""
+        ddp = getattr(self.model, "_orig_mod", self.model)
+        if skip and isinstance(ddp, nn.parallel.DistributedDataParallel):
+            return ddp.no_sync()
+        return nullcontext()
+
+    def scoring(self):
+        """The weights validation and test score: the EMA's where trainer.ema is on."""
+        return self.ema.applied() if self.ema is not None else nullcontext()
 
     def clip_gradients(self) -> None:
         if self.reg.grad_clip is None:
@@ -386,8 +436,20 @@ class Trainer:
         self.model.train()
         return metrics, errors
 
+    def evaluate_val(self, collect_errors: int = 0) -> dict[str, float]:
+        """The validation split scored with the EMA weights where trainer.ema is on, and then
+        also with the trained weights (raw/val/*, the curves to compare the average with)."""
+        if self.ema is not None:
+            raw, _ = self.evaluate(self.data.val)
+            raw_val = {f"raw/val/{k}": v for k, v in raw.items()}
+            self.last_metrics.update(raw_val)
+            self.writer.scalars(raw_val, self.step)
+        with self.scoring():
+            metrics, self.errors = self.evaluate(self.data.val, collect_errors)
+        return metrics
+
     def evaluate_and_record(self, epoch: int, collect_errors: int = 0) -> bool:
-        metrics, self.errors = self.evaluate(self.data.val, collect_errors)
+        metrics = self.evaluate_val(collect_errors)
         val = {f"val/{k}": v for k, v in ordered(metrics).items()}
         if self.early_stop.monitor not in val:  # an own task's metrics are known once it has scored
             from expkit.errors import ConfigError
@@ -412,7 +474,8 @@ class Trainer:
 
     # --------------------------------------------------------------- logging
     def log_train(self, tally: TrainTally) -> str:
-        tally.to_host()
+        gradients = self.gradient_norms() if self.main else None
+        norms = tally.to_host(gradients[1] if gradients else None)  # the log step's one host sync
         if tally.bad_step is not None:
             raise NonFiniteLoss(tally.bad_step)
         if tally.count == 0:
@@ -421,42 +484,55 @@ class Trainer:
         train = {"train/loss": loss} | ({"train/acc": tally.correct / tally.count} if tally.accuracy else {})
         self.last_metrics.update(train)
         self.writer.scalars(train, self.step)
-        if self.main:
-            self.log_gradients(loss)
+        if gradients:
+            self.log_gradients(gradients[0], norms, loss)
         lr = self.optimizer.param_groups[0]["lr"]
         acc = f" train/acc {train['train/acc']:.3f}" if tally.accuracy else ""
         return f"train/loss {loss:.4f}{acc} lr {lr:.3g}"
 
     def grad_norms(self, with_weights: bool = False) -> tuple[list[str], torch.Tensor]:
         """Each weight's gradient norm (then, `with_weights`, each weight's norm), as one tensor
-        on the device (no host sync)."""
+        on the device (no host sync): one foreach call over every layer."""
         weights = [(n, p) for n, p in self.weights if p.grad is not None]  # frozen layers have none
         if not weights:
             return [], torch.zeros(0)
         tensors = [p.grad for _, p in weights] + ([p.detach() for _, p in weights] if with_weights else [])
         return [n for n, _ in weights], torch.stack(torch._foreach_norm(tensors)).float()
 
-    def log_gradients(self, loss: float | None = None) -> None:
+    def weight_norms_due(self) -> bool:
+        """weight/norm/<layer> on its own, slower schedule (trainer.weight_norm_every): weights
+        move slowly, and their norms cost a pass over every weight."""
+        every, last = self.t.weight_norm_every, self.weights_logged_at
+        due = last is None or (self.batch == len(self.data.train) if every == 0 else self.step - last >= every)
+        if due:
+            self.weights_logged_at = self.step
+        return due
+
+    def gradient_norms(self) -> tuple[list[str], torch.Tensor] | None:
+        """A log step's norms on the device, for log_train's one transfer: per-layer gradient
+        norms before clipping, after it (with reg.grad_clip), then the weights' when due."""
+        before, self.grads_before_clip = self.grads_before_clip, None
+        names, norms_now = self.grad_norms(with_weights=self.weight_norms_due())
+        if not names:
+            return None
+        if before is not None and before[0] != names:
+            before = None
+        pre = before[1].to(norms_now.device) if before is not None else norms_now[:len(names)]
+        return names, torch.cat([pre, norms_now])
+
+    def log_gradients(self, names: list[str], norms: list[float], loss: float | None = None) -> None:
         """Global and per-layer gradient norms before clipping (grad/norm, grad/norm/<layer>),
         the global norm after it (grad/norm_clipped, when reg.grad_clip is on) and weight norms;
         vanishing and exploding gradients show up as curves, and as a warning."""
-        before, self.grads_before_clip = self.grads_before_clip, None
-        names, norms_now = self.grad_norms(with_weights=True)
-        if not names:
-            return
         k = len(names)
-        if before is not None and before[0] != names:
-            before = None
-        pre = before[1].to(norms_now.device) if before is not None else norms_now[:k]
-        # Every norm in one tensor and one .tolist(): a log step costs one host sync, not one per layer.
-        norms = torch.cat([pre, norms_now]).tolist()
         grad_norms, clipped, weight_norms = norms[:k], norms[k:2 * k], norms[2 * k:]
         total = math.sqrt(sum(g * g for g in grad_norms))
         self.writer.scalar("grad/norm", total, self.step)
         if self.reg.grad_clip is not None:
             self.writer.scalar("grad/norm_clipped", math.sqrt(sum(g * g for g in clipped)), self.step)
-        for name, g, w in zip(names, grad_norms, weight_norms, strict=True):
+        for name, g in zip(names, grad_norms, strict=True):
             self.writer.scalar(f"grad/norm/{name}", g, self.step)
+        for name, w in zip(names, weight_norms, strict=False):  # none when not due
             self.writer.scalar(f"weight/norm/{name}", w, self.step)
         self.warn_vanishing(names, grad_norms, loss)
         self.warn_exploding(total)
@@ -528,12 +604,13 @@ class Trainer:
         shown = best_pt.relative_to(self.run_dir)
         dist.barrier()  # rank 0 has written best.pt before any rank reads it
         if not (self.t.checkpoint and best_pt.exists()):
-            test, _ = self.evaluate(self.data.test)
+            with self.scoring():
+                test, _ = self.evaluate(self.data.test)
             scored, step = f"the last weights (trainer.checkpoint=false: no {best_pt.name})", self.step
         else:
             best_state = checkpoint.load_file(best_pt, map_location=self.device)
             last = {k: v.detach().clone() for k, v in self.raw_model.state_dict().items()}
-            self.raw_model.load_state_dict(best_state.model)
+            self.raw_model.load_state_dict(best_state.weights)  # the EMA's where the run kept one
             try:
                 test, _ = self.evaluate(self.data.test)
             finally:
@@ -606,6 +683,7 @@ class Trainer:
             train_tally=self.tally.state_dict() if self.batch else None,
             rng=rng_state(), world_size=dist.world_size(),
             config=self.config_plain,
+            ema=self.ema.state_dict() if self.ema is not None else None,
         )
 
     def load_checkpoint(self, saved: checkpoint.Checkpoint) -> None:
@@ -623,6 +701,8 @@ class Trainer:
         self.early_stop.load_state_dict(saved.early_stop, self.best_acc)
         self.warned_vanishing, self.warned_exploding = saved.warned_vanishing, saved.warned_exploding
         self.restored_tally = saved.train_tally
+        if self.ema is not None:  # a checkpoint of a run without EMA: the average starts from its weights
+            self.ema.load_state_dict(saved.ema if saved.ema is not None else self.raw_model.state_dict())
         # Every rank continues its own streams (dropout masks, augmentation differ per rank).
         ranks, rank = saved.rng_ranks, dist.rank()
         set_rng_state(ranks[rank] if ranks and rank < len(ranks) else saved.rng)
