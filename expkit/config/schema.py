@@ -99,6 +99,14 @@ class DataConfig:
 class FolderDataConfig(DataConfig):
     image_size: int = key(32, "folder data: images are resized to image_size x image_size")
     channels: int = key(3, "folder data: 1 = grayscale, 3 = RGB", (1, 3))
+    cache: bool = key(False, "folder data: decode every image once into a uint8 memory map beside data.root, "
+                             "then batch from it (crop and flip on the training device)")
+    cache_dir: str | None = key(None, "folder data: where data.cache keeps its maps; null = ROOT.expkit-cache "
+                                      "beside data.root")
+    max_memory: int | None = key(None, "folder data: MiB of the cache map one process keeps mapped in memory "
+                                       "before dropping what it read; null = half the machine's RAM", check=ge(1))
+    prefetch: int = key(2, "folder data: batches loaded ahead (DataLoader prefetch_factor per worker; "
+                           "the cache's reader thread)", check=ge(1))
 
 
 @dataclass

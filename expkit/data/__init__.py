@@ -22,8 +22,10 @@ import torch
 
 from expkit.config.registry import DATASETS
 from expkit.data.loaders import (
+    CacheLoader,
     DataLoaderAdapter,
     EpochSampler,
+    MapDataset,
     TensorDataset,
     TensorLoader,
     random_crop_flip,
@@ -186,13 +188,16 @@ def fingerprint_tensors(splits: dict[str, tuple[torch.Tensor, torch.Tensor]]) ->
     return digest.hexdigest()
 
 
-def fingerprint_files(splits: dict[str, list[tuple[str, int]]], root: str) -> str:
+def fingerprint_files(splits: dict[str, list[tuple[str, int]]], root: str, digest_of=None) -> str:
     """sha256 over the files used, split by split: each one's path below `root`, its label
-    and its bytes."""
+    and its bytes (their SHA-256: `digest_of(path)` where known, else read from the file)."""
     digest = hashlib.sha256()
     for split, samples in splits.items():
         for path, label in samples:
             digest.update(f"{split} {os.path.relpath(path, root)} {label}\n".encode())
+            if digest_of is not None:
+                digest.update(digest_of(path))
+                continue
             with open(path, "rb") as f:
                 digest.update(hashlib.sha256(f.read()).digest())
     return digest.hexdigest()
@@ -221,7 +226,7 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
     training split's own (scoring a run's model on data it did not train on)."""
     source: Source = DATASETS.get(cfg.name)(cfg)
     if source.folder is not None:
-        return _build_folder(cfg, source, seed, rank, world_size, stats)
+        return _build_folder(cfg, source, seed, rank, world_size, stats, device or torch.device("cpu"))
     device = device or torch.device("cpu")
     if source.rows is not None:  # own data (data=python): its splits, read now
         splits, classes, origin = own_splits(cfg, source)
@@ -354,29 +359,55 @@ class _Taken:
 
 
 def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,
-                  stats: tuple[list[float], list[float]] | None) -> Data:
+                  stats: tuple[list[float], list[float]] | None, device: torch.device) -> Data:
+    """Folder data: files decoded by a DataLoader's workers every epoch (the decode path), or
+    with data.cache once into a map that batches are read from (the cache path)."""
     from torchvision import transforms
 
     train_folder, test_folder = source.folder
     size = cfg.image_size
-    base = [transforms.Resize((size, size))]
-    if cfg.channels == 1:
-        base.append(transforms.Grayscale(1))
-    probe = _with_transform(train_folder, transforms.Compose([*base, transforms.ToTensor()]))
-    picked = split_examples(cfg, len(probe), has_test=test_folder is not None)  # no test/: one carved out
-    train_idx, val_idx, carved = picked.train, picked.val, picked.carved
-    mean, std = stats or _folder_stats(cfg, probe, train_idx)
-    norm = transforms.Normalize(mean, std)
-    aug = [transforms.RandomCrop(size, padding=max(1, size // 8)), transforms.RandomHorizontalFlip()]
-    train_tf = transforms.Compose([*base, *(aug if cfg.augment else []), transforms.ToTensor(), norm])
-    eval_tf = transforms.Compose([*base, transforms.ToTensor(), norm])
-    targets = torch.tensor(probe.targets)
-    subsets = {
-        "train": (torch.utils.data.Subset(_with_transform(train_folder, train_tf),
-                                          train_idx.tolist()), targets[train_idx]),
-        "val": (torch.utils.data.Subset(_with_transform(train_folder, eval_tf),
-                                        val_idx.tolist()), targets[val_idx]),
+    base = [transforms.Resize((size, size)), *([transforms.Grayscale(1)] if cfg.channels == 1 else [])]
+    picked = split_examples(cfg, len(train_folder), has_test=test_folder is not None)  # no test/: one carved out
+    parts = _folder_parts(cfg, source, picked)
+    if cfg.cache:
+        maps = _open_maps(cfg, source, transforms.Compose(base))
+        probe = MapDataset(maps[0], torch.arange(len(train_folder)), torch.tensor(train_folder.targets),
+                           [0.0] * cfg.channels, [1.0] * cfg.channels)
+        mean, std = stats or _folder_stats(cfg, probe, picked.train)
+        loaders = _cache_loaders(cfg, parts, maps, seed, rank, world_size, mean, std, device, source.flip)
+    else:
+        probe = _with_transform(train_folder, transforms.Compose([*base, transforms.ToTensor()]))
+        mean, std = stats or _folder_stats(cfg, probe, picked.train)
+        loaders = _decode_loaders(cfg, parts, base, seed, rank, world_size, mean, std)
+    num_classes = len(source.classes)
+    info = {
+        "name": cfg.name, "location": source.location,
+        "mode": "full" if cfg.sample is None else f"sample {cfg.sample}",
+        "loader": "cache" if cfg.cache else "dataloader",
+        "sizes": {s: len(idx) for s, (_, idx, _) in parts.items()},
+        "class_counts": {s: class_counts(y, num_classes) for s, (_, _, y) in parts.items()},
+        "input_shape": [cfg.channels, size, size], "mean": mean, "std": std,
+        **test_info(cfg, None if "test" not in parts else "official" if test_folder is not None else "carved"),
     }
+    if rank == 0:  # what meta.json records; the other ranks read the same files
+        digest_of = _map_digests(source, maps) if cfg.cache else None
+        # A carved test split is left out, as it always was: recorded fingerprints stay comparable.
+        used = {s: [folder.samples[int(i)] for i in idx] for s, (folder, idx, _) in parts.items()
+                if s != "test" or test_folder is not None}
+        info["sha256"] = fingerprint_files(used, str(Path(train_folder.root).parent), digest_of)
+        info["fingerprint_of"] = "files"
+    for split, counts in info["class_counts"].items():
+        check_labels(cfg.name, split, counts, source.classes)
+    return Data(loaders["train"], loaders["val"], loaders.get("test"), (cfg.channels, size, size),
+                num_classes, source.classes, mean, std, info)
+
+
+def _folder_parts(cfg, source: Source, picked: Indices) -> dict[str, tuple[Any, torch.Tensor, torch.Tensor]]:
+    """split -> (the ImageFolder it reads, its examples' indices there, their labels)."""
+    train_folder, test_folder = source.folder
+    targets = torch.tensor(train_folder.targets)
+    parts = {"train": (train_folder, picked.train, targets[picked.train]),
+             "val": (train_folder, picked.val, targets[picked.val])}
     if test_folder is not None:
         test_targets = torch.tensor(test_folder.targets)
         check_label_range(cfg.name, "test", test_targets, source.classes)
@@ -384,39 +415,78 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,
             raise ConfigError(f"data.root: the test folder's classes {test_folder.classes} differ from the "
                               f"training folder's {source.classes}; use the same class subfolders in both.")
         n_test = picked.test_count(len(test_targets))
-        test_ds = _with_transform(test_folder, eval_tf)
-        subsets["test"] = (torch.utils.data.Subset(test_ds, range(n_test)), test_targets[:n_test])
-    elif carved is not None and len(carved):
-        n_test = picked.test_count(len(carved))
-        subsets["test"] = (torch.utils.data.Subset(_with_transform(train_folder, eval_tf),
-                                                   carved[:n_test].tolist()), targets[carved[:n_test]])
-    num_classes = len(source.classes)
-    plain_train = torch.utils.data.Subset(_with_transform(train_folder, eval_tf),
-                                          train_idx.tolist())
+        parts["test"] = (test_folder, torch.arange(n_test), test_targets[:n_test])
+    elif picked.carved is not None and len(picked.carved):
+        carved = picked.carved[:picked.test_count(len(picked.carved))]
+        parts["test"] = (train_folder, carved, targets[carved])
+    return parts
+
+
+def _sampler(cfg, split: str, n: int, seed: int, rank: int, world_size: int) -> EpochSampler:
+    train = split == "train"
+    return EpochSampler(n, shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train,
+                        batch_size=cfg.batch_size if train else None)
+
+
+def _decode_loaders(cfg, parts, base, seed: int, rank: int, world_size: int, mean, std) -> dict[str, Any]:
+    from torchvision import transforms
+
+    size, norm = cfg.image_size, transforms.Normalize(mean, std)
+    aug = [transforms.RandomCrop(size, padding=max(1, size // 8)), transforms.RandomHorizontalFlip()]
+    train_tf = transforms.Compose([*base, *(aug if cfg.augment else []), transforms.ToTensor(), norm])
+    eval_tf = transforms.Compose([*base, transforms.ToTensor(), norm])
     loaders = {}
-    for split, (ds, _) in subsets.items():
+    for split, (folder, idx, _) in parts.items():
         train = split == "train"
-        sampler = EpochSampler(len(ds), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train,
-                               batch_size=cfg.batch_size if train else None)
-        loaders[split] = DataLoaderAdapter(ds, cfg.batch_size, sampler, cfg.num_workers,
-                                           pin_memory=torch.cuda.is_available(), seed=seed + rank,
-                                           preview_dataset=plain_train if train else None)
-    info = {
-        "name": cfg.name, "location": source.location,
-        "mode": "full" if cfg.sample is None else f"sample {cfg.sample}", "loader": "dataloader",
-        "sizes": {s: len(ds) for s, (ds, _) in subsets.items()},
-        "class_counts": {s: class_counts(y, num_classes) for s, (_, y) in subsets.items()},
-        "input_shape": [cfg.channels, size, size], "mean": mean, "std": std,
-        **test_info(cfg, None if "test" not in subsets else "official" if test_folder is not None else "carved"),
-    }
-    if rank == 0:  # what meta.json records; the other ranks read the same files
-        used = {"train": [probe.samples[int(i)] for i in train_idx], "val": [probe.samples[int(i)] for i in val_idx],
-                **({"test": test_folder.samples[:n_test]} if test_folder is not None else {})}
-        info["sha256"], info["fingerprint_of"] = fingerprint_files(used, str(Path(train_folder.root).parent)), "files"
-    for split, counts in info["class_counts"].items():
-        check_labels(cfg.name, split, counts, source.classes)
-    return Data(loaders["train"], loaders["val"], loaders.get("test"), (cfg.channels, size, size),
-                num_classes, source.classes, mean, std, info)
+        dataset = torch.utils.data.Subset(_with_transform(folder, train_tf if train else eval_tf), idx.tolist())
+        plain = torch.utils.data.Subset(_with_transform(folder, eval_tf), idx.tolist()) if train else None
+        loaders[split] = DataLoaderAdapter(dataset, cfg.batch_size, _sampler(cfg, split, len(idx), seed, rank,
+                                                                             world_size),
+                                           cfg.num_workers, pin_memory=torch.cuda.is_available(), seed=seed + rank,
+                                           preview_dataset=plain, prefetch=cfg.prefetch)
+    return loaders
+
+
+def _open_maps(cfg, source: Source, resize) -> list:
+    """The decoded maps of the train folder and, where there is one, the test folder."""
+    from PIL import Image
+
+    from expkit.data.cache import cache_folder, open_map
+
+    mode = "L" if cfg.channels == 1 else "RGB"
+
+    def decode(file):  # what ImageFolder's loader and the decode path's resize make of it
+        with Image.open(file) as img:
+            return resize(img.convert("RGB")).convert(mode)
+
+    root = Path(cfg.root).expanduser()
+    where = cache_folder(root, cfg.cache_dir)
+    cap = (cfg.max_memory or _ram_mib() // 2) * 2**20
+    return [open_map(folder, root, where, cfg.image_size, cfg.channels, decode, cap)
+            for folder in source.folder if folder is not None]
+
+
+def _ram_mib() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+
+
+def _map_digests(source: Source, maps: list):
+    digests = {}
+    for folder, image_map in zip([f for f in source.folder if f is not None], maps, strict=True):
+        digests.update({path: bytes(d) for (path, _), d in zip(folder.samples, image_map.digests, strict=True)})
+    return digests.__getitem__
+
+
+def _cache_loaders(cfg, parts, maps, seed: int, rank: int, world_size: int, mean, std, device, flip: bool):
+    train_folder = parts["train"][0]
+    loaders = {}
+    for split, (folder, idx, labels) in parts.items():
+        image_map = maps[0] if folder is train_folder else maps[1]
+        augment = flip if cfg.augment and split == "train" else None
+        loaders[split] = CacheLoader(image_map, idx, labels, cfg.batch_size,
+                                     _sampler(cfg, split, len(idx), seed, rank, world_size),
+                                     mean, std, device, cfg.prefetch, augment)
+    return loaders
 
 
 def _folder_stats(cfg, probe, train_idx: torch.Tensor) -> tuple[list[float], list[float]]:

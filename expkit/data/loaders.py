@@ -109,7 +109,7 @@ class DataLoaderAdapter:
     the collated batch, as on the fast path, so both paths match exactly."""
 
     def __init__(self, dataset, batch_size: int, sampler: EpochSampler, num_workers: int,
-                 pin_memory: bool, augment=None, seed: int = 0, preview_dataset=None):
+                 pin_memory: bool, augment=None, seed: int = 0, preview_dataset=None, prefetch: int = 2):
         self.sampler, self.batch_size, self.augment = sampler, batch_size, augment
         # The same examples without random transforms, for looking at the data (image grids)
         # without augmentation and without drawing from the RNG.
@@ -120,6 +120,7 @@ class DataLoaderAdapter:
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
             pin_memory=pin_memory, persistent_workers=num_workers > 0,
+            prefetch_factor=prefetch if num_workers > 0 else None,
             generator=torch.Generator().manual_seed(seed),
         )
 
@@ -142,3 +143,66 @@ class TensorDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.x[i], self.y[i]
+
+
+class CacheLoader:
+    """Batches from a decoded image map (data.cache): the rows of a batch are copied out of
+    the map as uint8 (a reader thread keeps `prefetch` batches ahead), moved to the device,
+    then scaled, normalized and augmented there as one tensor. Scaling and normalizing are
+    torchvision's ToTensor and Normalize on the whole batch, so without augmentation the
+    batches equal the decode path's bit for bit. Augmentation draws from the global torch
+    RNG in the loop's own thread, in batch order, so it is saved with checkpoints and a
+    resumed run draws exactly what the uninterrupted one did."""
+
+    def __init__(self, images, rows: torch.Tensor, labels: torch.Tensor, batch_size: int, sampler: EpochSampler,
+                 mean: list[float], std: list[float], device: torch.device, prefetch: int, flip: bool | None):
+        self.images, self.rows, self.labels = images, rows, labels
+        self.batch_size, self.sampler, self.device, self.prefetch = batch_size, sampler, device, prefetch
+        self.flip = flip  # None: no augmentation
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.preview_dataset = MapDataset(images, rows, labels, mean, std)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def _read(self, picks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(self.images.take(self.rows[picks].numpy()))
+        y = self.labels[picks]
+        if self.device.type == "cuda":
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
+
+    def iterate(self, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        order = self.sampler.indices()
+        starts = range(start_batch * self.batch_size, len(order), self.batch_size)
+        with ThreadPoolExecutor(1) as reader:
+            ahead = [reader.submit(self._read, order[i:i + self.batch_size]) for i in starts[:self.prefetch]]
+            for k in range(len(starts)):
+                if k + self.prefetch < len(starts):
+                    i = starts[k + self.prefetch]
+                    ahead.append(reader.submit(self._read, order[i:i + self.batch_size]))
+                x, y = ahead.pop(0).result()
+                yield self.prepare(x), y.to(self.device, non_blocking=True)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True).float().div_(255).sub_(self.mean).div_(self.std)
+        return x if self.flip is None else random_crop_flip(x, flip=self.flip)
+
+
+class MapDataset(torch.utils.data.Dataset):
+    """Some rows of a decoded image map as normalized float images, one at a time (image
+    grids, statistics)."""
+
+    def __init__(self, images, rows: torch.Tensor, labels: torch.Tensor, mean: list[float], std: list[float]):
+        self.images, self.rows, self.labels = images, rows, labels
+        self.mean, self.std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        x = torch.from_numpy(self.images.take(self.rows[i:i + 1].numpy()))[0]
+        return x.float().div_(255).sub_(self.mean).div_(self.std), self.labels[i]

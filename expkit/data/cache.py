@@ -1,0 +1,185 @@
+"""data.cache: a folder data set decoded once into a uint8 array on disk, memory-mapped by
+every run and every DDP rank that asks for the same images at the same size.
+
+One map per image folder (train/, test/ or the root itself), named by a key over what
+decoding it depends on: each file's path below the data root, its label, size and
+modification time, the image size and the channels. A file that changes gives a new key,
+so the map is rebuilt; maps of older keys of the same folder are removed after it.
+
+Building takes an exclusive flock on the map's lock file, so of two runs that start at
+once one decodes and the other waits and then opens the result. The map is written to a
+temporary file in the cache folder and renamed into place: a map under its final name is
+always complete. Beside it, each file's SHA-256 (read while decoding), so the data's
+fingerprint in meta.json needs no second pass over the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import mmap
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from expkit.errors import ConfigError
+
+log = logging.getLogger("expkit")
+FORMAT = 1  # bump when the map's layout or the decoding changes: old maps are then rebuilt
+SUFFIX = ".expkit-cache"
+CHUNK = 512  # images decoded per write: bounds the memory of a build
+
+
+def cache_folder(root: Path, cache_dir: str | None) -> Path:
+    """Where the maps of the data set at `root` live: data.cache_dir, else ROOT.expkit-cache
+    beside the root (not inside it, where ImageFolder would take it for a class)."""
+    folder = Path(cache_dir).expanduser() if cache_dir else root.parent / f"{root.name}{SUFFIX}"
+    for part in (folder, *folder.parents):
+        if part.is_symlink():
+            raise ConfigError(f"data.cache_dir: {folder} goes through the link {part}; expkit writes its "
+                              "cache only into a real folder. Set data.cache_dir=DIR to another place.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"data.cache_dir: cannot make {folder} ({e.strerror}); set data.cache_dir=DIR to a "
+                          "folder you can write, or data.cache=false.") from None
+    return folder
+
+
+def map_key(samples: list[tuple[str, int]], root: Path, image_size: int, channels: int) -> str:
+    digest = hashlib.sha256(f"expkit-cache {FORMAT} {image_size} {channels}\n".encode())
+    for path, label in samples:
+        st = os.stat(path)
+        digest.update(f"{os.path.relpath(path, root)} {label} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+class ImageMap:
+    """The decoded images of one folder, (N, C, H, W) uint8, read-only and memory-mapped,
+    and each file's SHA-256. `take(rows)` copies those rows out; once more than `max_bytes`
+    have been read the mapping's pages are dropped from this process (they stay in the page
+    cache), so a data set larger than memory trains without the process holding it whole."""
+
+    def __init__(self, path: Path, max_bytes: int):
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(f)
+            offset = f.tell()
+            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.images = np.ndarray(shape, dtype=dtype, buffer=self._mmap, offset=offset)
+        self.digests = np.load(digest_path(path))
+        self.path, self.max_bytes, self._read = path, max_bytes, 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        out = self.images[rows]
+        self._read += out.nbytes
+        if self._read > self.max_bytes:
+            self._mmap.madvise(mmap.MADV_DONTNEED)
+            self._read = 0
+        return out
+
+
+def digest_path(map_path: Path) -> Path:
+    return map_path.with_name(map_path.name.replace(".npy", ".sha256.npy"))
+
+
+def open_map(folder, root: Path, where: Path, image_size: int, channels: int, decode, max_bytes: int) -> ImageMap:
+    """The map of ImageFolder `folder` (built first when missing or stale). `decode(file)`
+    turns an open image file into the PIL image the decode path would make of it."""
+    import fcntl
+
+    name = os.path.relpath(folder.root, root.parent).replace(os.sep, "_").lstrip(".") or "root"
+    stem = f"{name}-{image_size}px-{channels}ch"
+    path = where / f"{stem}-{map_key(folder.samples, root, image_size, channels)}.npy"
+    lock = os.open(where / f"{stem}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run building this map: wait for it
+        for p in (path, digest_path(path)):
+            if p.is_symlink() or (p.exists() and not p.is_file()):
+                raise ConfigError(f"data.cache_dir: {p} is a link or not a file; expkit reads only maps it "
+                                  "wrote. Remove it.")
+        if not path.exists():
+            build_map(folder.samples, path, (channels, image_size, image_size), decode)
+            for old in where.glob(f"{stem}-*.npy"):  # the same folder's maps of older keys
+                if old.name not in (path.name, digest_path(path).name):
+                    old.unlink(missing_ok=True)
+        return ImageMap(path, max_bytes)
+    finally:
+        os.close(lock)  # releases the flock
+
+
+def _decode_one(path: str, decode, shape: tuple[int, int, int]) -> tuple[np.ndarray, bytes]:
+    with open(path, "rb") as f:
+        raw = f.read()
+    pixels = np.asarray(decode(io.BytesIO(raw)), dtype=np.uint8)
+    pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
+    return pixels.transpose(2, 0, 1).reshape(shape), hashlib.sha256(raw).digest()
+
+
+def build_map(samples: list[tuple[str, int]], path: Path, shape: tuple[int, int, int], decode) -> None:
+    """Decode every file into a temporary .npy beside `path`, chunk by chunk with a few
+    threads (PIL decodes without the GIL), then rename both files into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp_digests = path.with_name(f".{path.name}.{os.getpid()}.sha256.tmp")
+    started, n = time.perf_counter(), len(samples)
+    digests = np.empty((n, 32), dtype=np.uint8)
+    progress = _BuildProgress(n, path)
+    try:
+        with open(tmp, "wb") as f, ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (n, *shape)})
+            for start in range(0, n, CHUNK):
+                part = [p for p, _ in samples[start:start + CHUNK]]
+                decoded = list(pool.map(lambda p: _decode_one(p, decode, shape), part))
+                f.write(np.stack([x for x, _ in decoded]).tobytes() if decoded else b"")
+                digests[start:start + len(decoded)] = np.frombuffer(b"".join(d for _, d in decoded),
+                                                                    np.uint8).reshape(-1, 32)
+                progress.advance(len(decoded))
+            f.flush()
+            os.fsync(f.fileno())
+        with open(tmp_digests, "wb") as f:
+            np.save(f, digests)
+        os.replace(tmp_digests, digest_path(path))
+        os.replace(tmp, path)  # last: a map under its final name is complete
+    finally:
+        progress.stop()
+        for p in (tmp, tmp_digests):
+            p.unlink(missing_ok=True)
+    log.info("data.cache: decoded %d images into %s (%.0f MiB) in %.1f s", n, path,
+             path.stat().st_size / 2**20, time.perf_counter() - started)
+
+
+class _BuildProgress:
+    """A progress bar on a terminal; a log line every 10 s otherwise."""
+
+    def __init__(self, total: int, path: Path):
+        self.total, self.done, self.last = total, 0, time.perf_counter()
+        self.bar = None
+        log.info("data.cache: decoding %d images once into %s", total, path.parent)
+        if sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self.bar = Progress(transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("data.cache: decoding", total=total)
+
+    def advance(self, k: int) -> None:
+        self.done += k
+        if self.bar is not None:
+            self.bar.update(self.task, advance=k)
+        elif time.perf_counter() - self.last >= 10:
+            self.last = time.perf_counter()
+            log.info("data.cache: %d of %d images decoded", self.done, self.total)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
