@@ -208,7 +208,7 @@ n = 0
 for x, y in data.train.iterate():
     n += len(x)
 print(json.dumps({"images": n, "peak_rss_mib": status("VmHWM"), "base_mib": base,
-                  "map_mib": data.train.images.images.nbytes / 2**20}))
+                  "map_mib": data.train.images.nbytes / 2**20}))
 """
 
 

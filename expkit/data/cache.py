@@ -60,33 +60,48 @@ def map_key(samples: list[tuple[str, int]], root: Path, image_size: int, channel
 
 
 class ImageMap:
-    """The decoded images of one folder, (N, C, H, W) uint8, read-only and memory-mapped,
-    and each file's SHA-256. `take(rows)` copies those rows out; once more than `max_bytes`
-    have been read the mapping's pages are dropped from this process (they stay in the page
-    cache), so a data set larger than memory trains without the process holding it whole."""
+    """The decoded images of one folder, (N, C, H, W) uint8, and each file's SHA-256.
+    `take(rows)` copies those rows out. A map that fits in `max_bytes` is memory-mapped
+    (read-only: every process on the machine shares the one copy in the page cache); a
+    larger one is read row by row with pread, so this process never holds more of it than
+    the batches it has in hand (the kernel maps pages of a file mapping in large runs and
+    keeps them until the mapping goes, which would grow a process to the map's size)."""
 
     def __init__(self, path: Path, max_bytes: int):
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read_header(f)
-            offset = f.tell()
-            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self.images = np.ndarray(shape, dtype=dtype, buffer=self._mmap, offset=offset)
+            self.shape, _, _ = read_header(f)
+            self.offset = f.tell()
+        self.row_bytes = int(np.prod(self.shape[1:]))
+        self.nbytes = self.row_bytes * self.shape[0]
+        self.mapped = self.nbytes <= max_bytes
         self.digests = np.load(digest_path(path))
-        self.path, self.max_bytes, self._read = path, max_bytes, 0
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        if self.mapped:
+            self._mmap = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
+            self.images = np.ndarray(self.shape, dtype=np.uint8, buffer=self._mmap, offset=self.offset)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return self.shape[0]
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        out = self.images[rows]
-        self._read += out.nbytes
-        if self._read > self.max_bytes:
-            self._mmap.madvise(mmap.MADV_DONTNEED)
-            self._read = 0
+        if self.mapped:
+            return self.images[rows]
+        out = np.empty((len(rows), *self.shape[1:]), dtype=np.uint8)
+        flat = out.reshape(len(rows), -1)
+        for k in np.argsort(rows, kind="stable"):  # in file order: the disk reads ahead
+            got = os.preadv(self._fd, [flat[k]], self.offset + int(rows[k]) * self.row_bytes)
+            if got != self.row_bytes:
+                raise ConfigError(f"data.cache: {self.path} is shorter than its header says; remove it, it is "
+                                  "rebuilt on the next run.")
         return out
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
 
 def digest_path(map_path: Path) -> Path:
@@ -101,7 +116,7 @@ def open_map(folder, root: Path, where: Path, image_size: int, channels: int, de
     name = os.path.relpath(folder.root, root.parent).replace(os.sep, "_").lstrip(".") or "root"
     stem = f"{name}-{image_size}px-{channels}ch"
     path = where / f"{stem}-{map_key(folder.samples, root, image_size, channels)}.npy"
-    lock = os.open(where / f"{stem}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    lock = os.open(where / f"{stem}.build-lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another run building this map: wait for it
         for p in (path, digest_path(path)):
