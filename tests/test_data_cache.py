@@ -188,3 +188,21 @@ def test_augmented_cache_training_resumed_mid_epoch_is_exact(tmp_path):
     a, b = (t.load(r / "checkpoints" / "last.pt", weights_only=True) for r in (runs["straight"], runs["cut"]))
     assert a["step"] == b["step"] > 11
     assert all(t.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_a_cpu_run_with_workers_measures_them_against_none_with_the_same_batches(images, caplog):
+    """The first epoch's first batches are made in the training process, the next ones by the
+    workers; the log says which was faster per batch (no timing asserted: that is the bench's)."""
+    import logging
+
+    cfg = folder_cfg(images, batch_size=2, val_fraction=0.1, test_fraction=0, num_workers=1)  # 36 batches
+    with_workers = build_data(cfg, seed=2)
+    with caplog.at_level(logging.INFO, logger="expkit"):
+        probed = batches(with_workers)
+    assert_same(probed, batches(build_data(folder_cfg(images, batch_size=2, val_fraction=0.1, test_fraction=0,
+                                                      num_workers=0), seed=2)))
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data.num_workers")]
+    assert len(said) == 1 and "ms per training batch with data.num_workers=1 (batches 11-18" in said[0], said
+    caplog.clear()
+    assert_same(batches(with_workers), probed)  # later epochs: the workers alone, measured once
+    assert not [r for r in caplog.records if r.getMessage().startswith("data.num_workers")]

@@ -85,7 +85,8 @@ class DataConfig:
     batch_size: int = key(64, "examples per step on each device (per-device, not global)", check=ge(1))
     val_fraction: float = key(0.1, "share of the training split held out for validation", check=fraction())
     sample: int | None = key(None, "null = full mode; N = sample mode: train on N examples", check=ge(1))
-    num_workers: int = key(0, "DataLoader worker processes (DataLoader path only)", check=ge(0))
+    num_workers: int | None = key(0, "DataLoader worker processes (DataLoader path only); null = one per CPU "
+                                     "core of this process less one, at most 8", check=ge(0))
     augment: bool = key(False, "random crop and horizontal flip on training images")
     download: bool = key(True, "download torchvision data sets that are missing from root")
     split_seed: int = key(0, "seed of the test, train/val splits and the sample (same split every run)")

@@ -269,8 +269,9 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
             loaders[split] = TensorLoader(x, y, cfg.batch_size, sampler, augment if train else None)
         else:
             loaders[split] = DataLoaderAdapter(
-                TensorDataset(x, y), cfg.batch_size, sampler, cfg.num_workers,
-                pin_memory=device.type == "cuda", augment=augment if train else None, seed=seed + rank)
+                TensorDataset(x, y), cfg.batch_size, sampler, worker_count(cfg.num_workers, world_size),
+                pin_memory=device.type == "cuda", augment=augment if train else None, seed=seed + rank,
+                probe_workers=train and device.type == "cpu")
     for split, counts in info["class_counts"].items():
         check_labels(cfg.name, split, counts, classes)
     return Data(loaders["train"], loaders["val"], loaders.get("test"), input_shape,
@@ -378,7 +379,7 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,
     else:
         probe = _with_transform(train_folder, transforms.Compose([*base, transforms.ToTensor()]))
         mean, std = stats or _folder_stats(cfg, probe, picked.train)
-        loaders = _decode_loaders(cfg, parts, base, seed, rank, world_size, mean, std)
+        loaders = _decode_loaders(cfg, parts, base, seed, rank, world_size, mean, std, device)
     num_classes = len(source.classes)
     info = {
         "name": cfg.name, "location": source.location,
@@ -422,13 +423,25 @@ def _folder_parts(cfg, source: Source, picked: Indices) -> dict[str, tuple[Any, 
     return parts
 
 
+def worker_count(num_workers: int | None, world_size: int) -> int:
+    """data.num_workers, null resolved: one worker per CPU core this process may use (the
+    machine's cores shared among the DDP processes on it), less one for the training loop,
+    at most 8 (beyond that, decoding rarely keeps up with the extra start-up and memory)."""
+    if num_workers is not None:
+        return num_workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    return max(0, min(8, per_process - 1))
+
+
 def _sampler(cfg, split: str, n: int, seed: int, rank: int, world_size: int) -> EpochSampler:
     train = split == "train"
     return EpochSampler(n, shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train,
                         batch_size=cfg.batch_size if train else None)
 
 
-def _decode_loaders(cfg, parts, base, seed: int, rank: int, world_size: int, mean, std) -> dict[str, Any]:
+def _decode_loaders(cfg, parts, base, seed: int, rank: int, world_size: int, mean, std,
+                    device: torch.device) -> dict[str, Any]:
     from torchvision import transforms
 
     size, norm = cfg.image_size, transforms.Normalize(mean, std)
@@ -440,10 +453,11 @@ def _decode_loaders(cfg, parts, base, seed: int, rank: int, world_size: int, mea
         train = split == "train"
         dataset = torch.utils.data.Subset(_with_transform(folder, train_tf if train else eval_tf), idx.tolist())
         plain = torch.utils.data.Subset(_with_transform(folder, eval_tf), idx.tolist()) if train else None
-        loaders[split] = DataLoaderAdapter(dataset, cfg.batch_size, _sampler(cfg, split, len(idx), seed, rank,
-                                                                             world_size),
-                                           cfg.num_workers, pin_memory=torch.cuda.is_available(), seed=seed + rank,
-                                           preview_dataset=plain, prefetch=cfg.prefetch)
+        loaders[split] = DataLoaderAdapter(
+            dataset, cfg.batch_size, _sampler(cfg, split, len(idx), seed, rank, world_size),
+            worker_count(cfg.num_workers, world_size), pin_memory=torch.cuda.is_available(), seed=seed + rank,
+            preview_dataset=plain, prefetch=cfg.prefetch,
+            probe_workers=train and device.type == "cpu" and not cfg.augment)  # random crops: not comparable
     return loaders
 
 

@@ -24,6 +24,7 @@ class EpochSampler(torch.utils.data.Sampler):
         self.rank, self.world_size, self.pad = rank, world_size, pad
         self.batch_size = batch_size
         self.epoch = 0
+        self.offset = 0  # a DataLoader iterating it starts this many examples in (DataLoaderAdapter)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -51,7 +52,7 @@ class EpochSampler(torch.utils.data.Sampler):
         return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.indices().tolist())
+        return iter(self.indices()[self.offset:].tolist())
 
     def __len__(self) -> int:
         if self.pad:
@@ -106,11 +107,23 @@ class TensorLoader:
 
 class DataLoaderAdapter:
     """A torch DataLoader with the same interface; augmentation of tensor data happens on
-    the collated batch, as on the fast path, so both paths match exactly."""
+    the collated batch, as on the fast path, so both paths match exactly.
+
+    `probe_workers` (a CPU run with workers over examples without random transforms): the
+    first epoch measures whether the workers help. Its first PROBE batches are made in this
+    process, as num_workers=0 would, and the workers start after them; the time per batch
+    of the loop (training included) over the in-process batches is compared with that over
+    the next PROBE batches from the workers (their start-up left out), and a warning says
+    so when the workers made the run slower. The batches are the same either way."""
+
+    PROBE = 8
 
     def __init__(self, dataset, batch_size: int, sampler: EpochSampler, num_workers: int,
-                 pin_memory: bool, augment=None, seed: int = 0, preview_dataset=None, prefetch: int = 2):
+                 pin_memory: bool, augment=None, seed: int = 0, preview_dataset=None, prefetch: int = 2,
+                 probe_workers: bool = False):
         self.sampler, self.batch_size, self.augment = sampler, batch_size, augment
+        self.dataset, self.num_workers = dataset, num_workers
+        self.probe_workers = probe_workers and num_workers > 0
         # The same examples without random transforms, for looking at the data (image grids)
         # without augmentation and without drawing from the RNG.
         self.preview_dataset = dataset if preview_dataset is None else preview_dataset
@@ -128,10 +141,60 @@ class DataLoaderAdapter:
         return len(self.loader)
 
     def iterate(self, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for i, (x, y) in enumerate(self.loader):
+        batches = self._probed(start_batch) if self._probe_fits(start_batch) else self._drawn(start_batch)
+        for x, y in batches:
+            yield (self.augment(x) if self.augment else x), y
+
+    def _drawn(self, start_batch: int) -> Iterator:
+        for i, batch in enumerate(self.loader):
             # Skipped batches are still drawn so workers' random transforms stay in step.
             if i >= start_batch:
-                yield (self.augment(x) if self.augment else x), y
+                yield batch
+
+    def _probe_fits(self, start_batch: int) -> bool:
+        return self.probe_workers and len(self) - start_batch >= 2 * self.PROBE + 3
+
+    def _probed(self, start_batch: int) -> Iterator:
+        import time
+
+        self.probe_workers = False  # once: the first epoch this loader serves
+        order = self.sampler.indices()
+        asked = []  # when the loop asked for each in-process batch
+        head = start_batch + self.PROBE
+        for k in range(start_batch, head):
+            idx = order[k * self.batch_size:(k + 1) * self.batch_size].tolist()
+            asked.append(time.perf_counter())
+            yield torch.utils.data.default_collate([self.dataset[i] for i in idx])
+        asked.append(time.perf_counter())
+        self.sampler.offset = head * self.batch_size  # the workers start at the batch after those
+        arrived = []  # when each of the workers' batches was in hand
+        try:
+            for batch in self.loader:
+                arrived.append(time.perf_counter())
+                if len(arrived) == self.PROBE + 3:
+                    self._judge(asked, arrived, start_batch)
+                yield batch
+        finally:
+            self.sampler.offset = 0
+
+    def _judge(self, asked: list[float], arrived: list[float], start_batch: int) -> None:
+        import logging
+
+        n = self.PROBE
+        # Loop time per batch (making or waiting for it, and the training step): in-process
+        # batches 2..n, and the workers' batches 3..n+2 (their first ones include start-up).
+        inline = (asked[n] - asked[1]) / (n - 1)
+        workers = (arrived[n + 2] - arrived[2]) / n
+        first = start_batch + 1
+        words = (f"{1000 * workers:.1f} ms per training batch with data.num_workers={self.num_workers} "
+                 f"(batches {first + n + 2}-{first + 2 * n + 1} of this epoch), {1000 * inline:.1f} ms with the "
+                 f"batches made in the training process (batches {first + 1}-{first + n - 1})")
+        log = logging.getLogger("expkit")
+        if workers > 1.05 * inline:
+            log.warning("data.num_workers: value %d makes this CPU run slower than none: %s; set "
+                        "data.num_workers=0 (or, for folder data, data.cache=true)", self.num_workers, words)
+        else:
+            log.info("data.num_workers: %s", words)
 
 
 class TensorDataset(torch.utils.data.Dataset):
