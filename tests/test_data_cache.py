@@ -206,3 +206,12 @@ def test_a_cpu_run_with_workers_measures_them_against_none_with_the_same_batches
     caplog.clear()
     assert_same(batches(with_workers), probed)  # later epochs: the workers alone, measured once
     assert not [r for r in caplog.records if r.getMessage().startswith("data.num_workers")]
+
+
+def test_a_file_cut_off_after_its_header_is_refused_naming_it_and_leaves_no_map(images):
+    broken = images / "train" / "dog" / "3.png"
+    broken.write_bytes(broken.read_bytes()[:60])  # the header reads, the pixels do not
+    with pytest.raises(ConfigError, match=r"data.root: .*dog/3.png could not be decoded"):
+        build_data(folder_cfg(images, cache=True), seed=0)
+    assert not [p for p in (images.parent / "images.expkit-cache").iterdir() if "train" in p.name and
+                not p.name.endswith("-lock")]

@@ -136,7 +136,11 @@ def open_map(folder, root: Path, where: Path, image_size: int, channels: int, de
 def _decode_one(path: str, decode, shape: tuple[int, int, int]) -> tuple[np.ndarray, bytes]:
     with open(path, "rb") as f:
         raw = f.read()
-    pixels = np.asarray(decode(io.BytesIO(raw)), dtype=np.uint8)
+    try:
+        pixels = np.asarray(decode(io.BytesIO(raw)), dtype=np.uint8)
+    except (OSError, ValueError) as e:  # a header that reads, then data that does not (a cut-off file)
+        raise ConfigError(f"data.root: {path} could not be decoded ({' '.join(str(e).split())[:80]}); remove or "
+                          "replace it.") from None
     pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
     return pixels.transpose(2, 0, 1).reshape(shape), hashlib.sha256(raw).digest()
 
