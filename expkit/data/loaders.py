@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 
@@ -229,9 +230,10 @@ class CacheLoader:
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
 
-    def _read(self, picks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(self.images.take(self.rows[picks].numpy()))
-        y = self.labels[picks]
+    def _read(self, picks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        # numpy only on CPU: a torch op in this thread would start a second team of intra-op
+        # threads beside the training step's, more threads than cores.
+        x, y = torch.from_numpy(self.images.take(self._rows[picks])), torch.from_numpy(self._labels[picks])
         if self.device.type == "cuda":
             x, y = x.pin_memory(), y.pin_memory()
         return x, y
@@ -239,7 +241,8 @@ class CacheLoader:
     def iterate(self, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         from concurrent.futures import ThreadPoolExecutor
 
-        order = self.sampler.indices()
+        self._rows, self._labels = self.rows.numpy(), self.labels.numpy()
+        order = self.sampler.indices().numpy()
         starts = range(start_batch * self.batch_size, len(order), self.batch_size)
         with ThreadPoolExecutor(1) as reader:
             ahead = [reader.submit(self._read, order[i:i + self.batch_size]) for i in starts[:self.prefetch]]
