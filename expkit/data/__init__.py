@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from expkit.config.registry import DATASETS
+from expkit.data.cache import below
 from expkit.data.loaders import (
     CacheLoader,
     DataLoaderAdapter,
@@ -194,7 +195,7 @@ def fingerprint_files(splits: dict[str, list[tuple[str, int]]], root: str, diges
     digest = hashlib.sha256()
     for split, samples in splits.items():
         for path, label in samples:
-            digest.update(f"{split} {os.path.relpath(path, root)} {label}\n".encode())
+            digest.update(f"{split} {below(path, root)} {label}\n".encode())
             if digest_of is not None:
                 digest.update(digest_of(path))
                 continue
