@@ -9,12 +9,13 @@ Side by side in one run, on CPU:
    reference), expkit's folder path (decode path) at 0 and 2 workers, expkit with
    data.cache, and expkit's in-memory tensor path on the CIFAR-10 files;
 2. the first epoch's cache build (decoding every file once), for both folders;
-3. the epoch time of a small CNN trained on the cache path and on the tensor path, the two
-   taking turns for --rounds rounds (ratio within each round, median over rounds);
+3. the epoch time of a small MLP (3072-128-10, SGD) trained on the cache path and on the
+   tensor path, without and with crop+flip, the two taking turns for --rounds rounds
+   (ratio within each round, median over rounds; and the ratio of the fastest epochs);
 4. peak RSS of a fresh process that trains one epoch from the cache of the 224x224 folder
    (a map of ~750 MB) with data.max_memory well below it, against the same without a cap.
 
-    python bench/data_scale.py [--data DIR] [--rounds 3] [--images 50000] [--large 5000]
+    python bench/data_scale.py [--data DIR] [--rounds 7] [--images 50000] [--large 5000]
 
 The data sets are written once into --data (default: a folder in the system's temp
 directory) and reused; nothing is written into the repository except
@@ -148,9 +149,11 @@ def loader_throughput(where: dict[str, Path], workers_list: list[int]) -> dict[s
     for w in (0, 2):
         train = expkit_data(where["small"], num_workers=w).train
         out[f"expkit folder (decode path), num_workers={w}"] = epoch_images_per_s(train.iterate())
-    out["expkit folder, data.cache=true"] = epoch_images_per_s(expkit_data(where["small"], cache=True).train.iterate())
-    out["expkit tensor path (CIFAR-10 files, in memory)"] = epoch_images_per_s(
-        expkit_data(where["cifar"], cifar=True).train.iterate())
+    # The two fast ones: the best of 3 epochs, taking turns (an epoch takes a second or less).
+    fast = {"expkit folder, data.cache=true": expkit_data(where["small"], cache=True).train,
+            "expkit tensor path (CIFAR-10 files, in memory)": expkit_data(where["cifar"], cifar=True).train}
+    for name, loader in [*fast.items()] * 3:
+        out[name] = max(out.get(name, 0), epoch_images_per_s(loader.iterate()))
     return out
 
 
@@ -161,16 +164,15 @@ def build_seconds(root: Path, cache_dir: Path) -> float:
     return time.perf_counter() - started
 
 
-def small_cnn() -> torch.nn.Module:
+def small_model() -> torch.nn.Module:
+    """Light on purpose: the less the step costs, the more a loader's own cost shows."""
     torch.manual_seed(0)
     nn = torch.nn
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(32 * 8 * 8, 10))
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
 def train_epoch(loader, epoch: int) -> float:
-    model = small_cnn()
+    model = small_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loader.sampler.set_epoch(epoch)
     started = time.perf_counter()
@@ -246,13 +248,14 @@ def table(res: dict) -> str:
               f"| {n:,} 32x32 PNGs | {res['build_small']:.1f} | {n / res['build_small']:,.0f} |",
               f"| {res['large']:,} 224x224 JPEGs | {res['build_large']:.1f} | "
               f"{res['large'] / res['build_large']:,.0f} |", "",
-              f"## Training epochs: a small CNN, cache path vs in-memory tensor path ({res['rounds']} rounds, "
+              f"## Training epochs: MLP 3072-128-10, cache path vs in-memory tensor path ({res['rounds']} rounds, "
               "taking turns)", "", "| augment | cache s/epoch (median) | tensor s/epoch (median) | "
-              "cache / tensor, per round | median |", "| --- | ---: | ---: | --- | ---: |"]
+              "cache / tensor, per round | median | fastest / fastest |", "| --- | ---: | ---: | --- | ---: | ---: |"]
     for aug, times in res["epochs"].items():
         per_round = [c / t for c, t in zip(times["cache"], times["tensor"], strict=True)]
         lines.append(f"| {aug} | {statistics.median(times['cache']):.2f} | {statistics.median(times['tensor']):.2f} "
-                     f"| {', '.join(f'{r:.3f}' for r in per_round)} | {statistics.median(per_round):.3f} |")
+                     f"| {', '.join(f'{r:.3f}' for r in per_round)} | {statistics.median(per_round):.3f} | "
+                     f"{min(times['cache']) / min(times['tensor']):.3f} |")
     capped, free = res["rss"]
     lines += ["", "## Peak RSS: one epoch from the cache of the 224x224 folder (batch 64)", "",
               "RSS after the imports (torch, torchvision, expkit) is the floor; the map is read whole once per epoch.",
@@ -268,7 +271,7 @@ def table(res: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "expkit-bench-data"))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--images", type=int, default=50000)
     parser.add_argument("--large", type=int, default=5000)
     parser.add_argument("--cap", type=int, default=256, help="data.max_memory (MiB) of the peak RSS run")
