@@ -135,6 +135,8 @@ def open_map(folder, root: Path, where: Path, image_size: int, channels: int, de
             for old in where.glob(f"{stem}-*.npy"):  # the same folder's maps of older keys
                 if old.name not in (path.name, digest_path(path).name):
                     old.unlink(missing_ok=True)
+        else:
+            log.info("data.cache: %d images decoded before, in %s", len(folder.samples), path)
         return ImageMap(path, max_bytes)
     finally:
         os.close(lock)  # releases the flock

@@ -211,10 +211,10 @@ class TensorDataset(torch.utils.data.Dataset):
 
 class CacheLoader:
     """Batches from a decoded image map (data.cache): the rows of a batch are copied out of
-    the map as uint8 (a reader thread keeps `prefetch` batches ahead), moved to the device,
-    then scaled, normalized and augmented there as one tensor. Scaling and normalizing are
-    torchvision's ToTensor and Normalize on the whole batch, so without augmentation the
-    batches equal the decode path's bit for bit. Augmentation draws from the global torch
+    the map as uint8 by a reader thread (`prefetch` batches ahead), scaled and normalized
+    (there on the CPU, on an accelerator after the move), then augmented as one tensor.
+    Scaling and normalizing are torchvision's ToTensor and Normalize arithmetic, so without
+    augmentation the batches equal the decode path's bit for bit. Augmentation draws from the global torch
     RNG in the loop's own thread, in batch order, so it is saved with checkpoints and a
     resumed run draws exactly what the uninterrupted one did."""
 
@@ -226,6 +226,14 @@ class CacheLoader:
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.preview_dataset = MapDataset(images, rows, labels, mean, std)
+        # On the CPU the reader thread looks each byte up in a table of what ToTensor and
+        # Normalize make of it (the same float ops, so the same bits): one pass, off the
+        # training thread. An accelerator gets the bytes (a quarter of the floats) and
+        # computes there.
+        self.table = None
+        if device.type == "cpu":
+            levels = torch.arange(256, dtype=torch.float32).div(255).view(1, -1)
+            self.table = levels.sub(self.mean.view(-1, 1)).div(self.std.view(-1, 1)).numpy()
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
@@ -233,7 +241,13 @@ class CacheLoader:
     def _read(self, picks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         # numpy only on CPU: a torch op in this thread would start a second team of intra-op
         # threads beside the training step's, more threads than cores.
-        x, y = torch.from_numpy(self.images.take(self._rows[picks])), torch.from_numpy(self._labels[picks])
+        pixels = self.images.take(self._rows[picks])
+        if self.table is not None:
+            scaled = np.empty(pixels.shape, dtype=np.float32)
+            for c, table in enumerate(self.table):
+                scaled[:, c] = table[pixels[:, c]]
+            pixels = scaled
+        x, y = torch.from_numpy(pixels), torch.from_numpy(self._labels[picks])
         if self.device.type == "cuda":
             x, y = x.pin_memory(), y.pin_memory()
         return x, y
@@ -254,7 +268,8 @@ class CacheLoader:
                 yield self.prepare(x), y.to(self.device, non_blocking=True)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True).float().div_(255).sub_(self.mean).div_(self.std)
+        if x.dtype == torch.uint8:
+            x = x.to(self.device, non_blocking=True).float().div_(255).sub_(self.mean).div_(self.std)
         return x if self.flip is None else random_crop_flip(x, flip=self.flip)
 
 
