@@ -376,16 +376,16 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,
         probe = MapDataset(maps[0], torch.arange(len(train_folder)), torch.tensor(train_folder.targets),
                            [0.0] * cfg.channels, [1.0] * cfg.channels)
         mean, std = stats or _folder_stats(cfg, probe, picked.train)
-        loaders = _cache_loaders(cfg, parts, maps, seed, rank, world_size, mean, std, device, source.flip)
+        loaders, held = _cache_loaders(cfg, parts, maps, seed, rank, world_size, mean, std, device, source.flip)
     else:
         probe = _with_transform(train_folder, transforms.Compose([*base, transforms.ToTensor()]))
         mean, std = stats or _folder_stats(cfg, probe, picked.train)
-        loaders = _decode_loaders(cfg, parts, base, seed, rank, world_size, mean, std, device)
+        loaders, held = _decode_loaders(cfg, parts, base, seed, rank, world_size, mean, std, device), None
     num_classes = len(source.classes)
     info = {
         "name": cfg.name, "location": source.location,
         "mode": "full" if cfg.sample is None else f"sample {cfg.sample}",
-        "loader": "cache" if cfg.cache else "dataloader",
+        "loader": "cache" if cfg.cache else "dataloader", **({"cache": held} if cfg.cache else {}),
         "sizes": {s: len(idx) for s, (_, idx, _) in parts.items()},
         "class_counts": {s: class_counts(y, num_classes) for s, (_, _, y) in parts.items()},
         "input_shape": [cfg.channels, size, size], "mean": mean, "std": std,
@@ -476,13 +476,9 @@ def _open_maps(cfg, source: Source, resize) -> list:
 
     root = Path(cfg.root).expanduser()
     where = cache_folder(root, cfg.cache_dir)
-    cap = (cfg.max_memory or _ram_mib() // 2) * 2**20
+    cap = memory_cap(cfg, 1)  # a map this size or smaller is memory-mapped, shared by every process
     return [open_map(folder, root, where, cfg.image_size, cfg.channels, decode, cap)
             for folder in source.folder if folder is not None]
-
-
-def _ram_mib() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
 
 
 def _map_digests(source: Source, maps: list):
@@ -493,15 +489,47 @@ def _map_digests(source: Source, maps: list):
 
 
 def _cache_loaders(cfg, parts, maps, seed: int, rank: int, world_size: int, mean, std, device, flip: bool):
+    """Splits whose normalized floats fit in data.max_memory are held in memory and batched
+    as the tensor path does (the same speed); larger ones stream from the map."""
     train_folder = parts["train"][0]
+    floats = sum(len(idx) for _, idx, _ in parts.values()) * 4 * maps[0].row_bytes
+    held = floats <= memory_cap(cfg, world_size)
+    where = device if held and cfg.on_device else torch.device("cpu")
     loaders = {}
     for split, (folder, idx, labels) in parts.items():
         image_map = maps[0] if folder is train_folder else maps[1]
         augment = flip if cfg.augment and split == "train" else None
-        loaders[split] = CacheLoader(image_map, idx, labels, cfg.batch_size,
-                                     _sampler(cfg, split, len(idx), seed, rank, world_size),
-                                     mean, std, device, cfg.prefetch, augment)
-    return loaders
+        sampler = _sampler(cfg, split, len(idx), seed, rank, world_size)
+        if held:
+            x = normalized_rows(image_map, idx, mean, std).to(where)
+            crop_flip = None if augment is None else (lambda x: random_crop_flip(x, flip=flip))
+            loaders[split] = TensorLoader(x, labels.to(where), cfg.batch_size, sampler, crop_flip)
+        else:
+            loaders[split] = CacheLoader(image_map, idx, labels, cfg.batch_size, sampler, mean, std, device,
+                                         cfg.prefetch, augment)
+    how = "in memory" if held else "streamed from the map"
+    log.info("data.cache: %s (normalized floats %.0f MiB, data.max_memory %.0f MiB)", how, floats / 2**20,
+             memory_cap(cfg, world_size) / 2**20)
+    return loaders, how
+
+
+def memory_cap(cfg, world_size: int) -> int:
+    """data.max_memory in bytes; null = half the machine's RAM, shared among the DDP processes
+    on it."""
+    if cfg.max_memory is not None:
+        return cfg.max_memory * 2**20
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2 // local
+
+
+def normalized_rows(image_map, rows: torch.Tensor, mean, std, chunk: int = 4096) -> torch.Tensor:
+    """Rows of a map as ToTensor and Normalize make them (the same float ops, the same bits)."""
+    out = torch.empty((len(rows), *image_map.shape[1:]), dtype=torch.float32)
+    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    for start in range(0, len(rows), chunk):
+        part = torch.from_numpy(image_map.take(rows[start:start + chunk].numpy()))
+        out[start:start + chunk] = part.float().div_(255).sub_(m).div_(s)
+    return out
 
 
 def _folder_stats(cfg, probe, train_idx: torch.Tensor) -> tuple[list[float], list[float]]:
