@@ -104,8 +104,9 @@ class FolderDataConfig(DataConfig):
                              "then batch from it (crop and flip on the training device)")
     cache_dir: str | None = key(None, "folder data: where data.cache keeps its maps; null = ROOT.expkit-cache "
                                       "beside data.root")
-    max_memory: int | None = key(None, "folder data: MiB of the cache map one process keeps mapped in memory "
-                                       "before dropping what it read; null = half the machine's RAM", check=ge(1))
+    max_memory: int | None = key(None, "folder data, data.cache: MiB one process may hold; splits whose floats "
+                                       "fit are kept in memory, a map that fits is memory-mapped, a larger one read "
+                                       "row by row; null = half the RAM", check=ge(1))
     prefetch: int = key(2, "folder data: batches loaded ahead (DataLoader prefetch_factor per worker; "
                            "the cache's reader thread)", check=ge(1))
 
