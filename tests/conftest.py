@@ -33,6 +33,7 @@ E2E = {
     "test_cli", "test_config_reference::test_train_help_shows_the_composed_defaults_per_choice",
     "test_data::test_data_errors_through_the_cli_are_one_message_without_traceback",
     "test_data::test_digits_does_not_import_sklearn_datasets", "test_ddp",
+    "test_data_cache::test_augmented_cache_training_resumed_mid_epoch_is_exact",
     "test_docs::test_page_runs_as_shown", "test_gpu", "test_gpu_check", "test_lessons", "test_notebook",
     "test_own_code::test_cli_and_its_ddp_workers_import_from_the_current_directory", "test_packaging",
     "test_plugin", "test_records", "test_reproduce", "test_resume",

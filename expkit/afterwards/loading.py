@@ -187,6 +187,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
     cfg = apply_overrides(saved, list(overrides))
     typed = validate(cfg)
     typed["data"] = dataclasses.replace(typed["data"], augment=False)  # scoring sees the plain examples
+    if getattr(typed["data"], "cache", False):  # its batches equal the decode path's; builds nowhere a folder names
+        typed["data"] = dataclasses.replace(typed["data"], cache=False)
     label, file = checkpoint_file(path, checkpoint)
     own = file.resolve().parent == RunDir(path).checkpoints.resolve()
     saved_state = read_checkpoint(file, own)

@@ -87,7 +87,8 @@ class DataConfig:
     batch_size: int = key(64, "examples per step on each device (per-device, not global)", check=ge(1))
     val_fraction: float = key(0.1, "share of the training split held out for validation", check=fraction())
     sample: int | None = key(None, "null = full mode; N = sample mode: train on N examples", check=ge(1))
-    num_workers: int = key(0, "DataLoader worker processes (DataLoader path only)", check=ge(0))
+    num_workers: int | None = key(0, "DataLoader worker processes (DataLoader path only); null = one per CPU "
+                                     "core of this process less one, at most 8", check=ge(0))
     augment: bool = key(False, "random crop and horizontal flip on training images")
     download: bool = key(True, "download torchvision data sets that are missing from root")
     split_seed: int = key(0, "seed of the test, train/val splits and the sample (same split every run)")
@@ -101,6 +102,15 @@ class DataConfig:
 class FolderDataConfig(DataConfig):
     image_size: int = key(32, "folder data: images are resized to image_size x image_size")
     channels: int = key(3, "folder data: 1 = grayscale, 3 = RGB", (1, 3))
+    cache: bool = key(False, "folder data: decode every image once into a uint8 memory map beside data.root, "
+                             "then batch from it (crop and flip on the training device)")
+    cache_dir: str | None = key(None, "folder data: where data.cache keeps its maps; null = ROOT.expkit-cache "
+                                      "beside data.root")
+    max_memory: int | None = key(None, "folder data, data.cache: MiB one process may hold; splits whose floats "
+                                       "fit are kept in memory, a map that fits is memory-mapped, a larger one read "
+                                       "row by row; null = half the RAM", check=ge(1))
+    prefetch: int = key(2, "folder data: batches loaded ahead (DataLoader prefetch_factor per worker; "
+                           "the cache's reader thread)", check=ge(1))
 
 
 @dataclass

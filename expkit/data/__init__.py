@@ -21,9 +21,12 @@ from typing import Any
 import torch
 
 from expkit.config.registry import DATASETS
+from expkit.data.cache import below
 from expkit.data.loaders import (
+    CacheLoader,
     DataLoaderAdapter,
     EpochSampler,
+    MapDataset,
     TensorDataset,
     TensorLoader,
     random_crop_flip,
@@ -194,13 +197,16 @@ def fingerprint_tensors(splits: dict[str, tuple[torch.Tensor, torch.Tensor]]) ->
     return digest.hexdigest()
 
 
-def fingerprint_files(splits: dict[str, list[tuple[str, int]]], root: str) -> str:
+def fingerprint_files(splits: dict[str, list[tuple[str, int]]], root: str, digest_of=None) -> str:
     """sha256 over the files used, split by split: each one's path below `root`, its label
-    and its bytes."""
+    and its bytes (their SHA-256: `digest_of(path)` where known, else read from the file)."""
     digest = hashlib.sha256()
     for split, samples in splits.items():
         for path, label in samples:
-            digest.update(f"{split} {os.path.relpath(path, root)} {label}\n".encode())
+            digest.update(f"{split} {below(path, root)} {label}\n".encode())
+            if digest_of is not None:
+                digest.update(digest_of(path))
+                continue
             with open(path, "rb") as f:
                 digest.update(hashlib.sha256(f.read()).digest())
     return digest.hexdigest()
@@ -235,7 +241,7 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
             raise ConfigError(f"task.name: value {task!r} is not allowed with data={cfg.name}: a folder of images "
                               "has one class per subfolder (task=classification); give other targets with "
                               "data=python or data=csv.")
-        return _build_folder(cfg, source, seed, rank, world_size, stats)
+        return _build_folder(cfg, source, seed, rank, world_size, stats, device or torch.device("cpu"))
     device = device or torch.device("cpu")
     if source.rows is not None:  # own data (data=python): its splits, read now
         splits, classes, origin = own_splits(cfg, source, task)
@@ -287,8 +293,9 @@ def build_data(cfg, seed: int, rank: int = 0, world_size: int = 1,
             loaders[split] = TensorLoader(x, y, cfg.batch_size, sampler, augment if train else None)
         else:
             loaders[split] = DataLoaderAdapter(
-                TensorDataset(x, y), cfg.batch_size, sampler, cfg.num_workers,
-                pin_memory=device.type == "cuda", augment=augment if train else None, seed=seed + rank)
+                TensorDataset(x, y), cfg.batch_size, sampler, worker_count(cfg.num_workers, world_size),
+                pin_memory=device.type == "cuda", augment=augment if train else None, seed=seed + rank,
+                probe_workers=train and device.type == "cpu")
     if task == "classification":
         for split, per_class in info["class_counts"].items():
             check_labels(cfg.name, split, per_class, classes)
@@ -389,29 +396,55 @@ class _Taken:
 
 
 def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,
-                  stats: tuple[list[float], list[float]] | None) -> Data:
+                  stats: tuple[list[float], list[float]] | None, device: torch.device) -> Data:
+    """Folder data: files decoded by a DataLoader's workers every epoch (the decode path), or
+    with data.cache once into a map that batches are read from (the cache path)."""
     from torchvision import transforms
 
     train_folder, test_folder = source.folder
     size = cfg.image_size
-    base = [transforms.Resize((size, size))]
-    if cfg.channels == 1:
-        base.append(transforms.Grayscale(1))
-    probe = _with_transform(train_folder, transforms.Compose([*base, transforms.ToTensor()]))
-    picked = split_examples(cfg, len(probe), has_test=test_folder is not None)  # no test/: one carved out
-    train_idx, val_idx, carved = picked.train, picked.val, picked.carved
-    mean, std = stats or _folder_stats(cfg, probe, train_idx)
-    norm = transforms.Normalize(mean, std)
-    aug = [transforms.RandomCrop(size, padding=max(1, size // 8)), transforms.RandomHorizontalFlip()]
-    train_tf = transforms.Compose([*base, *(aug if cfg.augment else []), transforms.ToTensor(), norm])
-    eval_tf = transforms.Compose([*base, transforms.ToTensor(), norm])
-    targets = torch.tensor(probe.targets)
-    subsets = {
-        "train": (torch.utils.data.Subset(_with_transform(train_folder, train_tf),
-                                          train_idx.tolist()), targets[train_idx]),
-        "val": (torch.utils.data.Subset(_with_transform(train_folder, eval_tf),
-                                        val_idx.tolist()), targets[val_idx]),
+    base = [transforms.Resize((size, size)), *([transforms.Grayscale(1)] if cfg.channels == 1 else [])]
+    picked = split_examples(cfg, len(train_folder), has_test=test_folder is not None)  # no test/: one carved out
+    parts = _folder_parts(cfg, source, picked)
+    if cfg.cache:
+        maps = _open_maps(cfg, source, transforms.Compose(base))
+        probe = MapDataset(maps[0], torch.arange(len(train_folder)), torch.tensor(train_folder.targets),
+                           [0.0] * cfg.channels, [1.0] * cfg.channels)
+        mean, std = stats or _folder_stats(cfg, probe, picked.train)
+        loaders, held = _cache_loaders(cfg, parts, maps, seed, rank, world_size, mean, std, device, source.flip)
+    else:
+        probe = _with_transform(train_folder, transforms.Compose([*base, transforms.ToTensor()]))
+        mean, std = stats or _folder_stats(cfg, probe, picked.train)
+        loaders, held = _decode_loaders(cfg, parts, base, seed, rank, world_size, mean, std, device), None
+    num_classes = len(source.classes)
+    info = {
+        "name": cfg.name, "location": source.location,
+        "mode": "full" if cfg.sample is None else f"sample {cfg.sample}",
+        "loader": "cache" if cfg.cache else "dataloader", **({"cache": held} if cfg.cache else {}),
+        "sizes": {s: len(idx) for s, (_, idx, _) in parts.items()},
+        "class_counts": {s: class_counts(y, num_classes) for s, (_, _, y) in parts.items()},
+        "input_shape": [cfg.channels, size, size], "mean": mean, "std": std,
+        **test_info(cfg, None if "test" not in parts else "official" if test_folder is not None else "carved"),
     }
+    if rank == 0:  # what meta.json records; the other ranks read the same files
+        digest_of = _map_digests(source, maps) if cfg.cache else None
+        # A carved test split is left out, as it always was: recorded fingerprints stay comparable.
+        used = {s: [folder.samples[int(i)] for i in idx] for s, (folder, idx, _) in parts.items()
+                if s != "test" or test_folder is not None}
+        info["sha256"] = fingerprint_files(used, str(Path(train_folder.root).parent), digest_of)
+        info["fingerprint_of"] = "files"
+    for split, per_class in info["class_counts"].items():
+        check_labels(cfg.name, split, per_class, source.classes)
+    return Data(loaders["train"], loaders["val"], loaders.get("test"), (cfg.channels, size, size),
+                num_classes, source.classes, mean, std, info)
+
+
+def _folder_parts(cfg, source: Source, picked: Indices) -> dict[str, tuple[Any, torch.Tensor, torch.Tensor]]:
+    """split -> (the ImageFolder it reads, its examples' indices there, their labels)."""
+    train_folder, test_folder = source.folder
+    targets = torch.tensor(train_folder.targets)
+    parts = {"train": (train_folder, picked.train, targets[picked.train]),
+             "val": (train_folder, picked.val, targets[picked.val])}
     if test_folder is not None:
         test_targets = torch.tensor(test_folder.targets)
         check_label_range(cfg.name, "test", test_targets, source.classes)
@@ -419,39 +452,121 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,
             raise ConfigError(f"data.root: the test folder's classes {test_folder.classes} differ from the "
                               f"training folder's {source.classes}; use the same class subfolders in both.")
         n_test = picked.test_count(len(test_targets))
-        test_ds = _with_transform(test_folder, eval_tf)
-        subsets["test"] = (torch.utils.data.Subset(test_ds, range(n_test)), test_targets[:n_test])
-    elif carved is not None and len(carved):
-        n_test = picked.test_count(len(carved))
-        subsets["test"] = (torch.utils.data.Subset(_with_transform(train_folder, eval_tf),
-                                                   carved[:n_test].tolist()), targets[carved[:n_test]])
-    num_classes = len(source.classes)
-    plain_train = torch.utils.data.Subset(_with_transform(train_folder, eval_tf),
-                                          train_idx.tolist())
+        parts["test"] = (test_folder, torch.arange(n_test), test_targets[:n_test])
+    elif picked.carved is not None and len(picked.carved):
+        carved = picked.carved[:picked.test_count(len(picked.carved))]
+        parts["test"] = (train_folder, carved, targets[carved])
+    return parts
+
+
+def worker_count(num_workers: int | None, world_size: int) -> int:
+    """data.num_workers, null resolved: one worker per CPU core this process may use (the
+    machine's cores shared among the DDP processes on it), less one for the training loop,
+    at most 8 (beyond that, decoding rarely keeps up with the extra start-up and memory)."""
+    if num_workers is not None:
+        return num_workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    return max(0, min(8, per_process - 1))
+
+
+def _sampler(cfg, split: str, n: int, seed: int, rank: int, world_size: int) -> EpochSampler:
+    train = split == "train"
+    return EpochSampler(n, shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train,
+                        batch_size=cfg.batch_size if train else None)
+
+
+def _decode_loaders(cfg, parts, base, seed: int, rank: int, world_size: int, mean, std,
+                    device: torch.device) -> dict[str, Any]:
+    from torchvision import transforms
+
+    size, norm = cfg.image_size, transforms.Normalize(mean, std)
+    aug = [transforms.RandomCrop(size, padding=max(1, size // 8)), transforms.RandomHorizontalFlip()]
+    train_tf = transforms.Compose([*base, *(aug if cfg.augment else []), transforms.ToTensor(), norm])
+    eval_tf = transforms.Compose([*base, transforms.ToTensor(), norm])
     loaders = {}
-    for split, (ds, _) in subsets.items():
+    for split, (folder, idx, _) in parts.items():
         train = split == "train"
-        sampler = EpochSampler(len(ds), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train,
-                               batch_size=cfg.batch_size if train else None)
-        loaders[split] = DataLoaderAdapter(ds, cfg.batch_size, sampler, cfg.num_workers,
-                                           pin_memory=torch.cuda.is_available(), seed=seed + rank,
-                                           preview_dataset=plain_train if train else None)
-    info = {
-        "name": cfg.name, "location": source.location,
-        "mode": "full" if cfg.sample is None else f"sample {cfg.sample}", "loader": "dataloader",
-        "sizes": {s: len(ds) for s, (ds, _) in subsets.items()},
-        "class_counts": {s: class_counts(y, num_classes) for s, (_, y) in subsets.items()},
-        "input_shape": [cfg.channels, size, size], "mean": mean, "std": std,
-        **test_info(cfg, None if "test" not in subsets else "official" if test_folder is not None else "carved"),
-    }
-    if rank == 0:  # what meta.json records; the other ranks read the same files
-        used = {"train": [probe.samples[int(i)] for i in train_idx], "val": [probe.samples[int(i)] for i in val_idx],
-                **({"test": test_folder.samples[:n_test]} if test_folder is not None else {})}
-        info["sha256"], info["fingerprint_of"] = fingerprint_files(used, str(Path(train_folder.root).parent)), "files"
-    for split, per_class in info["class_counts"].items():
-        check_labels(cfg.name, split, per_class, source.classes)
-    return Data(loaders["train"], loaders["val"], loaders.get("test"), (cfg.channels, size, size),
-                num_classes, source.classes, mean, std, info)
+        dataset = torch.utils.data.Subset(_with_transform(folder, train_tf if train else eval_tf), idx.tolist())
+        plain = torch.utils.data.Subset(_with_transform(folder, eval_tf), idx.tolist()) if train else None
+        loaders[split] = DataLoaderAdapter(
+            dataset, cfg.batch_size, _sampler(cfg, split, len(idx), seed, rank, world_size),
+            worker_count(cfg.num_workers, world_size), pin_memory=torch.cuda.is_available(), seed=seed + rank,
+            preview_dataset=plain, prefetch=cfg.prefetch,
+            probe_workers=train and device.type == "cpu" and not cfg.augment)  # random crops: not comparable
+    return loaders
+
+
+def _open_maps(cfg, source: Source, resize) -> list:
+    """The decoded maps of the train folder and, where there is one, the test folder."""
+    from PIL import Image
+
+    from expkit.data.cache import cache_folder, open_map
+
+    mode = "L" if cfg.channels == 1 else "RGB"
+
+    def decode(file):  # what ImageFolder's loader and the decode path's resize make of it
+        with Image.open(file) as img:
+            return resize(img.convert("RGB")).convert(mode)
+
+    root = Path(cfg.root).expanduser()
+    where = cache_folder(root, cfg.cache_dir)
+    cap = memory_cap(cfg, 1)  # a map this size or smaller is memory-mapped, shared by every process
+    return [open_map(folder, root, where, cfg.image_size, cfg.channels, decode, cap)
+            for folder in source.folder if folder is not None]
+
+
+def _map_digests(source: Source, maps: list):
+    digests = {}
+    for folder, image_map in zip([f for f in source.folder if f is not None], maps, strict=True):
+        digests.update({path: bytes(d) for (path, _), d in zip(folder.samples, image_map.digests, strict=True)})
+    return digests.__getitem__
+
+
+def _cache_loaders(cfg, parts, maps, seed: int, rank: int, world_size: int, mean, std, device, flip: bool):
+    """Splits whose normalized floats fit in data.max_memory are held in memory and batched
+    as the tensor path does (the same speed); larger ones stream from the map."""
+    train_folder = parts["train"][0]
+    floats = sum(len(idx) for _, idx, _ in parts.values()) * 4 * maps[0].row_bytes
+    held = floats <= memory_cap(cfg, world_size)
+    where = device if held and cfg.on_device else torch.device("cpu")
+    loaders = {}
+    for split, (folder, idx, labels) in parts.items():
+        image_map = maps[0] if folder is train_folder else maps[1]
+        augment = flip if cfg.augment and split == "train" else None
+        sampler = _sampler(cfg, split, len(idx), seed, rank, world_size)
+        if held:
+            x = normalized_rows(image_map, idx, mean, std).to(where)
+            crop_flip = None if augment is None else (lambda x: random_crop_flip(x, flip=flip))
+            loaders[split] = TensorLoader(x, labels.to(where), cfg.batch_size, sampler, crop_flip)
+        else:
+            loaders[split] = CacheLoader(image_map, idx, labels, cfg.batch_size, sampler, mean, std, device,
+                                         cfg.prefetch, augment)
+    how = "in memory" if held else "streamed from the map"
+    log.info("data.cache: %s (normalized floats %.0f MiB, data.max_memory %.0f MiB)", how, floats / 2**20,
+             memory_cap(cfg, world_size) / 2**20)
+    return loaders, how
+
+
+def memory_cap(cfg, world_size: int) -> int:
+    """data.max_memory in bytes; null = half the machine's RAM, shared among the DDP processes
+    on it."""
+    if cfg.max_memory is not None:
+        return cfg.max_memory * 2**20
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2 // local
+
+
+def normalized_rows(image_map, rows: torch.Tensor, mean, std) -> torch.Tensor:
+    """Rows of a map as ToTensor and Normalize make them (the same float ops, the same bits),
+    converted 64 MiB of floats at a time (the temporaries stay small beside the result)."""
+    chunk = max(1, 2**26 // (4 * image_map.row_bytes))
+    out = torch.empty((len(rows), *image_map.shape[1:]), dtype=torch.float32)
+    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    for start in range(0, len(rows), chunk):
+        part = torch.from_numpy(image_map.take(rows[start:start + chunk].numpy()))
+        out[start:start + chunk] = part.float().div_(255).sub_(m).div_(s)
+    return out
 
 
 def _folder_stats(cfg, probe, train_idx: torch.Tensor) -> tuple[list[float], list[float]]:

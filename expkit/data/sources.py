@@ -278,7 +278,8 @@ def load_folder(cfg) -> Source:
         raise ConfigError(f"data.root: {cfg.root!r} holds no class folders with images ({e}).") from None
     if not train.samples:
         raise ConfigError(f"data.root: {cfg.root!r} holds class folders but no image in any of them.")
-    for part in (train, test) if test is not None else (train,):
+    # data.cache decodes every file when it builds its map and refuses one that does not decode
+    for part in ((train, test) if test is not None else (train,)) if not getattr(cfg, "cache", False) else ():
         _check_images(part.samples)
     if len(train.classes) < 2:
         raise ConfigError(f"data.root: {cfg.root!r} holds {len(train.classes)} class folder(s) "

@@ -169,7 +169,7 @@ def preview(loader, n: int = 64):
 
     if hasattr(loader, "x"):
         return loader.x[:n].float().cpu(), loader.y[:n].cpu()
-    dataset = getattr(loader, "preview_dataset", loader.loader.dataset)
+    dataset = loader.preview_dataset if hasattr(loader, "preview_dataset") else loader.loader.dataset
     items = [dataset[i] for i in range(min(n, len(dataset)))]
     return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
 
