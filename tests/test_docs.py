@@ -25,7 +25,7 @@ SMALL_SEARCH = ["hydra.sweeper.n_trials=2"]  # and an Optuna search: two trials
 
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.S | re.M)
 MARKER = re.compile(r"<!--\s*(run|output|skip)\b:?(.*?)-->\s*$", re.S)
-OPTIONS = {"run": {"exit", "images", "known-failing"}, "output": {"exact", "from", "exit"}, "skip": set()}
+OPTIONS = {"run": {"exit", "images", "known-failing", "file"}, "output": {"exact", "from", "exit"}, "skip": set()}
 # A command line: `expkit ...` or `$ expkit ...`, and torchrun/python -m expkit. `expkit train: ...`
 # at the start of a line is expkit's own error message, output rather than a command.
 COMMAND = re.compile(r"^(\$ )?expkit(?=\s|$)(?!\s*\w*:\s)|-m expkit\s")
@@ -213,6 +213,9 @@ class Page:
         page_blocks = blocks(self.page)
         # Module files first: a page may run a command that uses them before it shows them.
         for block in page_blocks:
+            if block.kind == "run" and "file" in block.options:  # a data file the page shows (a CSV table)
+                (self.dir / block.options["file"]).write_text(block.body)
+                continue
             if block.kind == "run" and block.lang == "python":
                 header = MODULE_FILE.match(block.body.splitlines()[0])
                 assert header, f"{block.where}: a run python block starts with `# NAME.py`"

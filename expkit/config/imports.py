@@ -454,7 +454,9 @@ def arguments(group: str, cfg: Any, obj: Callable[..., Any], offered: dict[str, 
         return {**offered, **kwargs}
     named = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    call = {k: v for k, v in offered.items() if k in named}
+    # A zoo's factory (timm:create_model) takes num_classes through **kwargs; input_shape is
+    # expkit's own word, passed only to a parameter of that name.
+    call = {k: v for k, v in offered.items() if k in named or (takes_any and k == "num_classes")}
     for k in kwargs:
         if k in offered:
             raise ConfigError(f"{group}.kwargs.{k}: expkit passes {k} itself; remove it from {group}.kwargs.")
