@@ -220,7 +220,9 @@ def config_line(typed: dict[str, Any], overrides: list[str]) -> str:
     from expkit.config.schema import CHOICE_KEY
 
     t, o, d = typed["trainer"], typed["optim"], typed["data"]
-    choices = " ".join(f"{group}={getattr(typed[group], key)}" for group, key in CHOICE_KEY.items())
+    # The task only when it is not classification, which every run was before the group existed.
+    choices = " ".join(f"{group}={getattr(typed[group], key)}" for group, key in CHOICE_KEY.items()
+                       if group != "task" or typed[group].name != "classification")
     line = (f"config: {choices}; lr {o.lr:g}, batch {d.batch_size}, {t.epochs} epoch{'s' * (t.epochs != 1)}, "
             f"seed {typed['seed']}")
     if overrides:
