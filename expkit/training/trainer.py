@@ -313,7 +313,8 @@ class Trainer:
                 self.log_grads_next = self.main and ((self.step + 1) % self.t.log_every == 0
                                                      or batch + 1 == len(loader))
                 self.log_lr()
-            loss, logits = self.train_step(x, y, group, stepping)
+            # Without accumulation, train_step(x, y) as always (tests and users wrap it so).
+            loss, logits = self.train_step(x, y) if n == 1 else self.train_step(x, y, group, stepping)
             tally.add(self.step, loss.detach(), logits.detach(), y)
             samples += y.shape[0]
             self.batch = batch + 1
