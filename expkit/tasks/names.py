@@ -19,7 +19,6 @@ OWN_METRICS: dict[str, dict[str, bool]] = {
 MAIN = {"classification": "acc", "regression": "rmse", "multilabel": "map", "python": "loss"}
 # Own metrics (task=python) are lower-is-better when their name ends in one of these.
 LOWER_IS_BETTER_SUFFIXES = ("loss", "error", "err", "mae", "mse", "rmse", "mape", "nll")
-SPLITS = ("val", "test")
 
 
 def topk_name(k: int) -> str:
