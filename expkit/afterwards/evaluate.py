@@ -252,17 +252,10 @@ def scores_png(result: dict[str, Any]) -> bytes:
 
 
 def confusion_png(result: dict[str, Any]) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     classes, matrix = result["classes"], result["confusion"]
     n = len(classes)
     side = min(12.0, 2.5 + 0.45 * n)
-    fig, ax = plt.subplots(figsize=(side, side), dpi=100)
+    plt, fig, ax = _figure(side, side)
     ax.imshow(matrix, cmap="Blues")
     ticks = range(n)
     ax.set_xticks(ticks, [str(c)[:12] for c in classes], rotation=90 if n > 10 else 0)
@@ -276,13 +269,8 @@ def confusion_png(result: dict[str, Any]) -> bytes:
                 if matrix[i][j]:
                     ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=8,
                             color="white" if matrix[i][j] > top / 2 else "black")
-    ax.set_title(f"{result['split']} split, checkpoint {result['checkpoint']} (step {result['step']}): "
-                 f"acc {result['acc']:.4f}", fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    ax.set_title(_title(result, f"acc {result['acc']:.4f}"), fontsize=9)
+    return _png(plt, fig)
 
 
 def table(result: dict[str, Any]) -> str:

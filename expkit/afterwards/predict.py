@@ -65,7 +65,7 @@ def table_rows(run: RunModel, paths: list[Path]) -> tuple[Any, list[tuple[str, i
 
     import torch
 
-    from expkit.data.tables import _number
+    from expkit.data.tables import parse_number
     from expkit.run.folder import RunDir
 
     columns = run.facts.get("columns") or (RunDir(run.path).meta_or_empty().get("data") or {}).get("columns") or {}
@@ -91,83 +91,60 @@ def table_rows(run: RunModel, paths: list[Path]) -> tuple[Any, list[tuple[str, i
                 continue
             if len(row) != len(header):
                 raise ConfigError(f"PATH {path} row {number} has {len(row)} values, the header {len(header)}.")
-            xs.append([_number(row[c], path, number, names[j], "feature") for j, c in enumerate(columns)])
+            xs.append([parse_number(row[c], path, number, names[j], "feature") for j, c in enumerate(columns)])
             where.append((str(path), number))
     return torch.tensor(xs, dtype=torch.float32).view(-1, width), where
 
 
 def predict_tables(run: RunModel, paths: list[Path], top: int = 3, batch_size: int = 1024) -> list[dict[str, Any]]:
-    import torch
-
     x, where = table_rows(run, paths)
-    rows = []
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            out = run.model(normalize(x[start:start + batch_size].to(run.device), run)).float().cpu()
-            for (path, number), output in zip(where[start:start + batch_size], out, strict=True):
-                rows.append({"path": path, "row": number, **describe_output(run, output, top)})
-    return rows
-
-
-def describe_output(run: RunModel, output, top: int) -> dict[str, Any]:
-    """One example's prediction, as the task reads its output."""
-    import torch
-
-    task = run.task
-    if task.name == "classification":
-        probs = torch.softmax(output, dim=0)
-        values, indices = probs.topk(max(1, min(top, len(run.classes))))
-        top_k = [(run.classes[j], float(v)) for v, j in zip(values.tolist(), indices.tolist(), strict=True)]
-        return {"class": top_k[0][0], "index": int(indices[0]), "probability": top_k[0][1], "top": top_k}
-    if task.name == "regression":
-        values = task.predict(output.view(1, -1))[0].tolist()
-        return {"values": dict(zip(task.names, values, strict=True))}
-    if task.name == "multilabel":
-        probs = task.predict(output.view(1, -1))[0]
-        above = task.above(probs.view(1, -1))[0].tolist()
-        return {"labels": [n for n, on in zip(task.names, above, strict=True) if on],
-                "probabilities": dict(zip(task.names, probs.tolist(), strict=True))}
-    return {"outputs": output.tolist()}
+    return [{"path": path, "row": number, **row}
+            for (path, number), row in zip(where, predict_batches(run, list(x), top, batch_size), strict=True)]
 
 
 def predict_images(run: RunModel, paths: list[Path], top: int = 3, batch_size: int = 256) -> list[dict[str, Any]]:
-    import torch
-
-    if run.task.name != "classification":
-        return predict_images_for_task(run, paths, top, batch_size)
     if len(run.input_shape) != 3 or run.input_shape[0] not in (1, 3):
         raise ConfigError(f"this run's model takes inputs of shape {list(run.input_shape)}, not images "
                           "(1 or 3 channels); predict reads image files.")
     images = [load_image(p, run.input_shape) for p in paths]  # every file read before anything is written
-    k = max(1, min(top, len(run.classes)))
-    rows = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            x = torch.stack(images[start:start + batch_size]).to(run.device)
-            probs = torch.softmax(run.model(normalize(x, run)).float(), dim=1).cpu()
-            values, indices = probs.topk(k, dim=1)
-            for i, path in enumerate(paths[start:start + batch_size]):
-                top_k = [(run.classes[j], float(v)) for v, j in zip(values[i].tolist(), indices[i].tolist(),
-                                                                     strict=True)]
-                rows.append({"path": str(path), "class": top_k[0][0], "index": int(indices[i][0]),
-                             "probability": top_k[0][1], "top": top_k})
-    return rows
+    return [{"path": str(path), **row}
+            for path, row in zip(paths, predict_batches(run, images, top, batch_size), strict=True)]
 
 
-def predict_images_for_task(run: RunModel, paths: list[Path], top: int, batch_size: int) -> list[dict[str, Any]]:
+def predict_batches(run: RunModel, inputs: list, top: int, batch_size: int) -> list[dict[str, Any]]:
+    """Each input's prediction (inputs before normalization), batch by batch."""
     import torch
 
-    if len(run.input_shape) != 3 or run.input_shape[0] not in (1, 3):
-        raise ConfigError(f"this run's model takes inputs of shape {list(run.input_shape)}, not images "
-                          "(1 or 3 channels); predict reads image files.")
-    images = [load_image(p, run.input_shape) for p in paths]
-    rows = []
+    rows: list[dict[str, Any]] = []
     with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            out = run.model(normalize(torch.stack(images[start:start + batch_size]).to(run.device), run)).float().cpu()
-            for path, output in zip(paths[start:start + batch_size], out, strict=True):
-                rows.append({"path": str(path), **describe_output(run, output, top)})
+        for start in range(0, len(inputs), batch_size):
+            x = torch.stack(inputs[start:start + batch_size]).to(run.device)
+            rows += describe_batch(run, run.model(normalize(x, run)).float(), top)
     return rows
+
+
+def describe_batch(run: RunModel, output, top: int) -> list[dict[str, Any]]:
+    """A batch's predictions, as the task reads its outputs: the class, its probability and
+    the top K; numbers in the targets' units; the labels above threshold and every label's
+    probability; or the outputs themselves (own task)."""
+    import torch
+
+    task = run.task
+    if task.name == "classification":
+        values, indices = torch.softmax(output, dim=1).cpu().topk(max(1, min(top, len(run.classes))), dim=1)
+        rows = []
+        for v, j in zip(values.tolist(), indices.tolist(), strict=True):
+            top_k = [(run.classes[c], float(p)) for p, c in zip(v, j, strict=True)]
+            rows.append({"class": top_k[0][0], "index": int(j[0]), "probability": top_k[0][1], "top": top_k})
+        return rows
+    if task.name == "regression":
+        return [{"values": dict(zip(task.names, v, strict=True))} for v in task.predict(output).cpu().tolist()]
+    if task.name == "multilabel":
+        probs = task.predict(output).cpu()
+        return [{"labels": [n for n, on in zip(task.names, above, strict=True) if on],
+                 "probabilities": dict(zip(task.names, p, strict=True))}
+                for p, above in zip(probs.tolist(), task.above(probs).tolist(), strict=True)]
+    return [{"outputs": v} for v in output.cpu().tolist()]
 
 
 def predict(run_dir: str | Path, paths: list[str], checkpoint: str = "best", top: int = 3,

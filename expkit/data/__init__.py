@@ -140,10 +140,6 @@ def _normalize(x: torch.Tensor, mean: list[float], std: list[float], in_place: b
     return out.div_(torch.tensor(std).view(shape))
 
 
-def class_counts(y: torch.Tensor, num_classes: int) -> list[int]:
-    return torch.bincount(y, minlength=num_classes).tolist()
-
-
 def check_labels(name: str, split: str, counts: list[int], classes: list[str]) -> None:
     missing = [classes[i] for i, c in enumerate(counts) if c == 0]
     if missing:
@@ -422,7 +418,7 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,
         "mode": "full" if cfg.sample is None else f"sample {cfg.sample}",
         "loader": "cache" if cfg.cache else "dataloader", **({"cache": held} if cfg.cache else {}),
         "sizes": {s: len(idx) for s, (_, idx, _) in parts.items()},
-        "class_counts": {s: class_counts(y, num_classes) for s, (_, _, y) in parts.items()},
+        "class_counts": {s: counts("classification", y, num_classes) for s, (_, _, y) in parts.items()},
         "input_shape": [cfg.channels, size, size], "mean": mean, "std": std,
         **test_info(cfg, None if "test" not in parts else "official" if test_folder is not None else "carved"),
     }

@@ -67,7 +67,7 @@ def load_csv(cfg) -> Source:
     for j, name in enumerate(features):
         column = header.index(name)
         for i, (number, row) in enumerate(body):
-            x[i, j] = _number(row[column], path, number, name, "feature")
+            x[i, j] = parse_number(row[column], path, number, name, "feature")
     y, classes = _targets(body, header, targets, path)
     return Source(torch.from_numpy(x), y, classes=classes, location=str(path), image=False, features=features,
                   targets=targets, integer_targets_are_numbers=True, file_sha256=_sha256(path))
@@ -122,7 +122,7 @@ def _feature_columns(cfg, header: list[str], targets: list[str]) -> list[str]:
     return features
 
 
-def _number(cell: str, path: Path, row: int, column: str, what: str) -> float:
+def parse_number(cell: str, path: Path, row: int, column: str, what: str) -> float:
     text = cell.strip()
     if text.lower() in MISSING:
         raise ConfigError(f"data.path: {path} row {row}, column {column!r}: the {what} value is missing "
@@ -157,7 +157,7 @@ def _targets(body: list[tuple[int, list[str]]], header: list[str], targets: list
         classes = sorted({r[0] for r in cells})
         index = {name: i for i, name in enumerate(classes)}
         return torch.tensor([index[r[0]] for r in cells], dtype=torch.long), classes
-    values = np.array([[_number(v, path, n, targets[j], "target") for j, v in enumerate(r)]
+    values = np.array([[parse_number(v, path, n, targets[j], "target") for j, v in enumerate(r)]
                        for (n, _), r in zip(body, cells, strict=True)], dtype=np.float64)
     integral = all(_is_integer(v) for r in cells for v in r)
     y = torch.from_numpy(values.astype(np.int64) if integral else values.astype(np.float32))

@@ -265,11 +265,9 @@ def flat_hparams(typed: RunConfig) -> dict[str, Any]:
 def write_hparams(trainer, typed: RunConfig) -> None:
     from expkit.tasks.names import full_names
 
-    m = trainer.last_metrics
-    task = trainer.task
-    names = full_names(task.name, getattr(task, "topk", 0), getattr(task, "own_names", None) or ())
-    keys = [k for k in names if k != "train/acc"] if task.name != "classification" else [
-        "val/acc", "val/loss", "best/val/acc", "train/loss", "test/acc", "test/loss", *(
-            k for k in names if "top" in k)]
+    m, task = trainer.last_metrics, trainer.task
+    # Every metric of the task, train/acc aside (a training-time figure, not a result).
+    keys = [k for k in full_names(task.name, getattr(task, "topk", 0), getattr(task, "own_names", None) or ())
+            if k != "train/acc"]
     metrics = {f"hparams/{k.replace('/', '_')}": float(m[k]) for k in keys if isinstance(m.get(k), (int, float))}
     trainer.writer.hparams(flat_hparams(typed), metrics, trainer.step)
