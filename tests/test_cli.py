@@ -24,6 +24,17 @@ def test_help_and_version_do_not_import_torch():
     assert "usage: expkit" in proc.stdout and "expkit 0.1.0" in proc.stdout
 
 
+def test_bad_input_is_refused_before_torch_is_imported():
+    # Composing and validating (the main-metric resolver included) stays torch-free, so a
+    # typo is answered in well under a second instead of after torch's import.
+    code = ("import sys; from expkit.cli import main; "
+            "codes = [main(['train', 'optim.lr=-1']), main(['train', 'task=regression', 'trainer.epochs=0'])]; "
+            "assert codes == [2, 2], codes; assert 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "optim.lr: value -1.0 is not allowed" in proc.stderr and "trainer.epochs" in proc.stderr
+
+
 def test_train_writes_a_complete_run_folder(git_repo):
     proc = run_cli(["train", "model=mlp", "optim=sgd", "optim.lr=0.05", "trainer.epochs=2",
                     "data.sample=256", "trainer.progress=off"], cwd=git_repo, check=True)

@@ -9,15 +9,26 @@ evaluation), and turns outputs into predictions in the targets' own units.
                      average precision over the labels that have a positive example)
     python           task.factory: your loss, and your metrics over the whole split
 
-Scoring keeps every sum on the device until `result()`, which makes one host sync."""
+Scoring keeps every sum on the device until `result()`, which makes one host sync.
+`expkit.tasks.names` is torch-free (config validation and the sweep resolvers use it), so
+this package imports its torch parts only when they are asked for."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from expkit.tasks.base import Scorer, Task
+if TYPE_CHECKING:
+    from expkit.tasks.base import Scorer, Task
 
 __all__ = ["Scorer", "Task", "build_task"]
+
+
+def __getattr__(name: str):
+    if name in ("Scorer", "Task"):
+        from expkit.tasks import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_task(typed: dict[str, Any], data: Any) -> Task:
