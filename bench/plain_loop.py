@@ -8,6 +8,11 @@ the same seed and the same batch order, and an evaluation after every epoch. Its
 weights equal expkit's bit for bit (bench/run.py checks), so the two do the same work.
 
     python bench/plain_loop.py [--model mlp|cnn] [--size 8192] [--epochs 3] [--save PATH]
+                               [--expkit-collector]
+
+--expkit-collector treats Python's garbage collector as the `expkit` command does
+(expkit/collector.py): paused from the start (before torch's import) until the training
+loop, then what exists is frozen out of later collections, and no collection at the exit.
 
 Used as a module by bench/run.py and bench/lightning_loop.py (make_data, make_model,
 make_optimizer, EpochBatches, PlainLoop, train). Imports nothing but torch.
@@ -16,10 +21,15 @@ make_optimizer, EpochBatches, PlainLoop, train). Imports nothing but torch.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
+
+if __name__ == "__main__" and "--expkit-collector" in sys.argv:
+    gc.disable()  # before the imports, as `expkit train` pauses it (expkit/collector.py)
 
 import torch
 from torch import nn
@@ -219,14 +229,19 @@ def main(argv: list[str] | None = None) -> None:
     add_config_arguments(parser)
     parser.add_argument("--save", help="write the final state_dict here")
     parser.add_argument("--json", action="store_true", help="print the timings as one JSON line")
-    parser.add_argument("--freeze-at-exit", action="store_true",
-                        help="skip Python's final garbage collection as `expkit` does (gc.freeze), so the "
-                             "whole-command comparison can show expkit's own work apart from its faster exit")
+    parser.add_argument("--expkit-collector", action="store_true",
+                        help="pause the garbage collector for the start and skip its final collection, as "
+                             "`expkit` does, so the whole-command comparison shows expkit's own work apart from that")
     parser.add_argument("--jobs", type=int, default=1,
                         help="train this many runs one after another in this process, seeds seed, seed + 1, ... "
                              "(what `expkit train -m seed=...` does with Hydra's basic launcher)")
     args = parser.parse_args(argv)
     c = config_from(args)
+    if args.expkit_collector:
+        import torch._dynamo  # noqa: F401  (the optimizer imports it: part of the start, as in expkit)
+
+        gc.freeze()
+        gc.enable()
     for job in range(1, args.jobs):
         train(replace(c, seed=c.seed + job), verbose=not args.json)
     model, timings = train(c, verbose=not args.json)
@@ -234,9 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.save(model.state_dict(), args.save)
     if args.json:
         print(json.dumps(timings))
-    if args.freeze_at_exit:
-        import gc
-
+    if args.expkit_collector:
         gc.freeze()
 
 

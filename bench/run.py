@@ -270,10 +270,11 @@ def bench_command(c: Config, rounds: int, tmp: Path) -> dict:
         'python -c "import torch"': lambda: [py, "-c", "import torch"],
         "expkit --help": lambda: [str(BIN / "expkit"), "--help"],
         "python bench/plain_loop.py": lambda: [py, str(HERE / "plain_loop.py"), *args],
-        # expkit skips Python's final garbage collection (expkit.cli.run); the same exit for the
-        # plain loop shows how much of the difference is expkit's own work.
-        "python bench/plain_loop.py --freeze-at-exit": lambda: [py, str(HERE / "plain_loop.py"), *args,
-                                                                 "--freeze-at-exit"],
+        # expkit pauses the garbage collector for its start and skips the final collection
+        # (expkit/collector.py, expkit.cli.run); the same for the plain loop shows how much of
+        # the difference is expkit's own work.
+        "python bench/plain_loop.py --expkit-collector": lambda: [py, str(HERE / "plain_loop.py"), *args,
+                                                                   "--expkit-collector"],
         "expkit train": lambda: [str(BIN / "expkit"), "train", *c.expkit_overrides(),
                                  f"hydra.run.dir={tmp}/cmd-{next(counter)}"],
         # A sweep of SWEEP_JOBS tiny jobs: Hydra runs them one after another in one process, so
@@ -522,9 +523,9 @@ def summary(results: dict) -> list[str]:
             best=(min(sweep) - min(plain_jobs)) / SWEEP_JOBS)
         add("whole command: expkit train / plain script, wall", ratios(ex, plain), "-", None, "{:.2f}",
             best=min(ex) / min(plain))
-        frozen = w["python bench/plain_loop.py --freeze-at-exit"]
+        frozen = w["python bench/plain_loop.py --expkit-collector"]
         d = [a - b for a, b in zip(ex, frozen, strict=True)]
-        add("whole command: expkit train - plain script with expkit's exit (gc.freeze), wall s", d, "-", None,
+        add("whole command: expkit train - plain script with expkit's garbage collector handling, wall s", d, "-", None,
             "{:+.2f}", best=min(ex) - min(frozen))
         name = "python bench/lightning_loop.py (defaults)"
         if name in w:

@@ -11,6 +11,8 @@ import sys
 
 from expkit.version import __version__
 
+# The commands that reach the training loop, whose start runs with the collector paused.
+TRAINING = ("train", "resume", "worker")
 COMMANDS = ("train", "resume", "eval", "predict", "export", "runs", "compare", "reproduce", "sched", "summary",
             "report", "lesson", "list")
 EPILOG = """examples:
@@ -24,6 +26,10 @@ EPILOG = """examples:
 
 def run() -> None:
     """The `expkit` console script and `python -m expkit`: main(), then a quick exit."""
+    if sys.argv[1:2] and sys.argv[1] in TRAINING:
+        from expkit import collector
+
+        collector.pause()  # until the training loop begins (expkit/collector.py)
     try:
         sys.exit(main())
     finally:

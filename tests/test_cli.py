@@ -217,3 +217,13 @@ def test_hydra_flags_keep_working(tmp_path):
     custom = tmp_path / "elsewhere"
     proc = run_cli(["train", *FAST, f"hydra.run.dir={custom}"], cwd=tmp_path, check=True)
     assert (custom / "meta.json").exists()
+
+
+def test_the_collector_pause_ends_with_everything_frozen_and_only_when_paused():
+    code = ("import gc; from expkit import collector; "
+            "collector.resume(); assert gc.isenabled() and gc.get_freeze_count() == 0, 'resumed unpaused'; "
+            "collector.pause(); assert not gc.isenabled(); collector.resume(); "
+            "assert gc.isenabled() and gc.get_freeze_count() > 0; "
+            "gc.disable(); collector.pause(); collector.resume(); assert not gc.isenabled(), 'a caller paused it'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -128,17 +128,25 @@ def multilabel_table(path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-OWN_TASK = '''import torch
+OWN_TASK = '''import gc
+
+import torch
 
 
 class Squared:
-    """An own loss (squared error on the raw targets) and an own metric."""
+    """An own loss (squared error on the raw targets) and own metrics; two of them say
+    whether Python's garbage collector was paused as the run started (this object is made
+    then) and works again in the training loop (expkit/collector.py)."""
+
+    def __init__(self):
+        self.paused_at_start = float(not gc.isenabled())
 
     def loss(self, outputs, targets):
         return ((outputs.squeeze(1) - targets) ** 2).mean()
 
     def metrics(self, outputs, targets):
-        return {"abs_error": float((outputs.squeeze(1) - targets).abs().mean()), "hits": 1.0}
+        return {"abs_error": float((outputs.squeeze(1) - targets).abs().mean()), "hits": 1.0,
+                "paused_at_start": self.paused_at_start, "collector_on": float(gc.isenabled())}
 '''
 
 
@@ -163,6 +171,7 @@ def test_multilabel_and_an_own_loss_go_through_the_same_commands(git_repo):
     own = next(p for p in run_dirs(git_repo) if p.name.endswith("own"))
     metrics = read_json(own / "metrics.json")
     assert {"val/loss", "val/abs_error", "val/hits", "best/val/abs_error", "test/abs_error"} <= set(metrics)
+    assert metrics["val/paused_at_start"] == 1 and metrics["val/collector_on"] == 1
     assert read_json(own / "meta.json")["imports"]["task.factory"]["sha256"]
     run_cli(["resume", str(own), "trainer.epochs=3"], git_repo, check=True)  # the recorded file: no flag
     assert read_json(own / "metrics.json")["epoch"] == 3

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from expkit import collector
 from expkit.config.compose import flatten
 from expkit.run import checkpoint
 from expkit.run.folder import RunDir, write_json
@@ -244,6 +245,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, float]:
+        collector.resume()  # the console script paused it for the start
         if self.t.profile and self.main:
             from expkit.training.profile import StepProfiler
 
