@@ -36,6 +36,13 @@ def git_info(cwd: str | os.PathLike | None = None,
         repo = git.Repo(cwd or os.getcwd(), search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         return {"repo": None, "note": "not inside a git repository"}, None
+    try:
+        return _git_facts(repo, exclude)
+    finally:
+        repo.close()  # ends the `git cat-file` processes it keeps, so none outlives the command
+
+
+def _git_facts(repo, exclude: tuple[str | os.PathLike, ...]) -> tuple[dict[str, Any], str | None]:
     info: dict[str, Any] = {"repo": repo.working_tree_dir}
     has_head = repo.head.is_valid()
     info["commit"] = repo.head.commit.hexsha if has_head else None
