@@ -618,9 +618,13 @@ class RunConfig(dict):
     def __init__(self, groups: dict[str, Any], plain: dict[str, Any]):
         super().__init__(groups)
         self.plain = plain
+        self._yaml: str | None = None
 
     def to_yaml(self) -> str:
-        return OmegaConf.to_yaml(OmegaConf.create(self.plain))
+        """config.yaml's text; made once (the log, TensorBoard and the run folder show it)."""
+        if self._yaml is None:
+            self._yaml = OmegaConf.to_yaml(OmegaConf.create(self.plain))
+        return self._yaml
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
