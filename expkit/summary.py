@@ -194,7 +194,7 @@ def collect(sweep_dir: Path, metric: str | None = None, stopped: bool = False) -
     rows, seen = [], set()
     folders = [] if RunDir(sweep_dir).is_run() else job_folders(sweep_dir)
     for folder in folders:
-        job = read_job(folder)
+        job = read_job(folder, config=False)  # status, overrides and metrics: no YAML to parse
         status = job.status or ("running" if not RunDir(folder).is_run() else "?")
         if status == "running" and not alive:
             status = "crashed"  # its process ended without saying how (SIGKILL, power, OOM killer)

@@ -322,6 +322,26 @@ def test_validation_names_key_value_and_allowed(overrides, message):
     assert message in str(e.value)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["optim.lr=1e-3,abc"], "optim.lr: value 'abc' is not of type float."),
+    (["trainer.epochs=1,2,2.5"], "trainer.epochs: value '2.5' is not of type int."),
+    (["optim=sgd,rmsprop", "optim.momentum=0.9,x"], "optim.momentum: value 'x' is not of type float."),
+    (["optim.lr=0.01,0.1", "optim=sgd,adam", "optim.momentum=0.9"], "optim.momentum: not a key of optim=adam"),
+    (["optim.betas=[0.9,0.99],abc"], "optim.betas: value 'abc' is not allowed"),
+    (["model.nope=1,2"], "model.nope: unknown key"),
+    (["optim.lr=1e-3,${optim.weight_decay}", "name='a b','c,d'", "optim.betas=[0.9,0.99],[0.8,0.9]"], None),
+])
+def test_a_sweeps_values_are_checked_before_it_starts(overrides, message):
+    # A swept key composes once and its other values are set on that config as Hydra sets
+    # them; values written as Hydra writes them (interpolations, quoted text, lists) pass.
+    if message is None:
+        assert check_overrides(overrides, multirun=True).name == "a b"
+        return
+    with pytest.raises(ConfigError) as e:
+        check_overrides(overrides, multirun=True)
+    assert message in str(e.value)
+
+
 def test_expkit_sched_draws_the_schedule(tmp_path):
     out = tmp_path / "lr.png"
     proc = run_cli(["sched", "sched=cosine", "sched.warmup_epochs=2", "--out", str(out)], cwd=tmp_path, check=True)

@@ -166,8 +166,10 @@ def check_overrides(overrides: list[str], config_dirs: list[str] | tuple[str, ..
     """Compose and validate what `expkit train OVERRIDES` would run, before anything is made;
     the first job's config. Raises ConfigError naming the key, the value and what is
     allowed: a malformed override, an unknown choice, a key the chosen option does not
-    have, a value of the wrong type or (one run) out of range. A sweep has each value of
-    each swept override composed once (up to MAX_CHECKED_JOBS jobs)."""
+    have, a value of the wrong type or (one run) out of range. A sweep has each choice of
+    each swept group composed once (up to MAX_CHECKED_JOBS jobs); a swept key's other
+    values are then set on each composed config as Hydra sets them (`_check_values`),
+    which refuses what composing them would, in a fraction of a composition."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -184,6 +186,7 @@ def check_overrides(overrides: list[str], config_dirs: list[str] | tuple[str, ..
                           "key=a,b with -m; quote values that hold brackets or commas.") from None
     choices = list_choices(config_dirs)
     jobs: list[list[str]] = [[]]
+    swept_keys: list[tuple[str, list[str]]] = []  # (key, its values after the first)
     for o in parsed:
         if o.is_sweep_override() and not multirun:
             raise ConfigError(f"{o.key_or_group}: value {o.input_line.split('=', 1)[-1]!r} is a sweep; add -m to run "
@@ -200,20 +203,57 @@ def check_overrides(overrides: list[str], config_dirs: list[str] | tuple[str, ..
             jobs = [[*job, o.input_line] for job in jobs]
             continue
         key = o.get_key_element()
-        first = [[*job, f"{key}={_quote(values[0])}"] for job in jobs]
-        others = [[*jobs[0], f"{key}={_quote(v)}"] for v in values[1:]]
+        first = [[*job, f"{key}={values[0]}"] for job in jobs]
+        if _value_only(o, choices):
+            swept_keys.append((key, values[1:]))
+            jobs = first
+            continue
+        others = [[*jobs[0], f"{key}={v}"] for v in values[1:]]
         jobs = first + others
     first_cfg = None
     for job in jobs[:MAX_CHECKED_JOBS]:
         cfg = _compose_checked(job, config_dirs, hydra)
+        _check_values(cfg, swept_keys, config_dirs)
         if not multirun:  # a sweep job with a bad value fails on its own; the other jobs still run
             validate(task_config(cfg))
         first_cfg = first_cfg if first_cfg is not None else cfg
     return first_cfg
 
 
+def _value_only(o, choices: dict[str, list[str]]) -> bool:
+    """A swept key whose values change no structure (not a group, not hydra's, not + or ~),
+    so one composition stands for all of them."""
+    key = o.key_or_group
+    return (key not in choices and o.package is None and not key.startswith("hydra.")
+            and not (o.is_add() or o.is_force_add() or o.is_delete()))
+
+
+def _check_values(cfg: DictConfig, swept_keys: list[tuple[str, list[str]]], config_dirs) -> None:
+    """Each other value of each swept key, set on a copy of a composed job's config with
+    OmegaConf.update(merge=True), which is what Hydra's composition does with a value
+    override: a value a typed key cannot hold is refused with the message composing gives."""
+    if not swept_keys:
+        return
+    import copy
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import OmegaConfBaseException
+
+    probe = copy.deepcopy(cfg)
+    lines = [f"{key}={v}" for key, values in swept_keys for v in values]
+    for line, o in zip(lines, OverridesParser.create().parse_overrides(lines), strict=True):
+        try:
+            OmegaConf.update(probe, o.key_or_group, o.value(), merge=True)
+        except OmegaConfBaseException as e:
+            error = ConfigCompositionException(f"Error merging override {line}")
+            error.__cause__ = e
+            raise ConfigError(explain_compose_error(error, [line], config_dirs[-1] if config_dirs else None)) from None
+
+
 def _values(o) -> list[str] | None:
-    """The values an override stands for as strings (several for a sweep); None when they
+    """The values an override stands for as strings (several for a sweep, each written as
+    an override's value, as Hydra's basic sweeper writes its jobs' overrides); None when they
     cannot be listed before the sweeper runs (glob()). An interval() stands for its two
     ends: the sweeper picks values between them, so each end is checked as a value."""
     from hydra.core.override_parser.types import IntervalSweep
@@ -227,12 +267,6 @@ def _values(o) -> list[str] | None:
         return [str(v) for v in o.sweep_string_iterator()]
     except Exception:
         return None
-
-
-def _quote(value: str) -> str:
-    if value == "" or any(c in value for c in " ,[]{}()'\"=:\\$"):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return value
 
 
 def _compose_checked(overrides: list[str], config_dirs, hydra: bool) -> DictConfig:
