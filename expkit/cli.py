@@ -12,7 +12,7 @@ import sys
 from expkit.version import __version__
 
 # The commands that reach the training loop, whose start runs with the collector paused.
-TRAINING = ("train", "resume", "worker")
+TRAINING = ("train", "resume", "lesson", "_worker")
 COMMANDS = ("train", "resume", "eval", "predict", "export", "runs", "compare", "reproduce", "sched", "summary",
             "report", "lesson", "list")
 EPILOG = """examples:
