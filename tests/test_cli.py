@@ -15,23 +15,27 @@ from conftest import EXPKIT, FAST, only_run, read_json, run_cli, run_dirs, scala
 from expkit.run.jobs import lr_per_step
 
 
-def test_help_and_version_do_not_import_torch():
-    code = ("import sys; from expkit.cli import main; main(['--help']); main(['--version']); "
-            "assert 'torch' not in sys.modules, 'torch imported'; "
-            "assert 'hydra' not in sys.modules, 'hydra imported'")
+def fresh_python(code: str) -> subprocess.CompletedProcess:
+    """`code` in a new interpreter (nothing imported yet, the collector untouched); it must exit 0."""
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_help_and_version_do_not_import_torch():
+    proc = fresh_python("import sys; from expkit.cli import main; main(['--help']); main(['--version']); "
+                        "assert 'torch' not in sys.modules, 'torch imported'; "
+                        "assert 'hydra' not in sys.modules, 'hydra imported'")
     assert "usage: expkit" in proc.stdout and "expkit 0.1.0" in proc.stdout
 
 
 def test_bad_input_is_refused_before_torch_is_imported():
     # Composing and validating (the main-metric resolver included) stays torch-free, so a
     # typo is answered in well under a second instead of after torch's import.
-    code = ("import sys; from expkit.cli import main; "
-            "codes = [main(['train', 'optim.lr=-1']), main(['train', 'task=regression', 'trainer.epochs=0'])]; "
-            "assert codes == [2, 2], codes; assert 'torch' not in sys.modules, 'torch imported'")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    proc = fresh_python("import sys; from expkit.cli import main; "
+                        "codes = [main(['train', 'optim.lr=-1']), "
+                        "main(['train', 'task=regression', 'trainer.epochs=0'])]; "
+                        "assert codes == [2, 2], codes; assert 'torch' not in sys.modules, 'torch imported'")
     assert "optim.lr: value -1.0 is not allowed" in proc.stderr and "trainer.epochs" in proc.stderr
 
 
@@ -220,10 +224,8 @@ def test_hydra_flags_keep_working(tmp_path):
 
 
 def test_the_collector_pause_ends_with_everything_frozen_and_only_when_paused():
-    code = ("import gc; from expkit import collector; "
-            "collector.resume(); assert gc.isenabled() and gc.get_freeze_count() == 0, 'resumed unpaused'; "
-            "collector.pause(); assert not gc.isenabled(); collector.resume(); "
-            "assert gc.isenabled() and gc.get_freeze_count() > 0; "
-            "gc.disable(); collector.pause(); collector.resume(); assert not gc.isenabled(), 'a caller paused it'")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    fresh_python("import gc; from expkit import collector; "
+                 "collector.resume(); assert gc.isenabled() and gc.get_freeze_count() == 0, 'resumed unpaused'; "
+                 "collector.pause(); assert not gc.isenabled(); collector.resume(); "
+                 "assert gc.isenabled() and gc.get_freeze_count() > 0; "
+                 "gc.disable(); collector.pause(); collector.resume(); assert not gc.isenabled(), 'a caller paused it'")
