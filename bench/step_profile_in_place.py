@@ -7,15 +7,15 @@ training step has filled the caches with its own data, some pieces cost more (th
 about twice as much), so that sum understates the gap bench/loop_interleaved.py measures.
 Here the pieces are timed where they run: the real Trainer's methods (data, train_step, the
 log step and, within it, the train/* reduction and the norms, keeping a step's loss and
-logits, the opt/lr check, the stop checks, the events' flush) are wrapped with timers, and
+logits, the opt/lr check, the events' flush) are wrapped with timers, and
 its training epochs take turns with the plain loop's, as in bench/loop_interleaved.py
 (--instances copies of each, the order rotating every round). The plain loop is timed the
 same way: its data, and the rest of its epoch (its steps).
 
 The timers the plain loop lacks are counted at what one costs alone; inside the loop they
 cost more, so "other loop work", what is left of expkit's epoch (its own lines between the
-calls: step counters, the progress bar, the log step's line, and that extra), is an upper
-bound.
+calls: step counters, the stop and step-limit checks, the progress bar, the log step's line,
+and that extra), is an upper bound.
 
 Figures: ms per epoch, the median over rounds of the mean over instances; % of the plain
 loop's epoch.
@@ -47,7 +47,6 @@ EXPKIT_PIECES = [
     ("grad_norms", "  of which the gradient and weight norms (grad_norms)"),
     ("tally_add", "keeping each step's loss, logits and targets (TrainTally.add)"),
     ("log_lr", "opt/lr: check for a change (log_lr)"),
-    ("checks", "to_device, the stop and step-limit checks"),
     ("flush", "events to the disk, once an epoch (writer.flush)"),
 ]
 
@@ -122,8 +121,6 @@ def instrument_expkit(trainer, clock: Clock) -> None:
     loader.iterate = lambda start_batch=0: clock.batches("data", iterate(start_batch))
     for key in ("train_step", "log_train", "grad_norms", "log_lr"):
         setattr(trainer, key, clock.wrap(key, getattr(trainer, key)))
-    for name in ("to_device", "should_stop", "reached_max_steps"):
-        setattr(trainer, name, clock.wrap("checks", getattr(trainer, name)))
     trainer.writer.flush = clock.wrap("flush", trainer.writer.flush)
 
 
@@ -186,7 +183,7 @@ def measure(c: Config, rounds: int, instances: int = 2) -> dict:
     timer_s = timer_cost_s()
     # Timers the plain loop has too (one per batch) cancel out; nested ones (inside
     # log_train) are inside a piece's own time.
-    extra_timed = ("train_step", "log_train", "tally_add", "log_lr", "checks", "flush")
+    extra_timed = ("train_step", "log_train", "tally_add", "log_lr", "flush")
 
     def expkit_round(s: dict[str, float]) -> dict[str, float]:
         """One expkit epoch's pieces, with the timers' cost and the rest of the epoch."""

@@ -133,7 +133,7 @@ def first_step_warnings(tmp_path, caplog, overrides) -> str:
     with caplog.at_level(logging.WARNING, logger="expkit"):
         loss, _ = trainer.train_step(x, y)
         names, norms = trainer.gradient_norms()
-        trainer.log_gradients(names, norms.tolist(), float(loss.detach()))
+        trainer.log_gradients(names, [norm.item() for norm in norms], float(loss.detach()))
     trainer.writer.close()
     return caplog.text
 

@@ -206,7 +206,7 @@ def test_gradient_norms_name_the_right_layers_when_one_is_frozen(tmp_path):
     x, y = next(trainer.data.train.iterate())
     trainer.train_step(x, y)
     names, norms = trainer.gradient_norms()
-    trainer.log_gradients(names, norms.tolist())
+    trainer.log_gradients(names, [norm.item() for norm in norms])
     params = dict(trainer.raw_model.named_parameters())
     trainer.writer.close()
 

@@ -111,24 +111,30 @@ class TrainTally:
         self.correct_on_device = correct if self.correct_on_device is None else self.correct_on_device + correct
         self.logits, self.targets = [], []
 
-    def to_host(self, extra: torch.Tensor | None = None) -> list[float]:
-        """Reduce what was kept, in one host sync; `extra` (the log step's gradient norms)
-        comes back in the same transfer, as a list."""
+    def to_host(self, extra: list[torch.Tensor] | None = None) -> list[float]:
+        """Reduce what was kept, in one host sync; `extra` (the log step's gradient norms, 0-d
+        tensors) comes back in the same transfer, as floats. One stack holds the losses, the
+        correct count and `extra` (in float32 or wider: torch.stack promotes), so a log step
+        costs a handful of tensor ops, not one per piece."""
+        extra = list(extra or [])
         if not self.losses:
-            return extra.tolist() if extra is not None else []
-        if self.logits:
+            return torch.stack(extra).tolist() if extra else []
+        if self.accuracy and self.logits:
             self.fold()
-        with torch.no_grad():
-            correct_count = self.correct_on_device if self.accuracy else torch.zeros((), device=self.losses[0].device)
-            parts = [torch.stack(self.losses).float(), correct_count.float().view(1)]
-            values = torch.cat(parts + ([extra.float().to(parts[0].device)] if extra is not None else [])).tolist()
+        device = self.losses[0].device
+        if extra and extra[0].device != device:
+            extra = [e.to(device) for e in extra]
         n = len(self.losses)
-        losses, correct, extras = values[:n], values[n], values[n + 1:]
+        counted = self.accuracy and self.correct_on_device is not None
+        with torch.no_grad():
+            parts = [*self.losses, self.correct_on_device.float()] if counted else self.losses
+            values = torch.stack(parts + extra).tolist()
+        losses, extras = values[:n], values[len(parts):]
         for i, loss in enumerate(losses):
             if self.bad_step is None and not math.isfinite(loss):
                 self.bad_step = self.first_step + i
         self.terms += [loss * n for loss, n in zip(losses, self.batch_sizes, strict=True)]
-        self.correct += int(correct)
+        self.correct += int(values[n]) if counted else 0
         self.count += sum(self.batch_sizes)
         self.losses, self.batch_sizes, self.correct_on_device = [], [], None
         return extras
@@ -213,7 +219,7 @@ class Trainer:
         self.main_higher = not lower_is_better(self.main_metric)
         precision = self.t.precision
         self.autocast_dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
-        self.no_autocast = nullcontext()
+        self.no_context = nullcontext()  # reusable: what autocast() and no_sync() give when off
         self.scaler = torch.amp.GradScaler(device.type) if precision == "16" else None
         self.channels_last = self.t.channels_last and len(data.input_shape) == 3
         # Position and results; all restored by load_state_dict.
@@ -232,7 +238,7 @@ class Trainer:
         # warning, kept sorted for its median (a long run has thousands to sort otherwise).
         self.grad_history: list[float] = []
         self.log_grads_next = False  # set by train_epoch when the coming step is a log step
-        self.grads_before_clip: tuple[list[str], torch.Tensor] | None = None
+        self.grads_before_clip: tuple[list[str], list[torch.Tensor]] | None = None
         self.errors: list = []  # misclassified validation examples of the last evaluation
         self.tally = self.new_tally()  # train loss (and accuracy) since the last log step
         self.restored_tally: dict[str, Any] | None = None
@@ -297,9 +303,12 @@ class Trainer:
         self.model.train()  # dropout on, batchnorm uses batch statistics
         loader = self.data.train
         loader.sampler.set_epoch(epoch)
-        progress = Progress(self.t.progress, self.main)
-        n = self.t.accumulate  # the progress bar counts optimizer steps
-        progress.start(f"epoch {epoch + 1}/{self.t.epochs}", -(-len(loader) // n), -(-start_batch // n))
+        # Looked up once: the loop below runs every step, and a small model's step is short.
+        batches, n, log_every, max_steps = len(loader), self.t.accumulate, self.t.log_every, self.t.max_steps
+        main, move_inputs, distributed = self.main, self.move_inputs, self.distributed
+        progress = Progress(self.t.progress, main)
+        # The progress bar counts optimizer steps.
+        progress.start(f"epoch {epoch + 1}/{self.t.epochs}", -(-batches // n), -(-start_batch // n))
         # A run resumed mid-epoch starts from the interrupted run's tally, so its next
         # train/loss point averages the same batches as an uninterrupted run's.
         self.tally = tally = self.new_tally(self.restored_tally)
@@ -307,16 +316,19 @@ class Trainer:
         started, samples = time.perf_counter(), 0
         last_line = started
         for batch, (x, y) in enumerate(loader.iterate(start_batch), start=start_batch):
-            x, y = self.to_device(x, y)
+            if move_inputs:  # a CPU run's batches are where they belong already
+                x, y = self.to_device(x, y)
+            ending = batch + 1 == batches
             # trainer.accumulate: an optimizer step after every n micro-batches and after the
             # epoch's last one (a smaller group), so checkpoints and stops fall between steps.
-            group, stepping = min(n, len(loader) - batch // n * n), (batch + 1) % n == 0 or batch + 1 == len(loader)
+            stepping = n == 1 or (batch + 1) % n == 0 or ending
             if stepping:
-                self.log_grads_next = self.main and ((self.step + 1) % self.t.log_every == 0
-                                                     or batch + 1 == len(loader))
+                self.log_grads_next = main and ((self.step + 1) % log_every == 0 or ending)
                 self.log_lr()
-            # Without accumulation, train_step(x, y) as always (tests and users wrap it so).
-            loss, logits = self.train_step(x, y) if n == 1 else self.train_step(x, y, group, stepping)
+            if n == 1:  # train_step(x, y) as always (tests and users wrap it so)
+                loss, logits = self.train_step(x, y)
+            else:
+                loss, logits = self.train_step(x, y, min(n, batches - batch // n * n), stepping)
             tally.add(self.step, loss.detach(), logits.detach(), y)
             samples += y.shape[0]
             self.batch = batch + 1
@@ -324,22 +336,21 @@ class Trainer:
                 continue
             if self.profiler is not None:
                 self.profiler = self.profiler.step()
-            if self.step % self.t.log_every == 0 or self.batch == len(loader):
+            if self.step % log_every == 0 or ending:
                 speed = samples / max(time.perf_counter() - started, 1e-9)
                 stats = f"{self.log_train(tally)} {speed:,.0f}/s"
                 progress.update(0, stats)
                 self.tally = tally = self.new_tally()
                 # Without a progress bar (CI, SLURM, a file): a plain line now and then.
-                if not progress.active and (time.perf_counter() - last_line >= PLAIN_LINE_EVERY_S
-                                            or self.batch == len(loader)):
+                if not progress.active and (time.perf_counter() - last_line >= PLAIN_LINE_EVERY_S or ending):
                     last_line = time.perf_counter()
                     log.info("epoch %d/%d batch %d/%d step %d  %s", epoch + 1, self.t.epochs, self.batch,
-                             len(loader), self.step, stats)
+                             batches, self.step, stats)
             progress.update()
-            if self.should_stop():
+            if self.should_stop() if distributed else self.stop_signal is not None:
                 progress.stop()
                 self.interrupt()
-            if self.reached_max_steps():
+            if max_steps is not None and self.step >= max_steps:
                 break
         progress.stop()
         elapsed = time.perf_counter() - started
@@ -399,10 +410,11 @@ class Trainer:
 
     def no_sync(self, skip: bool):
         """DDP: no gradient all-reduce on the micro-batches before an optimizer step."""
-        ddp = getattr(self.model, "_orig_mod", self.model)
-        if skip and isinstance(ddp, nn.parallel.DistributedDataParallel):
-            return ddp.no_sync()
-        return nullcontext()
+        if skip and self.distributed:
+            ddp = getattr(self.model, "_orig_mod", self.model)
+            if isinstance(ddp, nn.parallel.DistributedDataParallel):
+                return ddp.no_sync()
+        return self.no_context
 
     def scoring(self):
         """The weights validation and test score: the EMA's where trainer.ema is on."""
@@ -493,14 +505,14 @@ class Trainer:
         acc = f" train/acc {train['train/acc']:.3f}" if tally.accuracy else ""
         return f"train/loss {loss:.4f}{acc} lr {lr:.3g}"
 
-    def grad_norms(self, with_weights: bool = False) -> tuple[list[str], torch.Tensor]:
-        """Each weight's gradient norm (then, `with_weights`, each weight's norm), as one tensor
+    def grad_norms(self, with_weights: bool = False) -> tuple[list[str], list[torch.Tensor]]:
+        """Each weight's gradient norm (then, `with_weights`, each weight's norm), as 0-d tensors
         on the device (no host sync): one foreach call over every layer."""
         weights = [(n, p) for n, p in self.weights if p.grad is not None]  # frozen layers have none
         if not weights:
-            return [], torch.zeros(0)
+            return [], []
         tensors = [p.grad for _, p in weights] + ([p.detach() for _, p in weights] if with_weights else [])
-        return [n for n, _ in weights], torch.stack(torch._foreach_norm(tensors)).float()
+        return [n for n, _ in weights], list(torch._foreach_norm(tensors))
 
     def weight_norms_due(self) -> bool:
         """weight/norm/<layer> on its own, slower schedule (trainer.weight_norm_every): weights
@@ -511,7 +523,7 @@ class Trainer:
             self.weights_logged_at = self.step
         return due
 
-    def gradient_norms(self) -> tuple[list[str], torch.Tensor] | None:
+    def gradient_norms(self) -> tuple[list[str], list[torch.Tensor]] | None:
         """A log step's norms on the device, for log_train's one transfer: per-layer gradient
         norms before clipping, after it (with reg.grad_clip), then the weights' when due."""
         before, self.grads_before_clip = self.grads_before_clip, None
@@ -520,8 +532,8 @@ class Trainer:
             return None
         if before is not None and before[0] != names:
             before = None
-        pre = before[1].to(norms_now.device) if before is not None else norms_now[:len(names)]
-        return names, torch.cat([pre, norms_now])
+        pre = before[1] if before is not None else norms_now[:len(names)]
+        return names, pre + norms_now
 
     def log_gradients(self, names: list[str], norms: list[float], loss: float | None = None) -> None:
         """Global and per-layer gradient norms before clipping (grad/norm, grad/norm/<layer>),
@@ -643,7 +655,7 @@ class Trainer:
 
     def autocast(self):
         if self.autocast_dtype is None:
-            return self.no_autocast
+            return self.no_context
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def should_stop(self) -> bool:
