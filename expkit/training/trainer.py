@@ -304,8 +304,8 @@ class Trainer:
         loader = self.data.train
         loader.sampler.set_epoch(epoch)
         # Looked up once: the loop below runs every step, and a small model's step is short.
-        batches, n, log_every, max_steps = len(loader), self.t.accumulate, self.t.log_every, self.t.max_steps
-        main, move_inputs, distributed = self.main, self.move_inputs, self.distributed
+        batches, n, log_every = len(loader), self.t.accumulate, self.t.log_every
+        main, move_inputs = self.main, self.move_inputs
         progress = Progress(self.t.progress, main)
         # The progress bar counts optimizer steps.
         progress.start(f"epoch {epoch + 1}/{self.t.epochs}", -(-batches // n), -(-start_batch // n))
@@ -347,10 +347,10 @@ class Trainer:
                     log.info("epoch %d/%d batch %d/%d step %d  %s", epoch + 1, self.t.epochs, self.batch,
                              batches, self.step, stats)
             progress.update()
-            if self.should_stop() if distributed else self.stop_signal is not None:
+            if self.should_stop():
                 progress.stop()
                 self.interrupt()
-            if max_steps is not None and self.step >= max_steps:
+            if self.reached_max_steps():
                 break
         progress.stop()
         elapsed = time.perf_counter() - started
