@@ -125,16 +125,15 @@ class TrainTally:
         if extra and extra[0].device != device:
             extra = [e.to(device) for e in extra]
         n = len(self.losses)
-        counted = self.accuracy and self.correct_on_device is not None
-        with torch.no_grad():
-            parts = [*self.losses, self.correct_on_device.float()] if counted else self.losses
+        with torch.no_grad():  # with accuracy, every kept step was folded into correct_on_device
+            parts = [*self.losses, self.correct_on_device.float()] if self.accuracy else self.losses
             values = torch.stack(parts + extra).tolist()
         losses, extras = values[:n], values[len(parts):]
         for i, loss in enumerate(losses):
             if self.bad_step is None and not math.isfinite(loss):
                 self.bad_step = self.first_step + i
         self.terms += [loss * n for loss, n in zip(losses, self.batch_sizes, strict=True)]
-        self.correct += int(values[n]) if counted else 0
+        self.correct += int(values[n]) if self.accuracy else 0
         self.count += sum(self.batch_sizes)
         self.losses, self.batch_sizes, self.correct_on_device = [], [], None
         return extras
@@ -305,7 +304,7 @@ class Trainer:
         loader.sampler.set_epoch(epoch)
         # Looked up once: the loop below runs every step, and a small model's step is short.
         batches, n, log_every = len(loader), self.t.accumulate, self.t.log_every
-        main, move_inputs = self.main, self.move_inputs
+        main = self.main
         progress = Progress(self.t.progress, main)
         # The progress bar counts optimizer steps.
         progress.start(f"epoch {epoch + 1}/{self.t.epochs}", -(-batches // n), -(-start_batch // n))
@@ -316,8 +315,7 @@ class Trainer:
         started, samples = time.perf_counter(), 0
         last_line = started
         for batch, (x, y) in enumerate(loader.iterate(start_batch), start=start_batch):
-            if move_inputs:  # a CPU run's batches are where they belong already
-                x, y = self.to_device(x, y)
+            x, y = self.to_device(x, y)
             ending = batch + 1 == batches
             # trainer.accumulate: an optimizer step after every n micro-batches and after the
             # epoch's last one (a smaller group), so checkpoints and stops fall between steps.
