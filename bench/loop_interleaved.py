@@ -1,31 +1,39 @@
 """expkit's training loop against the hand-written one, finely interleaved in one process.
 
-    .venv/bin/python bench/loop_interleaved.py [--model mlp|cnn] [--rounds 40] [--instances 2] [--out FILE]
+    .venv/bin/python bench/loop_interleaved.py [--model mlp|cnn] [--rounds 40] [--instances 2]
+                                               [--placements 8] [--out FILE]
 
 bench/run.py's loop section trains each contender for a few epochs in turn; on a shared
 two-core machine the plain loop's own speed moves by a third between rounds, so ratios of
 whole contenders spread too much to tell 0.97 from 1.00. Here expkit's Trainer (at its
 defaults: TensorBoard, train/* and gradient norms every `trainer.log_every` steps, `opt/lr`
-at log steps and changes) and the plain loop are built once, on the same data, model and
+at log steps and changes) and the plain loop are built on the same data, model and
 optimizer, and their training epochs take turns in an order that rotates every round, for
 many rounds, so both see the same machine state to within a second. Evaluation and
 checkpoints are not in the timed epochs (section 1's whole-epoch rows count them). Ratio:
 expkit steps/s / plain loop steps/s, the median of the per-round ratios and the ratio of the
 totals, on wall and on process CPU time.
 
-Two instances of one loop differ by where their tensors landed in memory, by as much as
-the gap this measures (a single pair of plain loops by up to 1.7% here). So each contender
-is --instances copies (default 2), each timed in the rotation, and a round's ratio is of
-the copies' mean epoch times. A second group of plain loops, built the same way, takes its
-turns too: plain / plain is the floor of the measurement; a gap to expkit smaller than the
-floor's distance from 1 cannot be told from it.
+Two instances of one loop differ by where their tensors landed in memory, by more than
+the gap this measures: a pair of groups of two plain loops, built once, stay 3-6% apart
+for as long as they live (0.90-1.08 over twenty such builds here). So each contender is
+--instances copies (default 2), each timed in the rotation, a round's ratio is of the
+copies' mean epoch times, and the rounds are split over --placements sets of contenders
+(default 8): before each set's rounds, every instance of the last set is dropped and all
+are built anew, in an order rotated each time (so no contender keeps taking the memory
+another one freed), and warmed up by one untimed round. The median over all rounds then
+averages over placements instead of resting on one. A second group of plain loops, built
+the same way, takes its turns too: plain / plain is the floor of the measurement; a gap
+to expkit smaller than the floor's distance from 1 cannot be told from it.
 """
 
 from __future__ import annotations
 
+import gc
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -43,40 +51,81 @@ from logging_cost import (  # noqa: E402
 )
 from plain_loop import Config, PlainLoop  # noqa: E402
 
+GROUPS = ("expkit", "plain", "plain, again")
+PLACEMENTS = 8  # sets of contenders, each built anew, that the rounds are split over
 
-def measure(c: Config, rounds: int, instances: int = 2) -> dict:
-    """Per-round seconds (wall and process CPU) of one training epoch of each contender (the
-    mean over its instances), and expkit / plain steps/s per round."""
-    with quiet_expkit(), tempfile.TemporaryDirectory() as tmp:
-        trainers = [build_trainer(c, [], Path(tmp) / f"expkit-{i}") for i in range(instances)]
-        groups = {"expkit": [(lambda r, t=t: (t.train_epoch(r), t.writer.flush())) for t in trainers]}
-        plains = {name: [PlainLoop(c) for _ in range(instances)] for name in ("plain", "plain, again")}
-        groups.update({name: [p.train_epoch for p in loops] for name, loops in plains.items()})
-        steps = len(trainers[0].data.train)
-        assert steps == len(plains["plain"][0].train_batches), "the two loops must take the same steps"
-        # expkit's events reach the disk inside its timed epoch.
-        seconds, cpu = interleave({f"{name} {i}": epoch for name, epochs in groups.items()
-                                   for i, epoch in enumerate(epochs)}, rounds)
+
+def build_contenders(c: Config, instances: int, run_dir: Path, rotate: int) -> tuple[dict, Callable[[], None]]:
+    """`instances` copies each of expkit's Trainer and of two groups of plain loops, built in
+    an order rotated by `rotate` (so no contender always takes the memory freed by the same
+    one): {"<group> <i>": its epoch function}, and what closes them."""
+    makers = [(f"{name} {i}", name) for i in range(instances) for name in GROUPS]
+    trainers, epochs = [], {}
+    for key, name in makers[rotate % len(makers):] + makers[:rotate % len(makers)]:
+        if name == "expkit":
+            t = build_trainer(c, [], run_dir / key.replace(" ", "-"))
+            trainers.append(t)
+            # expkit's events reach the disk inside its timed epoch.
+            epochs[key] = lambda r, t=t: (t.train_epoch(r), t.writer.flush())
+        else:
+            epochs[key] = PlainLoop(c).train_epoch
+    steps = len(trainers[0].data.train)
+    assert steps == len(epochs["plain 0"].__self__.train_batches), "the two loops must take the same steps"
+
+    def close() -> None:
         for t in trainers:
             t.writer.close()
+
+    return {key: epochs[key] for key, _ in makers}, close
+
+
+def measure(c: Config, rounds: int, instances: int = 2, placements: int = PLACEMENTS) -> dict:
+    """Per-round seconds (wall and process CPU) of one training epoch of each contender (the
+    mean over its instances), and expkit / plain steps/s per round. The rounds are split
+    into `placements` runs, each on contenders built anew (and warmed up by one round)."""
+    placements = max(1, min(placements, rounds))
+    seconds: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    sizes: list[int] = []  # rounds per placement
+    with quiet_expkit(), tempfile.TemporaryDirectory() as tmp:
+        for p in range(placements):
+            epochs, close = build_contenders(c, instances, Path(tmp) / f"placement-{p}", rotate=p)
+            steps = len(epochs["plain 0"].__self__.train_batches)
+            sizes.append(rounds // placements + (p < rounds % placements))
+            these_seconds, these_cpu = interleave(epochs, sizes[-1])
+            close()
+            del epochs
+            gc.collect()  # the next placement's tensors may take this one's memory
+            for name in these_seconds:
+                seconds.setdefault(name, []).extend(these_seconds[name])
+                cpu.setdefault(name, []).extend(these_cpu[name])
     per_instance = {name: statistics.median(times) for name, times in seconds.items()}
 
     def mean_of_instances(times: dict[str, list[float]]) -> dict[str, list[float]]:
         return {name: [statistics.mean(in_round) for in_round in
-                       zip(*(times[f"{name} {i}"] for i in range(instances)), strict=True)] for name in groups}
+                       zip(*(times[f"{name} {i}"] for i in range(instances)), strict=True)] for name in GROUPS}
 
     seconds, cpu = mean_of_instances(seconds), mean_of_instances(cpu)
-    return {"config": c, "rounds": rounds, "instances": instances, "steps": steps,
+    return {"config": c, "rounds": rounds, "instances": instances, "placements": placements, "steps": steps,
             "seconds": seconds, "cpu": cpu, "per_instance": per_instance,
+            "rounds_per_placement": sizes,
             "ratios": speed_ratios(seconds, cpu, of="expkit", to="plain"),
             "floor": speed_ratios(seconds, cpu, of="plain, again", to="plain")}
+
+
+def per_placement(res: dict, per_round: list[float]) -> list[float]:
+    """The median of each placement's rounds."""
+    sizes = res.get("rounds_per_placement", [len(per_round)])
+    starts = [sum(sizes[:p]) for p in range(len(sizes))]
+    return [statistics.median(per_round[a:a + n]) for a, n in zip(starts, sizes, strict=True)]
 
 
 def table(res: dict) -> list[str]:
     def row(kind: str, of: str = "expkit") -> str:
         ratios = res["ratios"] if of == "expkit" else res["floor"]
         median, q1, q3, total = ratio_summary({**res, "ratios": ratios}, kind, of=of, to="plain")
-        return f"{median:.3f} (quartiles {q1:.3f}-{q3:.3f}) | {total:.3f}"
+        placed = per_placement(res, ratios[kind])
+        return f"{median:.3f} (quartiles {q1:.3f}-{q3:.3f}) | {total:.3f} | {min(placed):.3f}-{max(placed):.3f}"
 
     ms = ms_per_step(res)
     n = res.get("instances", 1)
@@ -86,11 +135,13 @@ def table(res: dict) -> list[str]:
             f"{name} {1000 * t / res['steps']:.2f}" for name, t in res["per_instance"].items())
     return [
         f"Loop, {res['config'].model} ({res['steps']} steps an epoch, {res['rounds']} rounds of one training "
-        f"epoch of each of {n} instances of each contender, interleaved; plain loop: {ms['plain']:.2f} ms a step, "
+        f"epoch of each of {n} instances of each contender, interleaved, over {res.get('placements', 1)} "
+        f"placements (every instance built anew for each); plain loop: {ms['plain']:.2f} ms a step, "
         f"expkit at defaults: {ms['expkit']:.2f}{spread}):",
         "",
-        "| measured on | expkit / plain loop, steps/s: median of rounds (quartiles) | totals |",
-        "| --- | ---: | ---: |",
+        "| measured on | expkit / plain loop, steps/s: median of rounds (quartiles) | totals "
+        "| each placement's median, min-max |",
+        "| --- | ---: | ---: | ---: |",
         f"| wall time | {row('wall')} |",
         f"| CPU time of the process (all its threads) | {row('cpu')} |",
         f"| the floor: a second group of plain loops / the first, wall time | {row('wall', of='plain, again')} |",
@@ -98,4 +149,7 @@ def table(res: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(cli(None, __doc__, measure, table, extra=INSTANCES_OPTION))
+    sys.exit(cli(None, __doc__, measure, table, extra={
+        **INSTANCES_OPTION,
+        "placements": {"type": int, "default": PLACEMENTS,
+                       "help": f"sets of contenders built anew, the rounds split over them (default {PLACEMENTS})"}}))

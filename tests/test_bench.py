@@ -47,6 +47,25 @@ def test_interleaved_benchmarks_time_both_contenders_on_the_same_steps(bench):
 TINY = plain_loop.Config(model="mlp", shape=(1, 8, 8), size=256, batch_size=64, epochs=1000)
 
 
+def test_loop_bench_splits_its_rounds_over_contenders_built_anew(monkeypatch):
+    built = []
+    real = loop_interleaved.build_contenders
+
+    def recording(*args, **kwargs):
+        epochs, close = real(*args, **kwargs)
+        built.append({name: getattr(epoch, "__self__", epoch) for name, epoch in epochs.items()})
+        return epochs, close
+
+    monkeypatch.setattr(loop_interleaved, "build_contenders", recording)
+    res = loop_interleaved.measure(TINY, rounds=5, instances=1, placements=2)
+    assert res["rounds_per_placement"] == [3, 2]
+    assert all(len(v) == 5 for v in res["seconds"].values()) and len(res["ratios"]["wall"]) == 5
+    assert len(built) == 2 and built[0].keys() == built[1].keys()
+    assert all(built[0][name] is not built[1][name] for name in built[0])  # new instances, not reused
+    assert len(loop_interleaved.per_placement(res, res["ratios"]["wall"])) == 2
+    assert "over 2 placements" in "\n".join(loop_interleaved.table(res))
+
+
 def test_step_profile_names_every_piece_of_the_loop():
     res = step_profile.measure(TINY)
     assert res["plain_us"] > 0 and len(res["pieces"]) >= 8
