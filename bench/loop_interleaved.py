@@ -55,10 +55,11 @@ GROUPS = ("expkit", "plain", "plain, again")
 PLACEMENTS = 8  # sets of contenders, each built anew, that the rounds are split over
 
 
-def build_contenders(c: Config, instances: int, run_dir: Path, rotate: int) -> tuple[dict, Callable[[], None]]:
+def build_contenders(c: Config, instances: int, run_dir: Path,
+                     rotate: int) -> tuple[dict, Callable[[], None], int]:
     """`instances` copies each of expkit's Trainer and of two groups of plain loops, built in
     an order rotated by `rotate` (so no contender always takes the memory freed by the same
-    one): {"<group> <i>": its epoch function}, and what closes them."""
+    one): {"<group> <i>": its epoch function}, what closes them, and the steps of an epoch."""
     makers = [(f"{name} {i}", name) for i in range(instances) for name in GROUPS]
     trainers, epochs = [], {}
     for key, name in makers[rotate % len(makers):] + makers[:rotate % len(makers)]:
@@ -76,7 +77,7 @@ def build_contenders(c: Config, instances: int, run_dir: Path, rotate: int) -> t
         for t in trainers:
             t.writer.close()
 
-    return {key: epochs[key] for key, _ in makers}, close
+    return {key: epochs[key] for key, _ in makers}, close, steps
 
 
 def measure(c: Config, rounds: int, instances: int = 2, placements: int = PLACEMENTS) -> dict:
@@ -89,13 +90,12 @@ def measure(c: Config, rounds: int, instances: int = 2, placements: int = PLACEM
     sizes: list[int] = []  # rounds per placement
     with quiet_expkit(), tempfile.TemporaryDirectory() as tmp:
         for p in range(placements):
-            epochs, close = build_contenders(c, instances, Path(tmp) / f"placement-{p}", rotate=p)
-            steps = len(epochs["plain 0"].__self__.train_batches)
+            epochs, close, steps = build_contenders(c, instances, Path(tmp) / f"placement-{p}", rotate=p)
             sizes.append(rounds // placements + (p < rounds % placements))
             these_seconds, these_cpu = interleave(epochs, sizes[-1])
             close()
-            del epochs
-            gc.collect()  # the next placement's tensors may take this one's memory
+            del epochs, close  # close holds the Trainers too
+            gc.collect()  # so the next placement's contenders are built in this one's freed memory
             for name in these_seconds:
                 seconds.setdefault(name, []).extend(these_seconds[name])
                 cpu.setdefault(name, []).extend(these_cpu[name])

@@ -52,9 +52,9 @@ def test_loop_bench_splits_its_rounds_over_contenders_built_anew(monkeypatch):
     real = loop_interleaved.build_contenders
 
     def recording(*args, **kwargs):
-        epochs, close = real(*args, **kwargs)
+        epochs, close, steps = real(*args, **kwargs)
         built.append({name: getattr(epoch, "__self__", epoch) for name, epoch in epochs.items()})
-        return epochs, close
+        return epochs, close, steps
 
     monkeypatch.setattr(loop_interleaved, "build_contenders", recording)
     res = loop_interleaved.measure(TINY, rounds=5, instances=1, placements=2)
