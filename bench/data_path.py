@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from logging_cost import rotate  # bench/, the folder of this script
 from torch import nn
 
 from expkit.config.schema import SyntheticDataConfig
@@ -124,8 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     times: dict[str, list[float]] = {n: [] for n in names}
     alone: dict[str, list[float]] = {n: [] for n in loaders}
     for r in range(args.rounds + 1):  # round 0 warms up (and starts the persistent workers)
-        order = names[r % len(names):] + names[: r % len(names)]  # rotate: no path always goes first
-        for name in order:
+        for name in rotate(names, r):  # no path always goes first
             if name in loaders:
                 t = epoch_through(loaders[name], model, optimizer, r)
                 a = epoch_loader_only(loaders[name], r)

@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import plain_loop  # noqa: E402
-from logging_cost import build_trainer, quiet_expkit  # noqa: E402
+from logging_cost import build_trainer, quiet_expkit, rotate  # noqa: E402
 from plain_loop import Config  # noqa: E402
 
 FAST = ["trainer.precision=bf16", "trainer.channels_last=true"]
@@ -106,10 +106,6 @@ def device_overrides(device: torch.device) -> list[str]:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def rotate(items: list, r: int) -> list:
-    return items[r % len(items):] + items[: r % len(items)]
 
 
 def measure(size: int, batch_size: int, rounds: int, compile: bool, device: torch.device,

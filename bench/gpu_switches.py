@@ -28,8 +28,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from logging_cost import rotate  # noqa: E402
 from plain_loop import Config  # noqa: E402
-from run import load, machine, ratios, rotate, run_expkit, spread, steady  # noqa: E402
+from run import load, machine, ratios, run_expkit, spread, steady  # noqa: E402
 
 VARIANTS = {
     "fp32": [],

@@ -69,6 +69,11 @@ def quiet_expkit():
         logger.setLevel(level)
 
 
+def rotate(items: list, r: int) -> list:
+    """items, starting at its r-th (mod its length): the order of turn r, so none always goes first."""
+    return items[r % len(items):] + items[: r % len(items)]
+
+
 def interleave(epochs: dict[str, Callable[[int], object]], rounds: int) -> tuple[dict, dict]:
     """Run the contenders' epoch r in turn, in an order that rotates every round (A B, B A, ...
     for two), for rounds + 1 rounds, of which round 0 warms them up and is not counted: (wall
@@ -77,7 +82,7 @@ def interleave(epochs: dict[str, Callable[[int], object]], rounds: int) -> tuple
     seconds: dict[str, list[float]] = {name: [] for name in epochs}
     cpu: dict[str, list[float]] = {name: [] for name in epochs}
     for r in range(rounds + 1):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in rotate(names, r):
             start, start_cpu = time.perf_counter(), time.process_time()
             epochs[name](r)
             if r:

@@ -47,6 +47,7 @@ from logging_cost import (  # noqa: E402
     ms_per_step,
     quiet_expkit,
     ratio_summary,
+    rotate,
     speed_ratios,
 )
 from plain_loop import Config, PlainLoop  # noqa: E402
@@ -56,13 +57,13 @@ PLACEMENTS = 8  # sets of contenders, each built anew, that the rounds are split
 
 
 def build_contenders(c: Config, instances: int, run_dir: Path,
-                     rotate: int) -> tuple[dict, Callable[[], None], int]:
+                     rotate_by: int) -> tuple[dict, Callable[[], None], int]:
     """`instances` copies each of expkit's Trainer and of two groups of plain loops, built in
-    an order rotated by `rotate` (so no contender always takes the memory freed by the same
+    an order rotated by `rotate_by` (so no contender always takes the memory freed by the same
     one): {"<group> <i>": its epoch function}, what closes them, and the steps of an epoch."""
     makers = [(f"{name} {i}", name) for i in range(instances) for name in GROUPS]
     trainers, epochs = [], {}
-    for key, name in makers[rotate % len(makers):] + makers[:rotate % len(makers)]:
+    for key, name in rotate(makers, rotate_by):
         if name == "expkit":
             t = build_trainer(c, [], run_dir / key.replace(" ", "-"))
             trainers.append(t)
@@ -90,7 +91,7 @@ def measure(c: Config, rounds: int, instances: int = 2, placements: int = PLACEM
     sizes: list[int] = []  # rounds per placement
     with quiet_expkit(), tempfile.TemporaryDirectory() as tmp:
         for p in range(placements):
-            epochs, close, steps = build_contenders(c, instances, Path(tmp) / f"placement-{p}", rotate=p)
+            epochs, close, steps = build_contenders(c, instances, Path(tmp) / f"placement-{p}", rotate_by=p)
             sizes.append(rounds // placements + (p < rounds % placements))
             these_seconds, these_cpu = interleave(epochs, sizes[-1])
             close()

@@ -75,6 +75,7 @@ import loop_switches  # noqa: E402
 import plain_loop  # noqa: E402
 import scaling  # noqa: E402
 import step_profile  # noqa: E402
+from logging_cost import rotate  # noqa: E402
 from plain_loop import Config  # noqa: E402
 from scaling import timed_command  # noqa: E402
 
@@ -95,10 +96,6 @@ def spread(values: list[float], fmt: str = "{:.3g}") -> str:
 def ratios(a: list[float], b: list[float]) -> list[float]:
     """Per-round ratios a/b: each round's contenders ran back to back on the same machine state."""
     return [x / y for x, y in zip(a, b, strict=True)]
-
-
-def rotate(items: list, r: int) -> list:
-    return items[r % len(items):] + items[: r % len(items)]
 
 
 def machine() -> str:
