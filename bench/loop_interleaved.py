@@ -15,8 +15,8 @@ expkit steps/s / plain loop steps/s, the median of the per-round ratios and the 
 totals, on wall and on process CPU time.
 
 Two instances of one loop differ by where their tensors landed in memory, by more than
-the gap this measures: a pair of groups of two plain loops, built once, stay 3-6% apart
-for as long as they live (0.90-1.08 over twenty such builds here). So each contender is
+the gap this measures: a pair of groups of two plain loops, built once, stay up to 8% apart
+for as long as they live (0.92-1.07 over twenty such builds here). So each contender is
 --instances copies (default 2), each timed in the rotation, a round's ratio is of the
 copies' mean epoch times, and the rounds are split over --placements sets of contenders
 (default 8): before each set's rounds, every instance of the last set is dropped and all
