@@ -1,6 +1,6 @@
 """expkit's training loop against the hand-written one, finely interleaved in one process.
 
-    .venv/bin/python bench/loop_interleaved.py [--model mlp|cnn] [--rounds 40] [--instances 2]
+    .venv/bin/python bench/loop_interleaved.py [--model mlp|cnn|tiny-mlp] [--rounds 40] [--instances 2]
                                                [--placements 8] [--out FILE]
 
 bench/run.py's loop section trains each contender for a few epochs in turn; on a shared
@@ -25,6 +25,11 @@ another one freed), and warmed up by one untimed round. The median over all roun
 averages over placements instead of resting on one. A second group of plain loops, built
 the same way, takes its turns too: plain / plain is the floor of the measurement; a gap
 to expkit smaller than the floor's distance from 1 cannot be told from it.
+
+The table also gives the difference in microseconds a step. `--model tiny-mlp` (an MLP of
+one layer of 8 on 8x8 inputs, steps of well under a millisecond) measures that difference
+where it is large against the step: the loop's own cost, to a few microseconds, which a
+ratio of 5 ms steps with a floor of +-1% cannot resolve.
 """
 
 from __future__ import annotations
@@ -114,6 +119,11 @@ def measure(c: Config, rounds: int, instances: int = 2, placements: int = PLACEM
             "floor": speed_ratios(seconds, cpu, of="plain, again", to="plain")}
 
 
+def added_us(res: dict, of: str = "expkit", to: str = "plain") -> list[float]:
+    """Per round, the microseconds `of` took a step more than `to` (wall time)."""
+    return [1e6 * (a - b) / res["steps"] for a, b in zip(res["seconds"][of], res["seconds"][to], strict=True)]
+
+
 def per_placement(res: dict, per_round: list[float]) -> list[float]:
     """The median of each placement's rounds."""
     sizes = res.get("rounds_per_placement", [len(per_round)])
@@ -128,17 +138,25 @@ def table(res: dict) -> list[str]:
         placed = per_placement(res, ratios[kind])
         return f"{median:.3f} (quartiles {q1:.3f}-{q3:.3f}) | {total:.3f} | {min(placed):.3f}-{max(placed):.3f}"
 
+    def us_row(of: str) -> str:
+        added = added_us(res, of)
+        q = statistics.quantiles(added, n=4)
+        placed = per_placement(res, added)
+        total = 1e6 * (sum(res["seconds"][of]) - sum(res["seconds"]["plain"])) / res["steps"] / len(added)
+        return (f"{statistics.median(added):+.1f} (quartiles {q[0]:+.1f}-{q[2]:+.1f}) | {total:+.1f} "
+                f"| {min(placed):+.1f}-{max(placed):+.1f}")
+
     ms = ms_per_step(res)
-    n = res.get("instances", 1)
+    c, n = res["config"], res.get("instances", 1)
     spread = ""
     if "per_instance" in res:
         spread = "; each instance's median ms a step: " + ", ".join(
             f"{name} {1000 * t / res['steps']:.2f}" for name, t in res["per_instance"].items())
     return [
-        f"Loop, {res['config'].model} ({res['steps']} steps an epoch, {res['rounds']} rounds of one training "
-        f"epoch of each of {n} instances of each contender, interleaved, over {res.get('placements', 1)} "
-        f"placements (every instance built anew for each); plain loop: {ms['plain']:.2f} ms a step, "
-        f"expkit at defaults: {ms['expkit']:.2f}{spread}):",
+        f"Loop, {c.label()} on {'x'.join(map(str, c.shape))} ({res['steps']} steps an epoch, {res['rounds']} "
+        f"rounds of one training epoch of each of {n} instances of each contender, interleaved, over "
+        f"{res.get('placements', 1)} placements (every instance built anew for each); plain loop: "
+        f"{ms['plain']:.2f} ms a step, expkit at defaults: {ms['expkit']:.2f}{spread}):",
         "",
         "| measured on | expkit / plain loop, steps/s: median of rounds (quartiles) | totals "
         "| each placement's median, min-max |",
@@ -146,6 +164,12 @@ def table(res: dict) -> list[str]:
         f"| wall time | {row('wall')} |",
         f"| CPU time of the process (all its threads) | {row('cpu')} |",
         f"| the floor: a second group of plain loops / the first, wall time | {row('wall', of='plain, again')} |",
+        "",
+        "| microseconds a step more than the plain loop's, wall time | median of rounds (quartiles) | mean "
+        "| each placement's median, min-max |",
+        "| --- | ---: | ---: | ---: |",
+        f"| expkit at defaults | {us_row('expkit')} |",
+        f"| the floor: the second group of plain loops | {us_row('plain, again')} |",
     ]
 
 

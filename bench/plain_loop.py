@@ -40,6 +40,8 @@ from expkit.training.dist import default_threads
 @dataclass
 class Config:
     model: str = "mlp"  # mlp or cnn, each at expkit's defaults (conf/model/*.yaml, conf/reg/default.yaml)
+    width: int = 256  # the mlp's hidden units (model.width)
+    depth: int = 3  # the mlp's hidden layers (model.depth)
     size: int = 8192  # training examples (data.size); validation is val_fraction of the total on top
     shape: tuple[int, ...] = (1, 28, 28)
     num_classes: int = 10
@@ -52,9 +54,18 @@ class Config:
     weight_decay: float = 0.01
     threads: int = 0  # 0: as expkit chooses (expkit.dist.default_threads)
 
+    def label(self) -> str:
+        """The model as the bench tables name it: mlp or cnn, and the mlp's layers where they
+        are not expkit's default ones."""
+        if self.model == "mlp" and (self.width, self.depth) != (Config.width, Config.depth):
+            return f"mlp, {self.depth} hidden layer{'s' * (self.depth > 1)} of {self.width}"
+        return self.model
+
     def expkit_overrides(self) -> list[str]:
         """The `expkit train` overrides for the same run."""
-        return ["data=synthetic", f"model={self.model}", f"data.size={self.size}",
+        mlp = self.model == "mlp" and (self.width, self.depth) != (Config.width, Config.depth)
+        model = [f"model.width={self.width}", f"model.depth={self.depth}"] if mlp else []
+        return ["data=synthetic", f"model={self.model}", *model, f"data.size={self.size}",
                 f"data.shape=[{','.join(map(str, self.shape))}]", f"data.num_classes={self.num_classes}",
                 f"data.batch_size={self.batch_size}", f"seed={self.seed}", f"trainer.epochs={self.epochs}"]
 
@@ -127,9 +138,9 @@ def make_model(c: Config) -> nn.Module:
     if c.model == "mlp":
         layers: list[nn.Module] = [nn.Flatten()]
         features = math.prod(c.shape)
-        for _ in range(3):
-            layers += [nn.Linear(features, 256, bias=False), nn.BatchNorm1d(256), act(), nn.Dropout(0.2)]
-            features = 256
+        for _ in range(c.depth):
+            layers += [nn.Linear(features, c.width, bias=False), nn.BatchNorm1d(c.width), act(), nn.Dropout(0.2)]
+            features = c.width
         return nn.Sequential(*layers, nn.Linear(features, c.num_classes))
     if c.model == "cnn":
         channels, h, w = c.shape

@@ -486,6 +486,14 @@ def summary(results: dict) -> list[str]:
         r, best = loop_ratio(res, "epoch", ex, quiet)
         add(f"logging + checkpoint ({m}): expkit defaults / off, whole-epoch steps/s, whole runs", r, "-",
             None, best=best)
+    if "loop_interleaved_tiny-mlp" in results:
+        res = results["loop_interleaved_tiny-mlp"]
+        step_ms = logging_cost.ms_per_step(res)["plain"]
+        what = f"loop ({res['config'].label()}, {step_ms:.2f} ms steps): expkit - plain loop"
+        add(f"{what}, microseconds a step, interleaved epochs", loop_interleaved.added_us(res), "-", None,
+            fmt="{:+.1f}")
+        add(f"{what}: the floor, a second group of plain loops - the first", loop_interleaved.added_us(
+            res, of="plain, again"), "-", None, fmt="{:+.1f}")
     for key in ("logging_mlp", "logging_cnn"):
         if key in results:
             r = results[key]["ratios"]["wall"]
@@ -612,12 +620,12 @@ def main(argv: list[str] | None = None) -> None:
                 results[key] = bench_loop(c, rounds)
                 sections.append((f"1. Loop overhead, in one process: {c.model}", loop_table(results[key])))
             loop_rounds = 2 if args.quick else 40
-            for c in (mlp, cnn):
-                print(f"1. loop overhead, {c.model}, interleaved epochs ({loop_rounds} rounds)", flush=True)
-                key = f"loop_interleaved_{c.model}"
-                results[key] = loop_interleaved.measure(replace(logging_cost.CONFIGS[c.model],
-                                                                size=c.size), loop_rounds)
-                sections.append((f"1. Loop overhead, interleaved epochs: {c.model}",
+            for name, size in (("mlp", mlp.size), ("cnn", cnn.size), ("tiny-mlp", small or None)):
+                c = replace(logging_cost.CONFIGS[name], size=size or logging_cost.CONFIGS[name].size)
+                print(f"1. loop overhead, {c.label()}, interleaved epochs ({loop_rounds} rounds)", flush=True)
+                key = f"loop_interleaved_{name}"
+                results[key] = loop_interleaved.measure(c, loop_rounds)
+                sections.append((f"1. Loop overhead, interleaved epochs: {c.label()}",
                                  loop_interleaved.table(results[key])))
             for c in (mlp, cnn):
                 print(f"1. step profile, {c.model}", flush=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,22 @@ def test_loop_bench_splits_its_rounds_over_contenders_built_anew(monkeypatch):
     assert all(built[0][name] is not built[1][name] for name in built[0])  # new instances, not reused
     assert len(loop_interleaved.per_placement(res, res["ratios"]["wall"])) == 2
     assert "over 2 placements" in "\n".join(loop_interleaved.table(res))
+
+
+def test_loop_bench_in_microseconds_builds_both_loops_narrow(tmp_path):
+    narrow = replace(TINY, width=8, depth=1)
+    assert "model.width=8" in narrow.expkit_overrides() and "model.width" not in " ".join(TINY.expkit_overrides())
+    trainer = logging_cost.build_trainer(narrow, [], tmp_path / "run")
+    shapes = [p.shape for p in trainer.raw_model.parameters()]
+    assert shapes == [p.shape for p in plain_loop.make_model(narrow).parameters()] and (8, 64) in shapes
+    trainer.writer.close()
+    res = loop_interleaved.measure(narrow, rounds=2, instances=1, placements=1)
+    added = loop_interleaved.added_us(res)
+    steps = res["steps"]
+    assert added == pytest.approx([1e6 * (a - b) / steps for a, b in
+                                   zip(res["seconds"]["expkit"], res["seconds"]["plain"], strict=True)])
+    text = "\n".join(loop_interleaved.table(res))
+    assert "Loop, mlp, 1 hidden layer of 8 on 1x8x8" in text and "| expkit at defaults | " in text
 
 
 def test_step_profile_names_every_piece_of_the_loop():
