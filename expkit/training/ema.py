@@ -2,7 +2,10 @@
 
 After every optimizer step, each floating-point parameter and buffer of the model moves its
 average towards the new value: avg += (1 - decay) * (value - avg), in one foreach call on
-the device (no host sync). Integer buffers (batchnorm's num_batches_tracked) are copied.
+the device (no host sync). Integer buffers (batchnorm's num_batches_tracked) are counters,
+not averaged: the average takes the model's value whenever it is read (`applied`,
+`state_dict`), which is what copying them after every step gives, without a copy per
+buffer per step.
 With trainer.ema_warmup the decay of step t is min(decay, (1 + t) / (10 + t)), so the
 average is not held back by the first, random weights.
 
@@ -40,6 +43,10 @@ class EMA:
         """Move the average towards the model's weights after optimizer step `step` (1-based)."""
         if self.float_live:
             torch._foreach_lerp_(self.float_averages, self.float_live, 1.0 - self.decay_at(step))
+
+    @torch.no_grad()
+    def take_counters(self) -> None:
+        """The model's integer buffers into the average, before it is read."""
         for average, live in self.other_pairs:
             average.copy_(live)
 
@@ -47,6 +54,7 @@ class EMA:
     def applied(self) -> Iterator[None]:
         """The average in the model's own tensors for the block, the trained weights after it
         (copied in place, so a compiled or DDP-wrapped model sees the same tensors)."""
+        self.take_counters()
         with torch.no_grad():
             trained = {k: v.detach().clone() for k, v in self.live.items()}
             for k, v in self.live.items():
@@ -60,6 +68,7 @@ class EMA:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The averaged weights, a state_dict of the model (so best.pt's can be loaded as is)."""
+        self.take_counters()
         return dict(self.averages)
 
     @torch.no_grad()
