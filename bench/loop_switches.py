@@ -1,10 +1,12 @@
 """The training loop's switches against expkit at its defaults, interleaved in one process.
 
-    .venv/bin/python bench/loop_switches.py [--model mlp|cnn] [--rounds 30] [--out FILE]
+    .venv/bin/python bench/loop_switches.py [--model mlp|cnn] [--rounds 30] [--placements 6] [--out FILE]
 
-Contenders, each expkit's Trainer built once (bench/logging_cost.py's build_trainer, the
-model and data of bench/run.py's loop section), their training epochs taking turns in an
-order that rotates every round:
+Contenders, each expkit's Trainer (bench/logging_cost.py's build_trainer, the model and
+data of bench/run.py's loop section), their training epochs taking turns in an order that
+rotates every round; the rounds are split over --placements sets of Trainers, each set
+built anew (as bench/loop_interleaved.py does, since where a Trainer's tensors land moves
+its speed by several percent for as long as it lives):
 
 - defaults           trainer.accumulate=1 trainer.ema=null trainer.profile=0
 - ema                trainer.ema=0.999: one foreach lerp over the weights after every step
@@ -25,6 +27,7 @@ a dispatch mode over one epoch at defaults, split into log steps and the steps b
 from __future__ import annotations
 
 import collections
+import gc
 import statistics
 import sys
 import tempfile
@@ -34,7 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from logging_cost import build_trainer, cli, interleave, quiet_expkit, speed_ratios  # noqa: E402
+from logging_cost import build_trainer, cli, interleave, quiet_expkit, rotate, speed_ratios  # noqa: E402
 from plain_loop import Config  # noqa: E402
 
 CONTENDERS = {
@@ -43,6 +46,7 @@ CONTENDERS = {
     "accumulate 4": ["trainer.accumulate=4"],  # with data.batch_size / 4, set in measure
     "profile done": ["trainer.profile=2"],
 }
+PLACEMENTS = 6  # sets of Trainers, each built anew, that the rounds are split over
 
 
 def host_syncs(trainer, epoch: int) -> dict[str, float]:
@@ -79,25 +83,51 @@ def host_syncs(trainer, epoch: int) -> dict[str, float]:
             "between_log_steps": sum(by_step[s] for s in others)}
 
 
-def measure(c: Config, rounds: int) -> dict:
-    with quiet_expkit(), tempfile.TemporaryDirectory() as tmp:
-        trainers = {}
-        for name, extra in CONTENDERS.items():
-            config = replace(c, batch_size=c.batch_size // 4) if name == "accumulate 4" else c
-            trainers[name] = build_trainer(config, extra, Path(tmp) / name.replace(" ", "-"))
-        from expkit.training.profile import StepProfiler
+def build(c: Config, run_dir: Path, rotate_by: int) -> dict:
+    """Every contender's Trainer, built in an order rotated by `rotate_by` (so no contender
+    always takes the memory freed by the same one), with trainer.profile's profiler started
+    as fit() starts it."""
+    from expkit.training.profile import StepProfiler
 
-        t = trainers["profile done"]
-        t.profiler = StepProfiler(2, t.rundir.profile_trace, t.device)  # as fit() starts it
-        steps = len(trainers["defaults"].data.train)
-        assert len(trainers["accumulate 4"].data.train) == 4 * steps, "accumulate 4 must take the same steps"
-        seconds, cpu = interleave({name: (lambda r, t=t: (t.train_epoch(r), t.writer.flush()))
-                                   for name, t in trainers.items()}, rounds)
-        assert t.profiler is None and t.rundir.profile_trace.exists()
-        syncs = host_syncs(trainers["defaults"], rounds + 1)
-        for t in trainers.values():
-            t.writer.close()
-    return {"config": c, "rounds": rounds, "steps": steps, "seconds": seconds, "cpu": cpu, "syncs": syncs,
+    trainers = {}
+    for name in rotate(list(CONTENDERS), rotate_by):
+        config = replace(c, batch_size=c.batch_size // 4) if name == "accumulate 4" else c
+        trainers[name] = build_trainer(config, CONTENDERS[name], run_dir / name.replace(" ", "-"))
+    t = trainers["profile done"]
+    t.profiler = StepProfiler(2, t.rundir.profile_trace, t.device)
+    assert len(trainers["accumulate 4"].data.train) == 4 * len(trainers["defaults"].data.train), \
+        "accumulate 4 must take the same steps"
+    return {name: trainers[name] for name in CONTENDERS}
+
+
+def measure(c: Config, rounds: int, placements: int = PLACEMENTS) -> dict:
+    """Per-round seconds of one training epoch of each contender, the rounds split over
+    `placements` sets of Trainers built anew (each warmed up by one round, in which the
+    profile contender's trace ends), as bench/loop_interleaved.py does: where a Trainer's
+    tensors landed moves its speed by several percent for as long as it lives."""
+    placements = max(1, min(placements, rounds))
+    seconds: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    with quiet_expkit(), tempfile.TemporaryDirectory() as tmp:
+        for p in range(placements):
+            trainers = build(c, Path(tmp) / f"placement-{p}", rotate_by=p)
+            size = rounds // placements + (p < rounds % placements)
+            these_seconds, these_cpu = interleave({name: (lambda r, t=t: (t.train_epoch(r), t.writer.flush()))
+                                                   for name, t in trainers.items()}, size)
+            profiled = trainers["profile done"]
+            assert profiled.profiler is None and profiled.rundir.profile_trace.exists()
+            for name in these_seconds:
+                seconds.setdefault(name, []).extend(these_seconds[name])
+                cpu.setdefault(name, []).extend(these_cpu[name])
+            if p == placements - 1:
+                steps = len(trainers["defaults"].data.train)
+                syncs = host_syncs(trainers["defaults"], size + 1)
+            for t in trainers.values():
+                t.writer.close()
+            del trainers, profiled, t
+            gc.collect()  # so the next placement's Trainers are built in this one's freed memory
+    return {"config": c, "rounds": rounds, "placements": placements, "steps": steps, "seconds": seconds,
+            "cpu": cpu, "syncs": syncs,
             "ratios": {name: speed_ratios(seconds, cpu, of=name, to="defaults") for name in CONTENDERS
                        if name != "defaults"}}
 
@@ -106,7 +136,8 @@ def table(res: dict) -> list[str]:
     ms = {name: 1000 * statistics.median(s) / res["steps"] for name, s in res["seconds"].items()}
     lines = [
         f"Loop switches, {res['config'].model} ({res['steps']} optimizer steps an epoch, batch "
-        f"{res['config'].batch_size}; {res['rounds']} rounds of one training epoch of each contender, interleaved):",
+        f"{res['config'].batch_size}; {res['rounds']} rounds of one training epoch of each contender, interleaved, "
+        f"over {res.get('placements', 1)} placements (every Trainer built anew for each)):",
         "",
         "| contender | ms per optimizer step (median) | steps/s / defaults: median of rounds (quartiles) |",
         "| --- | ---: | ---: |",
@@ -122,4 +153,6 @@ def table(res: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(cli(None, __doc__, measure, table, rounds=30))
+    sys.exit(cli(None, __doc__, measure, table, rounds=30, extra={
+        "placements": {"type": int, "default": PLACEMENTS,
+                       "help": f"sets of Trainers built anew, the rounds split over them (default {PLACEMENTS})"}}))

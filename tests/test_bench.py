@@ -19,6 +19,7 @@ import checkpoint_interleaved  # noqa: E402
 import event_crc  # noqa: E402
 import logging_cost  # noqa: E402
 import loop_interleaved  # noqa: E402
+import loop_switches  # noqa: E402
 import plain_loop  # noqa: E402
 import scaling  # noqa: E402
 import step_profile  # noqa: E402
@@ -81,6 +82,14 @@ def test_loop_bench_in_microseconds_builds_both_loops_narrow(tmp_path):
                                    zip(res["seconds"]["expkit"], res["seconds"]["plain"], strict=True)])
     text = "\n".join(loop_interleaved.table(res))
     assert "Loop, mlp, 1 hidden layer of 8 on 1x8x8" in text and "| expkit at defaults | " in text
+
+
+def test_switch_bench_builds_its_trainers_anew_for_each_placement():
+    res = loop_switches.measure(replace(TINY, size=512), rounds=3, placements=2)
+    assert res["placements"] == 2 and all(len(v) == 3 for v in res["seconds"].values())
+    assert set(res["ratios"]) == {"ema", "accumulate 4", "profile done"}
+    assert res["syncs"]["per_log_step"] == 1 and res["syncs"]["between_log_steps"] == 0
+    assert "over 2 placements" in "\n".join(loop_switches.table(res))
 
 
 def test_step_profile_names_every_piece_of_the_loop():
