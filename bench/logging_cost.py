@@ -145,12 +145,13 @@ def table(res: dict) -> list[str]:
 
 
 def cli(argv: list[str] | None, doc: str, measure: Callable[..., dict],
-        table: Callable[[dict], list[str]], extra: dict[str, dict] | None = None, rounds: int = 40) -> int:
-    """The command line of an interleaved benchmark: --model, --rounds (default `rounds`),
+        table: Callable[[dict], list[str]], extra: dict[str, dict] | None = None, rounds: int = 40,
+        model: str = "mlp") -> int:
+    """The command line of an interleaved benchmark: --model (default `model`), --rounds (default `rounds`),
     --size, --out, --json and `extra` ({name: argparse keywords}), passed to measure by name.
     Under torchrun every rank measures and rank 0 alone prints and writes."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--model", choices=sorted(CONFIGS), default="mlp")
+    parser.add_argument("--model", choices=sorted(CONFIGS), default=model)
     parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--size", type=int, help="training examples (default: the model's bench size)")
     parser.add_argument("--out", help="also write the result (markdown) here")

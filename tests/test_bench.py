@@ -19,6 +19,7 @@ import checkpoint_interleaved  # noqa: E402
 import event_crc  # noqa: E402
 import logging_cost  # noqa: E402
 import loop_interleaved  # noqa: E402
+import loop_pieces  # noqa: E402
 import loop_switches  # noqa: E402
 import plain_loop  # noqa: E402
 import scaling  # noqa: E402
@@ -82,6 +83,17 @@ def test_loop_bench_in_microseconds_builds_both_loops_narrow(tmp_path):
                                    zip(res["seconds"]["expkit"], res["seconds"]["plain"], strict=True)])
     text = "\n".join(loop_interleaved.table(res))
     assert "Loop, mlp, 1 hidden layer of 8 on 1x8x8" in text and "| expkit at defaults | " in text
+
+
+def test_pieces_bench_takes_each_piece_away(tmp_path):
+    trainer = logging_cost.build_trainer(TINY, [], tmp_path / "run")
+    loop_pieces.untallied(trainer)
+    trainer.train_epoch(0)
+    assert trainer.tally.count == 0 and "train/loss" not in trainer.last_metrics  # nothing was kept
+    trainer.writer.close()
+    res = loop_pieces.measure(TINY, rounds=2, placements=2)
+    assert set(res["added_us"]) == set(loop_pieces.SETTINGS) and all(len(v) == 2 for v in res["added_us"].values())
+    assert "| no train/* tally | " in "\n".join(loop_pieces.table(res))
 
 
 def test_switch_bench_builds_its_trainers_anew_for_each_placement():

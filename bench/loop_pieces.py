@@ -1,0 +1,112 @@
+"""What each piece of expkit's loop adds to a step, in microseconds, by taking it away.
+
+    .venv/bin/python bench/loop_pieces.py [--rounds 240] [--placements 16] [--out FILE]
+
+On the narrow MLP of bench/loop_interleaved.py's `--model tiny-mlp` (one hidden layer of 8
+on 8x8 inputs, steps of well under a millisecond), the plain loop and expkit's Trainer in
+several settings take turns, one training epoch each, in an order that rotates every
+round; the rounds are split over placements, every contender built anew for each (as in
+bench/loop_interleaved.py). Each setting's figure is its microseconds a step more than the
+plain loop's in the same round:
+
+- defaults           trainer.log_every=10, TensorBoard on
+- log_every=20       half the log steps
+- log_every=50       a fifth of them
+- logging off        trainer.log_every=1000000000 trainer.tensorboard=false: one log step
+                     an epoch (its last step) and no events
+- no train/* tally   the defaults with TrainTally.add doing nothing: no step keeps its loss
+                     and logits, so no log step reduces them (and no train/loss, train/acc
+                     points); what the tally costs
+
+Timed alone, the loop's own lines cost a few microseconds a step; inside the loop, after a
+training step has filled the caches with its own data, they and the log step's small
+tensor ops cost several times more. Taking a piece away measures it where it runs.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from logging_cost import build_trainer, cli, interleave, quiet_expkit, rotate  # noqa: E402
+from plain_loop import Config, PlainLoop  # noqa: E402
+
+SETTINGS = {
+    "defaults": [],
+    "log_every=20": ["trainer.log_every=20"],
+    "log_every=50": ["trainer.log_every=50"],
+    "logging off": ["trainer.log_every=1000000000", "trainer.tensorboard=false"],
+    "no train/* tally": [],
+}
+PLACEMENTS = 16
+
+
+def untallied(trainer) -> None:
+    """`trainer` with a train/* tally that keeps nothing."""
+    new_tally = trainer.new_tally
+
+    def empty(saved=None):
+        tally = new_tally(saved)
+        tally.add = lambda *args: None
+        return tally
+
+    trainer.new_tally = empty
+
+
+def measure(c: Config, rounds: int, placements: int = PLACEMENTS) -> dict:
+    placements = max(1, min(placements, rounds))
+    seconds: dict[str, list[float]] = {}
+    with quiet_expkit(), tempfile.TemporaryDirectory() as tmp:
+        for p in range(placements):
+            epochs, trainers = {}, []
+            for name in rotate(["plain loop", *SETTINGS], p):
+                if name == "plain loop":
+                    epochs[name] = PlainLoop(c).train_epoch
+                    continue
+                t = build_trainer(c, SETTINGS[name], Path(tmp) / f"{p}-{len(trainers)}")
+                if name == "no train/* tally":
+                    untallied(t)
+                trainers.append(t)
+                epochs[name] = lambda r, t=t: (t.train_epoch(r), t.writer.flush())
+            steps = len(trainers[0].data.train)
+            these, _ = interleave(epochs, rounds // placements + (p < rounds % placements))
+            for name, times in these.items():
+                seconds.setdefault(name, []).extend(times)
+            for t in trainers:
+                t.writer.close()
+            del epochs, trainers, t
+            gc.collect()  # so the next placement's contenders are built in this one's freed memory
+    plain = seconds["plain loop"]
+    added = {name: [1e6 * (a - b) / steps for a, b in zip(seconds[name], plain, strict=True)] for name in SETTINGS}
+    return {"config": c, "rounds": rounds, "placements": placements, "steps": steps, "seconds": seconds,
+            "added_us": added}
+
+
+def table(res: dict) -> list[str]:
+    c = res["config"]
+    plain_ms = 1000 * statistics.median(res["seconds"]["plain loop"]) / res["steps"]
+    lines = [
+        f"Loop pieces, {c.label()} on {'x'.join(map(str, c.shape))} ({res['steps']} steps an epoch, "
+        f"{res['rounds']} rounds of one training epoch of each contender, interleaved, over "
+        f"{res['placements']} placements; plain loop: {plain_ms:.2f} ms a step):",
+        "",
+        "| expkit | microseconds a step more than the plain loop: median of rounds (quartiles) | mean |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, added in res["added_us"].items():
+        q = statistics.quantiles(added, n=4) if len(added) > 1 else added * 3
+        lines.append(f"| {name} | {statistics.median(added):+.1f} ({q[0]:+.1f} to {q[2]:+.1f}) "
+                     f"| {statistics.mean(added):+.1f} |")
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(cli(None, __doc__, measure, table, rounds=240, model="tiny-mlp", extra={
+        "placements": {"type": int, "default": PLACEMENTS,
+                       "help": f"sets of contenders built anew, the rounds split over them (default {PLACEMENTS})"}}))
