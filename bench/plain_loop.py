@@ -54,17 +54,19 @@ class Config:
     weight_decay: float = 0.01
     threads: int = 0  # 0: as expkit chooses (expkit.dist.default_threads)
 
+    def resized_mlp(self) -> bool:
+        """An mlp whose layers are not expkit's default ones."""
+        return self.model == "mlp" and (self.width, self.depth) != (Config.width, Config.depth)
+
     def label(self) -> str:
-        """The model as the bench tables name it: mlp or cnn, and the mlp's layers where they
-        are not expkit's default ones."""
-        if self.model == "mlp" and (self.width, self.depth) != (Config.width, Config.depth):
+        """The model as the bench tables name it: mlp or cnn, and a resized mlp's layers."""
+        if self.resized_mlp():
             return f"mlp, {self.depth} hidden layer{'s' * (self.depth > 1)} of {self.width}"
         return self.model
 
     def expkit_overrides(self) -> list[str]:
         """The `expkit train` overrides for the same run."""
-        mlp = self.model == "mlp" and (self.width, self.depth) != (Config.width, Config.depth)
-        model = [f"model.width={self.width}", f"model.depth={self.depth}"] if mlp else []
+        model = [f"model.width={self.width}", f"model.depth={self.depth}"] if self.resized_mlp() else []
         return ["data=synthetic", f"model={self.model}", *model, f"data.size={self.size}",
                 f"data.shape=[{','.join(map(str, self.shape))}]", f"data.num_classes={self.num_classes}",
                 f"data.batch_size={self.batch_size}", f"seed={self.seed}", f"trainer.epochs={self.epochs}"]
