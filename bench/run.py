@@ -16,10 +16,12 @@ machine state) before the median is taken. Sections:
              then bench/loop_interleaved.py: two instances each of expkit and of the plain
              loop (and two more plain loops, the floor), their training epochs taking turns
              in a rotating order for 40 rounds, the finer measure the target is judged on,
-             and bench/step_profile.py: expkit's own work per step, piece by piece
+             the same on a narrow MLP (--model tiny-mlp) in microseconds a step, and
+             bench/step_profile.py: expkit's own work per step, piece by piece
    switches  bench/loop_switches.py: trainer.accumulate=4 (batch / 4) against the one
              batch, trainer.ema on, after trainer.profile's trace, each against expkit at
-             its defaults, interleaved epochs; and host syncs per step, counted
+             its defaults, interleaved epochs over Trainers built anew; and host syncs
+             per step, counted
 2. command   the whole command from the shell, start-up and imports included: wall time
              and peak RSS of `expkit train ...`, `python bench/plain_loop.py`,
              `python bench/lightning_loop.py`, and `python -c "import torch"` as the floor;
