@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -92,6 +93,32 @@ def interleave(epochs: dict[str, Callable[[int], object]], rounds: int) -> tuple
                 seconds[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - start_cpu)
     return seconds, cpu
+
+
+def interleave_placements(build: Callable[[int], tuple[dict, Callable[[int], None]]], rounds: int,
+                          placements: int) -> tuple[dict, dict, list[int]]:
+    """interleave's rounds split over `placements` sets of contenders, built anew for each:
+    where a loop's tensors landed moves its speed by several percent for as long as it lives.
+    build(p) gives set p's {name: epoch function} (built in an order rotated by p, so no
+    contender keeps taking the memory another one freed) and close(rounds_run), called once
+    its rounds are done. Before the next set is built, this one is dropped and collected, so
+    the next is built in its freed memory. (wall seconds, CPU seconds) per contender and
+    round, as interleave gives them, and the rounds of each placement."""
+    placements = max(1, min(placements, rounds))
+    seconds: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    sizes: list[int] = []
+    for p in range(placements):
+        epochs, close = build(p)
+        sizes.append(rounds // placements + (p < rounds % placements))
+        these_seconds, these_cpu = interleave(epochs, sizes[-1])
+        close(sizes[-1])
+        del epochs, close  # close holds the contenders too
+        gc.collect()
+        for name in these_seconds:
+            seconds.setdefault(name, []).extend(these_seconds[name])
+            cpu.setdefault(name, []).extend(these_cpu[name])
+    return seconds, cpu, sizes
 
 
 def speed_ratios(seconds: dict, cpu: dict, of: str, to: str) -> dict[str, list[float]]:

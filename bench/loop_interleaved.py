@@ -34,7 +34,6 @@ ratio of 5 ms steps with a floor of +-1% cannot resolve.
 
 from __future__ import annotations
 
-import gc
 import statistics
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from logging_cost import (  # noqa: E402
     INSTANCES_OPTION,
     build_trainer,
     cli,
-    interleave,
+    interleave_placements,
     ms_per_step,
     quiet_expkit,
     ratio_summary,
@@ -90,21 +89,15 @@ def measure(c: Config, rounds: int, instances: int = 2, placements: int = PLACEM
     """Per-round seconds (wall and process CPU) of one training epoch of each contender (the
     mean over its instances), and expkit / plain steps/s per round. The rounds are split
     into `placements` runs, each on contenders built anew (and warmed up by one round)."""
-    placements = max(1, min(placements, rounds))
-    seconds: dict[str, list[float]] = {}
-    cpu: dict[str, list[float]] = {}
-    sizes: list[int] = []  # rounds per placement
+    steps: list[int] = []
+
+    def build(p: int):
+        epochs, close, epoch_steps = build_contenders(c, instances, Path(tmp) / f"placement-{p}", rotate_by=p)
+        steps.append(epoch_steps)
+        return epochs, lambda rounds_run: close()
+
     with quiet_expkit(), tempfile.TemporaryDirectory() as tmp:
-        for p in range(placements):
-            epochs, close, steps = build_contenders(c, instances, Path(tmp) / f"placement-{p}", rotate_by=p)
-            sizes.append(rounds // placements + (p < rounds % placements))
-            these_seconds, these_cpu = interleave(epochs, sizes[-1])
-            close()
-            del epochs, close  # close holds the Trainers too
-            gc.collect()  # so the next placement's contenders are built in this one's freed memory
-            for name in these_seconds:
-                seconds.setdefault(name, []).extend(these_seconds[name])
-                cpu.setdefault(name, []).extend(these_cpu[name])
+        seconds, cpu, sizes = interleave_placements(build, rounds, placements)
     per_instance = {name: statistics.median(times) for name, times in seconds.items()}
 
     def mean_of_instances(times: dict[str, list[float]]) -> dict[str, list[float]]:
@@ -112,7 +105,7 @@ def measure(c: Config, rounds: int, instances: int = 2, placements: int = PLACEM
                        zip(*(times[f"{name} {i}"] for i in range(instances)), strict=True)] for name in GROUPS}
 
     seconds, cpu = mean_of_instances(seconds), mean_of_instances(cpu)
-    return {"config": c, "rounds": rounds, "instances": instances, "placements": placements, "steps": steps,
+    return {"config": c, "rounds": rounds, "instances": instances, "placements": len(sizes), "steps": steps[0],
             "seconds": seconds, "cpu": cpu, "per_instance": per_instance,
             "rounds_per_placement": sizes,
             "ratios": speed_ratios(seconds, cpu, of="expkit", to="plain"),
@@ -142,8 +135,7 @@ def table(res: dict) -> list[str]:
         added = added_us(res, of)
         q = statistics.quantiles(added, n=4)
         placed = per_placement(res, added)
-        total = 1e6 * (sum(res["seconds"][of]) - sum(res["seconds"]["plain"])) / res["steps"] / len(added)
-        return (f"{statistics.median(added):+.1f} (quartiles {q[0]:+.1f}-{q[2]:+.1f}) | {total:+.1f} "
+        return (f"{statistics.median(added):+.1f} (quartiles {q[0]:+.1f}-{q[2]:+.1f}) | {statistics.mean(added):+.1f} "
                 f"| {min(placed):+.1f}-{max(placed):+.1f}")
 
     ms = ms_per_step(res)

@@ -25,7 +25,6 @@ tensor ops cost several times more. Taking a piece away measures it where it run
 
 from __future__ import annotations
 
-import gc
 import statistics
 import sys
 import tempfile
@@ -34,7 +33,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from logging_cost import build_trainer, cli, interleave, quiet_expkit, rotate  # noqa: E402
+from logging_cost import build_trainer, cli, interleave_placements, quiet_expkit, rotate  # noqa: E402
+from loop_interleaved import added_us  # noqa: E402
 from plain_loop import Config, PlainLoop  # noqa: E402
 
 SETTINGS = {
@@ -60,32 +60,31 @@ def untallied(trainer) -> None:
 
 
 def measure(c: Config, rounds: int, placements: int = PLACEMENTS) -> dict:
-    placements = max(1, min(placements, rounds))
-    seconds: dict[str, list[float]] = {}
-    with quiet_expkit(), tempfile.TemporaryDirectory() as tmp:
-        for p in range(placements):
-            epochs, trainers = {}, []
-            for name in rotate(["plain loop", *SETTINGS], p):
-                if name == "plain loop":
-                    epochs[name] = PlainLoop(c).train_epoch
-                    continue
-                t = build_trainer(c, SETTINGS[name], Path(tmp) / f"{p}-{len(trainers)}")
-                if name == "no train/* tally":
-                    untallied(t)
-                trainers.append(t)
-                epochs[name] = lambda r, t=t: (t.train_epoch(r), t.writer.flush())
-            steps = len(trainers[0].data.train)
-            these, _ = interleave(epochs, rounds // placements + (p < rounds % placements))
-            for name, times in these.items():
-                seconds.setdefault(name, []).extend(times)
+    steps: list[int] = []
+
+    def build(p: int):
+        epochs, trainers = {}, []
+        for name in rotate(["plain loop", *SETTINGS], p):
+            if name == "plain loop":
+                epochs[name] = PlainLoop(c).train_epoch
+                continue
+            t = build_trainer(c, SETTINGS[name], Path(tmp) / f"{p}-{len(trainers)}")
+            if name == "no train/* tally":
+                untallied(t)
+            trainers.append(t)
+            epochs[name] = lambda r, t=t: (t.train_epoch(r), t.writer.flush())
+        steps.append(len(trainers[0].data.train))
+
+        def close(rounds_run: int) -> None:
             for t in trainers:
                 t.writer.close()
-            del epochs, trainers, t
-            gc.collect()  # so the next placement's contenders are built in this one's freed memory
-    plain = seconds["plain loop"]
-    added = {name: [1e6 * (a - b) / steps for a, b in zip(seconds[name], plain, strict=True)] for name in SETTINGS}
-    return {"config": c, "rounds": rounds, "placements": placements, "steps": steps, "seconds": seconds,
-            "added_us": added}
+
+        return epochs, close
+
+    with quiet_expkit(), tempfile.TemporaryDirectory() as tmp:
+        seconds, _, sizes = interleave_placements(build, rounds, placements)
+    res = {"config": c, "rounds": rounds, "placements": len(sizes), "steps": steps[0], "seconds": seconds}
+    return {**res, "added_us": {name: added_us(res, of=name, to="plain loop") for name in SETTINGS}}
 
 
 def table(res: dict) -> list[str]:

@@ -27,7 +27,6 @@ a dispatch mode over one epoch at defaults, split into log steps and the steps b
 from __future__ import annotations
 
 import collections
-import gc
 import statistics
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from logging_cost import build_trainer, cli, interleave, quiet_expkit, rotate, speed_ratios  # noqa: E402
+from logging_cost import build_trainer, cli, interleave_placements, quiet_expkit, rotate, speed_ratios  # noqa: E402
 from plain_loop import Config  # noqa: E402
 
 CONTENDERS = {
@@ -105,29 +104,26 @@ def measure(c: Config, rounds: int, placements: int = PLACEMENTS) -> dict:
     `placements` sets of Trainers built anew (each warmed up by one round, in which the
     profile contender's trace ends), as bench/loop_interleaved.py does: where a Trainer's
     tensors landed moves its speed by several percent for as long as it lives."""
-    placements = max(1, min(placements, rounds))
-    seconds: dict[str, list[float]] = {}
-    cpu: dict[str, list[float]] = {}
-    with quiet_expkit(), tempfile.TemporaryDirectory() as tmp:
-        for p in range(placements):
-            trainers = build(c, Path(tmp) / f"placement-{p}", rotate_by=p)
-            size = rounds // placements + (p < rounds % placements)
-            these_seconds, these_cpu = interleave({name: (lambda r, t=t: (t.train_epoch(r), t.writer.flush()))
-                                                   for name, t in trainers.items()}, size)
+    found: dict = {}  # the steps of an epoch, and the host syncs counted on the first placement
+
+    def build_placement(p: int):
+        trainers = build(c, Path(tmp) / f"placement-{p}", rotate_by=p)
+
+        def close(rounds_run: int) -> None:
             profiled = trainers["profile done"]
             assert profiled.profiler is None and profiled.rundir.profile_trace.exists()
-            for name in these_seconds:
-                seconds.setdefault(name, []).extend(these_seconds[name])
-                cpu.setdefault(name, []).extend(these_cpu[name])
-            if p == placements - 1:
-                steps = len(trainers["defaults"].data.train)
-                syncs = host_syncs(trainers["defaults"], size + 1)
+            if p == 0:
+                found["steps"] = len(trainers["defaults"].data.train)
+                found["syncs"] = host_syncs(trainers["defaults"], rounds_run + 1)
             for t in trainers.values():
                 t.writer.close()
-            del trainers, profiled, t
-            gc.collect()  # so the next placement's Trainers are built in this one's freed memory
-    return {"config": c, "rounds": rounds, "placements": placements, "steps": steps, "seconds": seconds,
-            "cpu": cpu, "syncs": syncs,
+
+        return {name: (lambda r, t=t: (t.train_epoch(r), t.writer.flush())) for name, t in trainers.items()}, close
+
+    with quiet_expkit(), tempfile.TemporaryDirectory() as tmp:
+        seconds, cpu, sizes = interleave_placements(build_placement, rounds, placements)
+    return {"config": c, "rounds": rounds, "placements": len(sizes), "steps": found["steps"], "seconds": seconds,
+            "cpu": cpu, "syncs": found["syncs"],
             "ratios": {name: speed_ratios(seconds, cpu, of=name, to="defaults") for name in CONTENDERS
                        if name != "defaults"}}
 

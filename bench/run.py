@@ -622,8 +622,8 @@ def main(argv: list[str] | None = None) -> None:
                 results[key] = bench_loop(c, rounds)
                 sections.append((f"1. Loop overhead, in one process: {c.model}", loop_table(results[key])))
             loop_rounds = 2 if args.quick else 40
-            for name, size in (("mlp", mlp.size), ("cnn", cnn.size), ("tiny-mlp", small or None)):
-                c = replace(logging_cost.CONFIGS[name], size=size or logging_cost.CONFIGS[name].size)
+            for name in ("mlp", "cnn", "tiny-mlp"):
+                c = replace(logging_cost.CONFIGS[name], size=small or logging_cost.CONFIGS[name].size)
                 print(f"1. loop overhead, {c.label()}, interleaved epochs ({loop_rounds} rounds)", flush=True)
                 key = f"loop_interleaved_{name}"
                 results[key] = loop_interleaved.measure(c, loop_rounds)
