@@ -5,6 +5,7 @@ follows `train` goes to Hydra. Nothing heavy is imported here, so `expkit --help
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -26,12 +27,15 @@ EPILOG = """examples:
 
 def run() -> None:
     """The `expkit` console script and `python -m expkit`: main(), then a quick exit."""
-    if sys.argv[1:2] and sys.argv[1] in TRAINING:
+    training = sys.argv[1:2] and sys.argv[1] in TRAINING
+    if training:
         from expkit import collector
 
         collector.pause()  # until the training loop begins (expkit/collector.py)
     try:
-        sys.exit(main())
+        code = main()
+    except SystemExit as e:  # Hydra's entry point and `train` end with sys.exit
+        code = e.code
     finally:
         # Python's shutdown ends with a full garbage collection over every object torch,
         # Hydra and TensorBoard made; everything is written and closed by now, so skip
@@ -39,6 +43,34 @@ def run() -> None:
         import gc
 
         gc.freeze()
+    if training:
+        from expkit.training.launch import inside_worker_group
+
+        if code == 0 and inside_worker_group():
+            leave_worker()
+    sys.exit(code)
+
+
+def leave_worker() -> None:
+    """A DDP worker whose run completed ends without Python's shutdown: now and then one of
+    gloo's threads outlives the destroyed process group, and the interpreter's finalization
+    aborts the process (SIGABRT, "terminate called without an active exception"), so torch
+    elastic reports a completed, recorded run as failed. Everything is written by now; as
+    Python's shutdown would, this waits for threads that are not daemons, then flushes the
+    logs and the standard streams. A failed worker exits as usual: exiting at once, the rank
+    whose error brought the group down would tie with its peers' lost-connection errors in
+    torch elastic's one-second timestamps, and the report must name the first failure."""
+    import logging
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed or vanished reader: nothing to say
+            stream.flush()
+    os._exit(0)
 
 
 class Parser(argparse.ArgumentParser):
