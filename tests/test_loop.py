@@ -242,3 +242,21 @@ def test_a_step_makes_no_host_sync_and_a_log_step_one(tmp_path, switches):
     steps = range(first + 1, trainer.step + 1)
     log_steps = {s for s in steps if s % 3 == 0} | {trainer.step}
     assert len(steps) >= 5 and dict(syncs.by_step) == {s: 1 for s in log_steps}
+
+
+def test_the_train_tally_counts_what_argmax_counts_ties_included():
+    """train/acc: a prediction is the first of the largest logits, as torch.argmax picks it
+    (all-equal logits, as a zero-initialized last layer gives, predict class 0)."""
+    from expkit.training.trainer import TrainTally
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, 3, (16, 5), generator=generator).float(),  # few values: most rows tie
+                torch.randint(0, 5, (16,), generator=generator)) for _ in range(40)]
+    batches.append((torch.zeros(16, 5), torch.arange(16) % 5))
+    tally = TrainTally()
+    for step, (logits, y) in enumerate(batches, start=1):
+        tally.add(step, torch.nn.functional.cross_entropy(logits, y), logits, y)  # folds every FOLD_EVERY
+    tally.to_host()
+    assert tally.count == 16 * len(batches)
+    assert tally.correct == sum(int((logits.argmax(1) == y).sum()) for logits, y in batches)
+    assert len(batches) > TrainTally.FOLD_EVERY  # one fold on the way and one at the end
