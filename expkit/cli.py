@@ -52,12 +52,12 @@ def run() -> None:
 
 
 def leave_worker() -> None:
-    """A DDP worker whose run completed ends without Python's shutdown: now and then one of
-    gloo's threads outlives the destroyed process group, and the interpreter's finalization
-    aborts the process (SIGABRT, "terminate called without an active exception"), so torch
-    elastic reports a completed, recorded run as failed. Everything is written by now; as
-    Python's shutdown would, this waits for threads that are not daemons, then flushes the
-    logs and the standard streams. A failed worker exits as usual: exiting at once, the rank
+    """A DDP worker whose run completed ends without Python's shutdown: once in a while the
+    interpreter's finalization aborted such a worker after its process group was destroyed
+    (SIGABRT from gloo's C++ threads: "terminate called without an active exception"), and
+    torch elastic reported a completed, recorded run as failed. Everything is written by
+    now; as Python's shutdown would, this waits for threads that are not daemons, then
+    flushes the logs and the standard streams. A failed worker exits as usual: exiting at once, the rank
     whose error brought the group down would tie with its peers' lost-connection errors in
     torch elastic's one-second timestamps, and the report must name the first failure."""
     import logging

@@ -71,9 +71,9 @@ EXPLODING_RATIO = 100.0
 class TrainTally:
     """The training loss and accuracy since the last log step. A step only keeps references
     to its loss, logits and targets (no tensor op, no host sync); `to_host` reduces them with
-    one max over the classes and one sync, at log steps and checkpoints. Every FOLD_EVERY steps the logits
-    kept so far are reduced to a correct count on the device, so a long gap between log steps
-    holds at most that many batches of logits. Loss terms (loss x batch size) are summed
+    one max over the classes and one sync, at log steps and checkpoints. Every FOLD_EVERY
+    steps the logits kept so far are reduced to a correct count on the device, so a long gap
+    between log steps holds at most that many batches of logits. Loss terms (loss x batch size) are summed
     exactly (math.fsum), so a run resumed between two log steps, whose earlier terms come
     from the checkpoint, logs the same train/loss as a run that was never interrupted."""
 
@@ -106,7 +106,8 @@ class TrainTally:
             self.fold()
 
     def fold(self) -> None:
-        with torch.no_grad():  # max's indices are argmax's (the first maximum), at a third of its cost on a CPU
+        # max's indices are argmax's (the first maximum), at a third of argmax's cost on a CPU.
+        with torch.no_grad():
             correct = (torch.cat(self.logits).max(1).indices == torch.cat(self.targets)).sum()
         self.correct_on_device = correct if self.correct_on_device is None else self.correct_on_device + correct
         self.logits, self.targets = [], []
@@ -114,8 +115,8 @@ class TrainTally:
     def to_host(self, extra: list[torch.Tensor] | None = None) -> list[float]:
         """Reduce what was kept, in one host sync; `extra` (the log step's gradient norms, 0-d
         tensors) comes back in the same transfer, as floats. One stack holds the losses, the
-        correct count and `extra` (in float32 or wider: torch.stack promotes the integer count), so a log step
-        costs a handful of tensor ops, not one per piece."""
+        correct count and `extra` (in float32 or wider: torch.stack promotes the integer
+        count), so a log step costs a handful of tensor ops, not one per piece."""
         extra = list(extra or [])
         if not self.losses:
             return torch.stack(extra).tolist() if extra else []
