@@ -20,7 +20,6 @@ import errno
 import logging
 import shutil
 import signal
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from expkit.config.resolvers import suffix
 from expkit.config.schema import validate
 from expkit.errors import EXIT_BAD_INPUT, EXIT_FAILED, ConfigError, RunFailed
 from expkit.run.folder import FolderLock, RunDir, unique_dir, write_atomic
+from expkit.run.provenance import command_line
 from expkit.training.build import build, write_hparams
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ class RunLife:
             raise RunFailed(str(e), EXIT_BAD_INPUT) from None
         recording = self.resume is None and self.lock is not None
         if recording:
-            self.rundir.write_provenance(typed.to_yaml(), command=sys.argv, overrides=overrides,
+            self.rundir.write_provenance(typed.to_yaml(), command=command_line(), overrides=overrides,
                                          world_size=max(dist.world_size(), typed["trainer"].devices),
                                          untracked_max_bytes=typed["trainer"].untracked_max_kb * 1024)
         own = own_code(typed)  # own code: the import path, and the file it came from

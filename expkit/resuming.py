@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from expkit.config.compose import SAFE_KEYS, training_differences, upgrade_saved, with_overrides
 from expkit.errors import ConfigError, did_you_mean
 from expkit.run.folder import RunDir, now
-from expkit.run.provenance import git_info
+from expkit.run.provenance import command_line, git_info
 from expkit.run.provenance import tracked_diff as _tracked_diff
 from expkit.training.dist import is_main
 
@@ -131,7 +131,7 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
     def on_resume() -> None:
         """Called by execute once the checkpoint has loaded into the model."""
         entry = {"at": now(), "checkpoint": str(saved.path.relative_to(rundir.path)), "epoch": saved.epoch,
-                 "batch": saved.batch, "step": saved.step, "overrides": overrides, "command": sys.argv,
+                 "batch": saved.batch, "step": saved.step, "overrides": overrides, "command": command_line(),
                  "skipped": skipped, "git": {k: git_now.get(k) for k in ("commit", "dirty")},
                  "git_warning": git_warning, "forced": force}
         rundir.record_resume(entry, typed.to_yaml() if overrides else None)

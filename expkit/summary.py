@@ -15,6 +15,7 @@ from typing import Any
 from expkit.config.resolvers import direction
 from expkit.run.folder import RunDir, process_gone, read_json, read_yaml, write_atomic
 from expkit.run.jobs import active_seconds, job_folders, read_job, split_override, varying_keys
+from expkit.run.provenance import shown_command
 
 SWEEP_FILE = "sweep.json"
 SUMMARY_MD, SUMMARY_CSV = "summary.md", "summary.csv"
@@ -93,7 +94,7 @@ class Summary:
         lines = [f"# Sweep {self.path}", ""]
         attempts = self.info.get("attempts") or [{}]
         if attempts[-1].get("command"):
-            lines.append(f"command: `expkit train {' '.join(attempts[-1]['command'][1:])}`  ")
+            lines.append(f"command: `{shown_command(attempts[-1]['command'])}`  ")
         if len(attempts) > 1:
             lines.append(f"resumed {len(attempts) - 1} time(s) (sweep.resume=true)  ")
         lines.append(f"sorted by {self.metric} ({'higher' if higher else 'lower'} is better); {self.headline()}  ")

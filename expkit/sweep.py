@@ -43,6 +43,7 @@ from hydra.experimental.callback import Callback
 from expkit.config.resolvers import truthy
 from expkit.errors import ConfigError, RunFailed
 from expkit.run.folder import FolderLock, RunDir, now, read_json, read_yaml, write_atomic
+from expkit.run.provenance import command_line
 from expkit.summary import (
     MULTIRUN_ROOT,
     SUMMARY_CSV,
@@ -101,7 +102,7 @@ class SweepCallback(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         overrides = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
         sweeper = str(config.hydra.sweeper.get("_target_", ""))
-        attempt = {"started": now(), "command": sys.argv, "pid": os.getpid(), "host": socket.gethostname()}
+        attempt = {"started": now(), "command": command_line(), "pid": os.getpid(), "host": socket.gethostname()}
         record = read_json(sweep_dir / SWEEP_FILE) or {
             "overrides": overrides, "started": attempt["started"], "attempts": []}
         record.update(

@@ -60,7 +60,10 @@ def test_train_writes_a_complete_run_folder(git_repo):
     assert meta["git"]["dirty"] is False and "remote" in meta["git"]
     assert meta["overrides"] == ["model=mlp", "optim=sgd", "optim.lr=0.05", "trainer.epochs=2",
                                  "data.sample=256", "trainer.progress=off"]
-    assert meta["command"][1:3] == ["model=mlp", "optim=sgd"]
+    # As typed: `train` and the overrides, not the argv Hydra is handed (no subcommand, plus
+    # the run folder expkit claimed), so it runs again as it stands.
+    assert meta["command"][1:] == ["train", "model=mlp", "optim=sgd", "optim.lr=0.05", "trainer.epochs=2",
+                                   "data.sample=256", "trainer.progress=off"]
     assert meta["host"] and meta["world_size"] == 1
     assert set(meta["versions"]) >= {"python", "torch", "expkit"}
     assert not (run / "git.diff").exists()

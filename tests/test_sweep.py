@@ -89,6 +89,9 @@ def test_grid_gives_a_folder_per_job_and_a_sorted_summary(tmp_path):
     assert len(body) == 4 and [r[0] for r in body] == ["1", "2", "3", "4"]
     assert [(r[2], r[3]) for r in body] == [(r["optim"], r["optim.lr"]) for r in rows]
     assert "4 jobs: 4 completed" in md and "same in every job: " in md and "model.width=32" in md
+    # The command as typed, one to run again: no run folder expkit claimed for it.
+    typed = " ".join(["expkit", "train", "-m", *SMALL, "optim=adam,sgd", "optim.lr=0.01,0.05"])
+    assert f"command: `{typed}`" in md, md
     assert md in proc.stdout  # the console shows the table at the end
     # A quiet console: a line for each job's config and model (their details are in train.log),
     # the table, and one closing line naming the next commands.

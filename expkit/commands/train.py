@@ -28,6 +28,13 @@ def add_parser(subparsers) -> None:
 
 
 def main(args: list[str]) -> int:
+    from expkit.run.provenance import typed_command
+
+    with typed_command([sys.argv[0], "train", *args]):  # recorded in meta.json and sweep.json
+        return train(args)
+
+
+def train(args: list[str]) -> int:
     if "--help" in args or "-h" in args:
         print_help(config_dirs(args))
         return 0

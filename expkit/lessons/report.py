@@ -21,6 +21,7 @@ from pathlib import Path
 from expkit.lessons.claims import CLAIMS, COMPARISONS, GENERIC_PANELS, PANELS, judge, num, pct, pick_threshold
 from expkit.lessons.jobs import Job, ReportError, arms, lesson_of, load_sweep, short_key, varied_overrides
 from expkit.lessons.stats import RULE, Comparison, mean, std
+from expkit.run.provenance import shown_command
 
 
 # ------------------------------------------------------------------ the picture
@@ -199,10 +200,7 @@ def command_of(jobs: list[Job]) -> str:
     cmd = next((j.command for j in jobs if j.command), [])
     if not cmd:
         return ""
-    args = cmd[1:]  # expkit rewrites sys.argv to what followed `expkit train`
-    if args and args[0] == "train":
-        args = args[1:]
-    return "expkit train " + " ".join(args)
+    return shown_command(cmd)
 
 
 def mean_std(values: list[float | None], fmt: Callable[[float], str]) -> str:

@@ -12,15 +12,47 @@ import hashlib
 import os
 import platform
 import re
+import shlex
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 UNTRACKED_HEADER = "# Untracked files"  # git.diff: what follows names the untracked files
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # git's id of the empty tree
+# The command as typed, while `expkit train` runs: Hydra is handed an argv of its own (no
+# `train`, plus the run folder expkit claimed), which is not a command to run again.
+_typed_command: list[str] | None = None
+# The first words of a recorded command that name an expkit command; a record without one
+# (made before the subcommand was kept, or Hydra's argv) was an `expkit train`.
+COMMAND_WORDS = ("train", "resume", "lesson", "_worker")
+
+
+@contextlib.contextmanager
+def typed_command(command: list[str]) -> Iterator[None]:
+    """Within the block, `command_line()` is `command` (`expkit train`'s, as typed)."""
+    global _typed_command
+    before, _typed_command = _typed_command, list(command)
+    try:
+        yield
+    finally:
+        _typed_command = before
+
+
+def command_line() -> list[str]:
+    """The command to record in meta.json and sweep.json: as typed (`expkit train ...`),
+    else this process's own (`expkit resume ...`, a script calling expkit.train)."""
+    return list(_typed_command if _typed_command is not None else sys.argv)
+
+
+def shown_command(command: list[str]) -> str:
+    """A recorded command as one line to type again: `expkit train -m optim=adam,adamw`."""
+    args = [str(a) for a in command[1:]]
+    if not args or args[0] not in COMMAND_WORDS:
+        args = ["train", *args]
+    return " ".join(["expkit", *(shlex.quote(a) for a in args)])
 
 
 def git_info(cwd: str | os.PathLike | None = None,
