@@ -54,3 +54,23 @@ def test_command_table_shows_every_option_of_every_command():
             if options and not any(o in row for o in options for row in rows):
                 missing.append(f"expkit {name} {options[0]}")
     assert not missing, "options missing from README's command table: " + ", ".join(missing)
+
+
+def group_table_choices(page: str) -> dict[str, set[str]]:
+    """group -> the choices a page's group table names (| `group` | `a` (default), `b` ...)."""
+    found = {}
+    for row in re.findall(r"^\| `(\w+)` \| ([^|]+)\|", page, flags=re.M):
+        found[row[0]] = set(re.findall(r"`(\w+)`", row[1]))
+    return found
+
+
+def test_group_tables_name_every_choice():
+    """README's and docs/config.md's group tables list every group and every choice that
+    conf/ holds, read from the folders themselves, so a new choice cannot go unlisted."""
+    from expkit.config.groups import list_choices
+
+    for name, page in [("README.md", README), ("docs/config.md", (ROOT / "docs" / "config.md").read_text())]:
+        table = group_table_choices(page)
+        missing = [f"{group}={choice}" for group, choices in list_choices().items()
+                   for choice in choices if choice not in table.get(group, set())]
+        assert not missing, f"{name}'s group table leaves out " + ", ".join(missing)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-GROUPS = ("data", "model", "optim", "sched", "init", "reg", "trainer", "experiment", "debug", "hparams_search")
+GROUPS = ("data", "model", "optim", "sched", "init", "reg", "trainer", "task", "experiment", "debug",
+          "hparams_search")
 
 
 def list_choices(extra_dirs: list[str] | tuple[str, ...] = ()) -> dict[str, list[str]]:

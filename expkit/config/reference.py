@@ -15,7 +15,7 @@ from typing import Any
 from expkit.config.compose import PRIMARY, flatten
 from expkit.config.schema import BASES, CHOICE_KEY, SCHEMAS, SINGLE, TOP_LEVEL, type_name
 
-GROUPS = ("data", "model", "optim", "sched", "init", "reg", "trainer")
+GROUPS = ("data", "model", "optim", "sched", "init", "reg", "trainer", "task")
 
 
 @dataclass
