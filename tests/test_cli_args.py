@@ -62,6 +62,7 @@ BAD = [
     (["train", "seeed=1"], ["seeed", "did you mean seed?", "Top-level keys"]),
     (["train", "model=cnnn"], ["model", "'cnnn'", "did you mean cnn? Choose one of cnn, mlp"]),
     (["train", "task=regresion"], ["task", "'regresion'", "did you mean regression? Choose one of classification"]),
+    (["train", "data=folder", "data.image_size=0"], ["data.image_size", "value 0 is not allowed", "integer >= 1"]),
     (["train", "-m", "model=cnn,mpl"], ["'mpl'", "did you mean mlp?"]),
     (["train", "trainer.progress=of"], ["trainer.progress", "'of'", "did you mean off? Choose one of auto, on, off"]),
     (["train", "optim.lr=abc"], ["optim.lr", "abc", "not of type float"]),

@@ -247,6 +247,19 @@ def test_folder_tree_through_the_dataloader(tmp_path, channels):
     assert torch.equal(first, torch.stack([plain[i][0] for i in range(len(plain))]))
 
 
+def test_folder_files_without_an_image_extension_are_skipped_and_named(tmp_path, caplog):
+    write_folder(tmp_path, per_class=(3, 3, 3))
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    (tmp_path / "dog" / ".DS_Store").write_bytes(b"\0\1")
+    cfg = FolderDataConfig(name="folder", root=str(tmp_path), image_size=8, num_workers=0, val_fraction=0.2)
+    with caplog.at_level(logging.INFO, logger="expkit"):
+        data = build_data(cfg, seed=0)
+    assert sum(data.info["sizes"].values()) == 9  # the nine images, the two other files left out
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "skipped 2 file(s) without an image extension" in skipped[0]
+    assert "notes.txt" in skipped[0] and ".DS_Store" in skipped[0]
+
+
 def test_folder_root_that_is_not_a_folder_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="data.root: value .* is not a folder"):
         build_data(FolderDataConfig(name="folder", root=str(tmp_path / "missing")), seed=0)

@@ -100,7 +100,7 @@ class DataConfig:
 
 @dataclass
 class FolderDataConfig(DataConfig):
-    image_size: int = key(32, "folder data: images are resized to image_size x image_size")
+    image_size: int = key(32, "folder data: images are resized to image_size x image_size", check=ge(1))
     channels: int = key(3, "folder data: 1 = grayscale, 3 = RGB", (1, 3))
     cache: bool = key(False, "folder data: decode every image once into a uint8 memory map beside data.root, "
                              "then batch from it (crop and flip on the training device)")

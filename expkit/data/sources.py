@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import logging
 import os
 import pickle
 import tarfile
@@ -269,13 +270,28 @@ def load_folder(cfg) -> Source:
     if not train_dir.is_dir():
         raise ConfigError(f"data.root: value {cfg.root!r} is not a folder; expected ROOT/<class>/<images> "
                           "or ROOT/train/<class>/<images>.")
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    skipped: list[str] = []
+
+    def is_image(path: str) -> bool:  # ImageFolder's own rule, with the files it leaves out kept
+        if has_file_allowed_extension(path, IMG_EXTENSIONS):
+            return True
+        skipped.append(path)
+        return False
+
     try:
         # allow_empty: a class folder without images is a warning (its class has no
         # examples, as check_labels says), not a refusal of the whole data set
-        train = datasets.ImageFolder(str(train_dir), allow_empty=True)
-        test = datasets.ImageFolder(str(root / "test"), allow_empty=True) if (root / "test").is_dir() else None
+        train = datasets.ImageFolder(str(train_dir), is_valid_file=is_image, allow_empty=True)
+        test = datasets.ImageFolder(str(root / "test"), is_valid_file=is_image,
+                                    allow_empty=True) if (root / "test").is_dir() else None
     except (FileNotFoundError, RuntimeError) as e:
         raise ConfigError(f"data.root: {cfg.root!r} holds no class folders with images ({e}).") from None
+    if skipped:
+        logging.getLogger("expkit").info(
+            "data.root: skipped %d file(s) without an image extension (%s): %s%s", len(skipped),
+            " ".join(IMG_EXTENSIONS), ", ".join(sorted(skipped)[:3]), " ..." if len(skipped) > 3 else "")
     if not train.samples:
         raise ConfigError(f"data.root: {cfg.root!r} holds class folders but no image in any of them.")
     # data.cache decodes every file when it builds its map and refuses one that does not decode
