@@ -118,6 +118,20 @@ def digit_pngs(run: Path, folder: Path, n: int = 6) -> tuple[list[Path], torch.T
     return paths, pixels.float() / 255, y[:n].tolist()
 
 
+def test_class_predictions_of_table_rows_name_the_row_and_line_up():
+    from expkit.afterwards.predict import table, to_csv
+
+    rows = [{"path": "new.csv", "row": n, "class": c, "index": 0, "probability": p, "top": [(c, p), ("setosa", 0.1)]}
+            for n, c, p in [(2, "virginica", 0.8), (3, "setosa", 0.55)]]
+    lines = to_csv(rows).splitlines()
+    assert lines[0] == "path,row,class,probability,top1_class,top1_probability,top2_class,top2_probability"
+    assert lines[1].startswith("new.csv,2,virginica,0.800000,virginica")
+    shown = table(rows).splitlines()
+    assert shown[0].split() == ["path", "row", "class", "probability", "top"]
+    starts = {line.index(word) for line, word in zip(shown, ["probability", "0.8000", "0.5500"], strict=True)}
+    assert len(starts) == 1, shown  # every column starts where its header does
+
+
 def test_predict_preprocesses_like_training(run, tmp_path, capsys):
     paths, raw, _ = digit_pngs(run, tmp_path / "images")
     out = tmp_path / "pred.csv"

@@ -170,6 +170,17 @@ def test_a_csv_text_column_is_classes_for_classification(tmp_path):
     rows = "".join(f"{i},{['cat', 'dog', 'eel'][i % 3]}\n" for i in range(30))
     data = csv_data(table(tmp_path, "w,animal\n" + rows), "data.target=animal", task="classification")
     assert data.classes == ["cat", "dog", "eel"] and data.outputs == 3
+    for task in ("regression", "multilabel"):  # class names are no numbers to predict, nor 0/1 labels
+        with pytest.raises(ConfigError, match=f"holds text, class names \\(cat, dog, eel\\); task={task} expected"):
+            csv_data(table(tmp_path, "w,animal\n" + rows), "data.target=animal", task=task)
+
+
+def test_one_csv_column_of_0_1_is_one_label_for_multilabel(tmp_path):
+    rows = "".join(f"{i},{i % 2}\n" for i in range(40))
+    data = csv_data(table(tmp_path, "w,spam\n" + rows), "data.target=[spam]", task="multilabel")
+    _, y = (torch.cat(t) for t in zip(*data.train.iterate(), strict=True))
+    assert data.outputs == 1 and y.shape == (30, 1) and set(y.flatten().tolist()) == {0.0, 1.0}
+    assert data.record()["targets"] == ["spam"]
 
 
 @pytest.mark.parametrize("text, more, words", [

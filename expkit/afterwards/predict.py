@@ -185,14 +185,20 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     if rows and "class" not in rows[0]:
         return task_csv(rows)
     k = max((len(r["top"]) for r in rows), default=1)
+    where = _where(rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "class", "probability", *[f"top{i}_{w}" for i in range(1, k + 1)
+    writer.writerow([*where, "class", "probability", *[f"top{i}_{w}" for i in range(1, k + 1)
                                                        for w in ("class", "probability")]])
     for r in rows:
-        writer.writerow([r["path"], r["class"], f"{r['probability']:.6f}",
+        writer.writerow([*(r[w] for w in where), r["class"], f"{r['probability']:.6f}",
                          *[v for name, p in r["top"] for v in (name, f"{p:.6f}")]])
     return buffer.getvalue()
+
+
+def _where(rows: list[dict[str, Any]]) -> list[str]:
+    """What names each prediction's input: its file, and its row for a table's rows."""
+    return ["path", "row"] if rows and "row" in rows[0] else ["path"]
 
 
 def task_csv(rows: list[dict[str, Any]]) -> str:
@@ -200,7 +206,7 @@ def task_csv(rows: list[dict[str, Any]]) -> str:
     ;) and one probability column per label; own task: one column per output."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    where = ["path", "row"] if "row" in rows[0] else ["path"]
+    where = _where(rows)
     if "values" in rows[0]:
         names = list(rows[0]["values"])
         writer.writerow([*where, *names])
@@ -218,14 +224,12 @@ def task_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    if rows and "class" not in rows[0]:
-        from expkit.runlist import columns
+    from expkit.runlist import columns
 
+    if rows and "class" not in rows[0]:
         head, *cells = list(csv.reader(io.StringIO(task_csv(rows))))
         return columns(head, cells).rstrip()
-    width = max(4, *(len(r["path"]) for r in rows))
-    lines = [f"{'path':<{width}}  class  probability  top"]
-    for r in rows:
-        top = ", ".join(f"{name} {p:.3f}" for name, p in r["top"])
-        lines.append(f"{r['path']:<{width}}  {r['class']:<5}  {r['probability']:.4f}       {top}")
-    return "\n".join(lines)
+    where = _where(rows)
+    cells = [[*(str(r[w]) for w in where), r["class"], f"{r['probability']:.4f}",
+              ", ".join(f"{name} {p:.3f}" for name, p in r["top"])] for r in rows]
+    return columns([*where, "class", "probability", "top"], cells).rstrip()

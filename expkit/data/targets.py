@@ -70,6 +70,7 @@ def check_kind(cfg, task: str, split: str, y: torch.Tensor, numbers_ok: bool = F
                               "or (N, targets).")
         return (y.view(-1, 1) if y.ndim == 1 else y).float()
     if task == "multilabel":
+        y = y.view(-1, 1) if y.ndim == 1 else y  # one column of 0/1: one label
         binary = y.ndim == 2 and bool(((y == 0) | (y == 1)).all())
         if not binary:
             raise ConfigError(f"{key}: {what} gives targets of shape {list(y.shape)} ({y.dtype}) in its {split} "
@@ -92,6 +93,11 @@ def prepare(cfg, task: str, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
             stats: tuple[list[float], list[float]] | None = None) -> Targets:
     """Checks every split's targets and turns them into what the task trains on, in place
     in `splits` (regression: standardized with the training split's statistics, or `stats`)."""
+    if numbers_ok and classes and task in ("regression", "multilabel"):  # a table's text target column
+        shown = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+        raise ConfigError(f"{_key(cfg)}: {_what(cfg)} holds text, class names ({shown}); task={task} expected "
+                          f"{'numbers' if task == 'regression' else '0/1 values'}. Class names train with "
+                          "task=classification.")
     for split, (x, y) in list(splits.items()):
         splits[split] = (x, check_kind(cfg, task, split, y, numbers_ok))
     train_y = splits["train"][1]
