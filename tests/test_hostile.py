@@ -420,10 +420,11 @@ def test_no_write_goes_through_a_link_out_of_the_folder(entry, received):
     received.expkit(*command(LINKS[entry], received.run), words=("symbolic link",))
 
 
-def test_a_log_with_a_second_hard_link_is_not_appended_to(received):
-    log = received.run / "train.log"
-    log.unlink()
-    os.link(received.outside / "precious.txt", log)
+@pytest.mark.parametrize("name", ["train.log", ".lock"])
+def test_a_file_written_in_place_with_a_second_hard_link_is_not_written(name, received):
+    path = received.run / name
+    path.unlink(missing_ok=True)
+    os.link(received.outside / "precious.txt", path)
     received.expkit("resume", str(received.run), "trainer.epochs=2", words=("hard links",))
 
 

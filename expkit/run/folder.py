@@ -126,6 +126,11 @@ def read_yaml(path: Path) -> Any:
         return None
 
 
+def hard_links_refused(path: Path, links: int) -> str:
+    return (f"{path}: has {links} hard links, so writing to it would change a file elsewhere too; copy it "
+            "(cp) to break the link, or remove it.")
+
+
 def _inside(*parts: str) -> property:
     return property(lambda self: self.path.joinpath(*parts))
 
@@ -176,9 +181,9 @@ class RunDir:
                 raise ConfigError(f"{path}: a symbolic link in the run folder (to {os.readlink(path)}); expkit "
                                   "writes only inside the folder and never through a link. Replace it with a file "
                                   "or folder of its own, or remove it.")
-        if self.log.is_file() and self.log.stat().st_nlink > 1:
-            raise ConfigError(f"{self.log}: has {self.log.stat().st_nlink} hard links, so appending to it would "
-                              "change a file elsewhere too; copy it (cp) to break the link.")
+        for path in (self.log, self.lock):  # the files written in place (the others are replaced whole)
+            if path.is_file() and path.stat().st_nlink > 1:
+                raise ConfigError(hard_links_refused(path, path.stat().st_nlink))
 
     def output_folder(self, folder: Path) -> Path:
         """`folder` (eval/, export/) made ready for a command's files: no link in the run folder
@@ -423,6 +428,10 @@ class FolderLock:
 
         RunDir(self.path.parent).refuse_links()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        links = os.fstat(fd).st_nlink  # the file opened, not the name checked before
+        if links > 1:
+            os.close(fd)
+            raise ConfigError(hard_links_refused(self.path, links))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
