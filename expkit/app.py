@@ -16,6 +16,7 @@ as it was); stopped by signal N 128+N (interrupted, after a checkpoint); anythin
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import shutil
@@ -386,8 +387,13 @@ def run_worker(run_dir: str, checkpoint: str | None) -> int:
 
         state = load_file(Path(checkpoint))
     meta = RunDir(path).read_meta()
+    from expkit.data.sources import reading_only
+
+    # A resume downloads and caches no data (a run folder opened again writes nothing outside
+    # it); own code comes from the launcher's folder, which the workers start in.
+    opened_again = reading_only() if checkpoint else contextlib.nullcontext()
     try:
-        with using():  # own code: from the launcher's folder, which the workers start in
+        with using(), opened_again:
             execute(cfg, path, meta.get("overrides", []), discard_on_bad_input=False, resume=state, provenance=False)
     except RunFailed as e:
         # Tell the launching agent why, in its own error-file format; it reports the first failure.

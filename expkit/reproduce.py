@@ -134,10 +134,12 @@ def _check_data(cfg: Any, meta: dict[str, Any], result: Result) -> None:
         return
     from expkit.config.schema import validate
     from expkit.data import build_data
+    from expkit.data.sources import reading_only
 
     try:
         typed = validate(cfg)
-        now_sha = build_data(typed["data"], typed["seed"], task=typed["task"].name).info.get("sha256")
+        with reading_only():
+            now_sha = build_data(typed["data"], typed["seed"], task=typed["task"].name).info.get("sha256")
     except ConfigError as e:
         raise ConfigError(f"the run's data cannot be read any more: {str(e).splitlines()[0]}") from None
     if now_sha != recorded:

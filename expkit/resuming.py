@@ -138,7 +138,9 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
         for problem in skipped:  # said on the console before train.log was open: said there too
             log.warning("skipped a damaged checkpoint: %s", problem)
 
-    with using(objects=objects):
+    from expkit.data.sources import reading_only
+
+    with using(objects=objects), reading_only():
         return execute(cfg, rundir.path, overrides, discard_on_bad_input=False, resume=saved, on_resume=on_resume,
                        typed=typed)
 

@@ -175,6 +175,17 @@ def test_missing_files_without_download_say_what_to_place_where(tmp_path, name, 
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_a_run_folder_opened_again_downloads_nothing(tmp_path, name):
+    from expkit.data.sources import reading_only
+
+    root = tmp_path / "their-root"  # a received folder's data.root, with data.download=true
+    with reading_only(), pytest.raises(ConfigError) as e:
+        build_data(DataConfig(name=name, root=str(root), download=True), seed=0)
+    assert "opened again downloads and caches no data" in str(e.value) and "data.root=DIR" in str(e.value)
+    assert not root.exists()
+
+
 def test_only_the_missing_files_are_named(tmp_path):
     write_mnist(tmp_path, "MNIST", gz=True)
     (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()

@@ -120,6 +120,22 @@ def _build_in_process(root: str, queue) -> None:
         queue.put(repr(e))
 
 
+def test_a_run_folder_opened_again_reads_built_maps_and_writes_none(images, tmp_path):
+    from expkit.data.sources import reading_only
+
+    elsewhere = tmp_path / "their-cache"  # a received folder's data.cache_dir: made by nobody
+    with reading_only():
+        data = build_data(folder_cfg(images, cache=True, cache_dir=str(elsewhere)), seed=0)
+    assert data.info["loader"] == "dataloader" and not elsewhere.exists()  # decoded, nothing made
+    assert_same(batches(data), batches(build_data(folder_cfg(images), seed=0)))
+    build_data(folder_cfg(images, cache=True), seed=0)  # a run that may write builds the maps
+    built = {p: p.stat().st_mtime_ns for p in maps(images)[0].parent.iterdir()}
+    with reading_only():
+        again = build_data(folder_cfg(images, cache=True), seed=0)
+    assert again.info["loader"] == "cache" and again.info["sha256"] == data.info["sha256"]
+    assert {p: p.stat().st_mtime_ns for p in maps(images)[0].parent.iterdir()} == built  # read, not rewritten
+
+
 def test_two_processes_building_the_same_map_at_once_share_one_complete_map(images):
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()

@@ -20,12 +20,14 @@ SPLITS = ("test", "val", "train")
 def split_loader(run: RunModel, split: str):
     """The split's loader, built like training's but normalized with the run's statistics."""
     from expkit.data import build_data
+    from expkit.data.sources import reading_only
 
     if split not in SPLITS:
         raise ConfigError(f"--split: value {split!r} is not allowed; choose one of {', '.join(SPLITS)}.")
     d = run.typed["data"]
-    data = build_data(d, run.typed["seed"], device=run.device, stats=(run.mean, run.std), task=run.task.name,
-                      target_stats=run.target_stats)
+    with reading_only():
+        data = build_data(d, run.typed["seed"], device=run.device, stats=(run.mean, run.std), task=run.task.name,
+                          target_stats=run.target_stats)
     outputs = int(run.facts.get("outputs") or len(run.classes))
     if tuple(data.input_shape) != tuple(run.input_shape) or data.outputs != outputs:
         noun = {"regression": "targets", "multilabel": "labels"}.get(run.task.name, "classes")

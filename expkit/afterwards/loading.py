@@ -128,8 +128,10 @@ def data_facts(path: Path, saved: Checkpoint, typed: dict[str, Any]) -> dict[str
         if facts and all(facts.get(k) is not None for k in ("classes", "input_shape", "mean", "std")):
             return facts
     from expkit.data import build_data
+    from expkit.data.sources import reading_only
 
-    data = build_data(typed["data"], typed["seed"], task=typed["task"].name)
+    with reading_only():
+        data = build_data(typed["data"], typed["seed"], task=typed["task"].name)
     return {"classes": data.classes, "input_shape": list(data.input_shape), "mean": data.mean, "std": data.std,
             **(data.targets.record() if data.targets is not None else {})}
 

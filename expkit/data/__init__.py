@@ -402,8 +402,8 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,
     base = [transforms.Resize((size, size)), *([transforms.Grayscale(1)] if cfg.channels == 1 else [])]
     picked = split_examples(cfg, len(train_folder), has_test=test_folder is not None)  # no test/: one carved out
     parts = _folder_parts(cfg, source, picked)
-    if cfg.cache:
-        maps = _open_maps(cfg, source, transforms.Compose(base))
+    maps = _open_maps(cfg, source, transforms.Compose(base)) if cfg.cache else None
+    if maps is not None:
         probe = MapDataset(maps[0], torch.arange(len(train_folder)), torch.tensor(train_folder.targets),
                            [0.0] * cfg.channels, [1.0] * cfg.channels)
         mean, std = stats or _folder_stats(cfg, probe, picked.train)
@@ -416,14 +416,14 @@ def _build_folder(cfg, source: Source, seed: int, rank: int, world_size: int,
     info = {
         "name": cfg.name, "location": source.location,
         "mode": "full" if cfg.sample is None else f"sample {cfg.sample}",
-        "loader": "cache" if cfg.cache else "dataloader", **({"cache": held} if cfg.cache else {}),
+        "loader": "cache" if maps is not None else "dataloader", **({"cache": held} if maps is not None else {}),
         "sizes": {s: len(idx) for s, (_, idx, _) in parts.items()},
         "class_counts": {s: counts("classification", y, num_classes) for s, (_, _, y) in parts.items()},
         "input_shape": [cfg.channels, size, size], "mean": mean, "std": std,
         **test_info(cfg, None if "test" not in parts else "official" if test_folder is not None else "carved"),
     }
     if rank == 0:  # what meta.json records; the other ranks read the same files
-        digest_of = _map_digests(source, maps) if cfg.cache else None
+        digest_of = _map_digests(source, maps) if maps is not None else None
         # A carved test split is left out, as it always was: recorded fingerprints stay comparable.
         used = {s: [folder.samples[int(i)] for i in idx] for s, (folder, idx, _) in parts.items()
                 if s != "test" or test_folder is not None}
@@ -493,11 +493,14 @@ def _decode_loaders(cfg, parts, base, seed: int, rank: int, world_size: int, mea
     return loaders
 
 
-def _open_maps(cfg, source: Source, resize) -> list:
-    """The decoded maps of the train folder and, where there is one, the test folder."""
+def _open_maps(cfg, source: Source, resize) -> list | None:
+    """The decoded maps of the train folder and, where there is one, the test folder. For a
+    run folder opened again (writes_off), only maps built before: None when one is missing
+    (the files are then decoded as without data.cache)."""
     from PIL import Image
 
-    from expkit.data.cache import cache_folder, open_map
+    from expkit.data.cache import cache_folder, existing_map, open_map
+    from expkit.data.sources import writes_off
 
     mode = "L" if cfg.channels == 1 else "RGB"
 
@@ -506,10 +509,17 @@ def _open_maps(cfg, source: Source, resize) -> list:
             return resize(img.convert("RGB")).convert(mode)
 
     root = Path(cfg.root).expanduser()
-    where = cache_folder(root, cfg.cache_dir)
     cap = memory_cap(cfg, 1)  # a map this size or smaller is memory-mapped, shared by every process
-    return [open_map(folder, root, where, cfg.image_size, cfg.channels, decode, cap)
-            for folder in source.folder if folder is not None]
+    folders = [folder for folder in source.folder if folder is not None]
+    if writes_off():
+        where = cache_folder(root, cfg.cache_dir, make=False)
+        maps = [existing_map(folder, root, where, cfg.image_size, cfg.channels, cap) for folder in folders]
+        if all(m is not None for m in maps):
+            return maps
+        log.info("data.cache: no map of these images in %s; decoding them instead (%s)", where, writes_off())
+        return None
+    where = cache_folder(root, cfg.cache_dir)
+    return [open_map(folder, root, where, cfg.image_size, cfg.channels, decode, cap) for folder in folders]
 
 
 def _map_digests(source: Source, maps: list):

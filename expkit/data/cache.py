@@ -35,10 +35,13 @@ SUFFIX = ".expkit-cache"
 CHUNK = 512  # images decoded per write: bounds the memory of a build
 
 
-def cache_folder(root: Path, cache_dir: str | None) -> Path:
+def cache_folder(root: Path, cache_dir: str | None, make: bool = True) -> Path:
     """Where the maps of the data set at `root` live: data.cache_dir, else ROOT.expkit-cache
-    beside the root (not inside it, where ImageFolder would take it for a class)."""
+    beside the root (not inside it, where ImageFolder would take it for a class); made
+    unless `make` is false."""
     folder = Path(cache_dir).expanduser() if cache_dir else root.parent / f"{root.name}{SUFFIX}"
+    if not make:
+        return folder
     for part in (folder, *folder.parents):
         if part.is_symlink():
             raise ConfigError(f"data.cache_dir: {folder} goes through the link {part}; expkit writes its "
@@ -115,14 +118,30 @@ def digest_path(map_path: Path) -> Path:
     return map_path.with_name(map_path.name.replace(".npy", ".sha256.npy"))
 
 
+def _map_path(folder, root: Path, where: Path, image_size: int, channels: int) -> tuple[str, Path]:
+    """(the stem of the folder's maps, the path of its map of the files as they are now)."""
+    name = os.path.relpath(folder.root, root.parent).replace(os.sep, "_").lstrip(".") or "root"
+    stem = f"{name}-{image_size}px-{channels}ch"
+    return stem, where / f"{stem}-{map_key(folder.samples, root, image_size, channels)}.npy"
+
+
+def existing_map(folder, root: Path, where: Path, image_size: int, channels: int, max_bytes: int) -> ImageMap | None:
+    """The map of ImageFolder `folder` when one was built already, else None; writes nothing
+    (no folder, lock or map is made), for a run folder opened again. A map under its final
+    name is complete: it is renamed into place once written."""
+    _, path = _map_path(folder, root, where, image_size, channels)
+    for p in (path, digest_path(path)):
+        if p.is_symlink() or not p.is_file():
+            return None
+    return ImageMap(path, max_bytes)
+
+
 def open_map(folder, root: Path, where: Path, image_size: int, channels: int, decode, max_bytes: int) -> ImageMap:
     """The map of ImageFolder `folder` (built first when missing or stale). `decode(file)`
     turns an open image file into the PIL image the decode path would make of it."""
     import fcntl
 
-    name = os.path.relpath(folder.root, root.parent).replace(os.sep, "_").lstrip(".") or "root"
-    stem = f"{name}-{image_size}px-{channels}ch"
-    path = where / f"{stem}-{map_key(folder.samples, root, image_size, channels)}.npy"
+    stem, path = _map_path(folder, root, where, image_size, channels)
     lock = os.open(where / f"{stem}.build-lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another run building this map: wait for it

@@ -7,12 +7,14 @@ caller splits, samples and normalizes them.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.util
 import logging
 import os
 import pickle
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +138,31 @@ def _find(folder: Path, name: str) -> Path | None:
 
 
 DOWNLOAD_OFF = "downloading is off (data.download=false)"
+# Set while a run folder that exists already is opened again (eval, predict, export, resume,
+# reproduce's check): its config may name any data.root or data.cache_dir, and expkit writes
+# nothing outside such a folder, so data is read where it is, never downloaded or cached.
+_reading_only: str | None = None
+
+
+@contextlib.contextmanager
+def reading_only(why: str = "a run folder opened again downloads and caches no data: expkit writes nothing "
+                            "outside it") -> Iterator[None]:
+    global _reading_only
+    before, _reading_only = _reading_only, why
+    try:
+        yield
+    finally:
+        _reading_only = before
+
+
+def writes_off() -> str | None:
+    """Why the data must not be written now (a download, a cache), or None."""
+    return _reading_only
+
+
+def download_off(cfg) -> str | None:
+    """Why a missing data set is not downloaded, or None when it may be."""
+    return _reading_only if cfg.download else DOWNLOAD_OFF
 
 
 def _missing_files_error(dataset: str, root: Path, folder: Path, missing: list[str], cause: str | Exception,
@@ -159,8 +186,8 @@ def _load_mnist_family(cfg, name: str) -> Source:
     if missing:
         how = (f"Place these files there, as downloaded from {dataset_class.mirrors[0]} "
                "(the .gz files are fine, or unpacked).")
-        if not cfg.download:
-            raise _missing_files_error(name, root, raw, missing, DOWNLOAD_OFF, how)
+        if download_off(cfg):
+            raise _missing_files_error(name, root, raw, missing, download_off(cfg), how)
         try:
             dataset_class(str(root), train=True, download=True)
         except Exception as e:  # no network, a proxy, a mirror down: say what to do instead
@@ -231,8 +258,8 @@ def load_cifar10(cfg) -> Source:
     if missing:
         how = (f"Download {CIFAR_URL} and unpack it in {root} (tar xzf cifar-10-python.tar.gz), "
                f"which makes {CIFAR_DIR}/ with these files.")
-        if not cfg.download:
-            raise _missing_files_error("cifar10", root, folder, missing, DOWNLOAD_OFF, how)
+        if download_off(cfg):
+            raise _missing_files_error("cifar10", root, folder, missing, download_off(cfg), how)
         try:
             from torchvision.datasets.utils import download_url
 
