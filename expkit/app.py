@@ -380,7 +380,7 @@ def run_worker(run_dir: str, checkpoint: str | None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
     path = Path(run_dir)
-    cfg = upgrade_saved(OmegaConf.load(RunDir(path).config))
+    cfg = upgrade_saved(RunDir(path).load_config())
     state = None
     if checkpoint:
         from expkit.run.checkpoint import load_file

@@ -156,7 +156,9 @@ def open_run_folder(run_dir: str | Path) -> tuple[RunDir, Any, dict[str, Any]]:
         raise ConfigError(f"{str(run_dir)!r} is not an expkit run folder (it has no "
                           f"{rundir.meta_path.name} and {rundir.config.name}).")
     try:
-        return rundir, upgrade_saved(OmegaConf.load(rundir.config)), rundir.read_meta()
+        return rundir, upgrade_saved(rundir.load_config()), rundir.read_meta()
+    except ConfigError:
+        raise
     except Exception as e:
         raise ConfigError(f"{str(run_dir)!r}: cannot read its {rundir.config.name} or {rundir.meta_path.name}: "
                           f"{str(e).splitlines()[0]}") from None

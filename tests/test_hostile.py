@@ -428,6 +428,17 @@ def test_a_file_written_in_place_with_a_second_hard_link_is_not_written(name, re
     received.expkit("resume", str(received.run), "trainer.epochs=2", words=("hard links",))
 
 
+def test_yaml_aliases_that_expand_without_bound_are_refused(received):
+    bomb = 'laugh0: &l0 ["ha", "ha", "ha", "ha", "ha", "ha", "ha", "ha", "ha"]\n' + "".join(
+        f"laugh{i + 1}: &l{i + 1} [{', '.join([f'*l{i}'] * 9)}]\n" for i in range(9))  # 9**10 values
+    config = received.run / "config.yaml"
+    config.write_text(config.read_text() + bomb)
+    for name in ("eval", "resume", "export"):
+        received.expkit(*command(name, received.run), words=("YAML aliases",))
+    received.expkit("compare", str(received.run), str(received.other), expect=0)
+    received.expkit("runs", str(received.run.parent), expect=0)
+
+
 def test_a_checkpoint_of_another_run_is_refused_with_the_keys_named(received):
     for name in ("last.pt", "best.pt"):
         for suffix in ("", ".sha256"):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from expkit.config.compose import upgrade_saved
 from expkit.errors import ConfigError
@@ -61,7 +61,9 @@ def open_run(run_dir: str | Path) -> tuple[Path, DictConfig]:
     if not rundir.config.exists():
         raise ConfigError(f"{str(run_dir)!r} is not an expkit run folder (it has no {name}).")
     try:
-        return rundir.path, upgrade_saved(OmegaConf.load(rundir.config))
+        return rundir.path, upgrade_saved(rundir.load_config())
+    except ConfigError:
+        raise
     except Exception as e:
         raise ConfigError(f"{str(run_dir)!r}: cannot read its {name}: {str(e).splitlines()[0]}") from None
 

@@ -116,14 +116,28 @@ def write_json(path: Path, value: Any, durable: bool = True) -> None:
 
 
 def read_yaml(path: Path) -> Any:
-    """Plain YAML (no OmegaConf interpolation); None when missing or malformed."""
+    """Plain YAML (no OmegaConf interpolation); None when missing or malformed, or when it
+    uses aliases (`has_aliases`)."""
     import yaml
 
     try:
+        text = path.read_text()
         # libyaml's loader where PyYAML has it: `expkit runs --where` reads thousands of configs.
-        return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, yaml.YAMLError):
+        return None if has_aliases(text) else yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, ValueError, yaml.YAMLError):
         return None
+
+
+def has_aliases(text: str) -> bool:
+    """Whether YAML text uses aliases (*name). The records expkit writes have none; in a file
+    someone else wrote, a few nested ones expand to billions of values in whatever walks
+    the result (a "billion laughs"), so such a file is not read as a record."""
+    import yaml
+
+    if "*" not in text:
+        return False
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=loader))
 
 
 def hard_links_refused(path: Path, links: int) -> str:
@@ -223,6 +237,19 @@ class RunDir:
     def is_run(self) -> bool:
         """A run folder, not a sweep's or a date's: it has its meta.json."""
         return self.meta_path.is_file()
+
+    def load_config(self) -> Any:
+        """config.yaml as OmegaConf reads it, to train or score the run again; bad input when it
+        uses YAML aliases (`has_aliases`)."""
+        from omegaconf import OmegaConf
+
+        from expkit.errors import ConfigError
+
+        text = self.config.read_text()
+        if has_aliases(text):
+            raise ConfigError(f"{self.config}: uses YAML aliases (*name), which expkit never writes; a config with "
+                              "them can expand without bound. Write the values out.")
+        return OmegaConf.create(text)
 
     def read_config(self) -> Any:
         """The resolved config as plain YAML (Hydra's copy for a job still starting); None if neither reads."""
