@@ -428,6 +428,24 @@ def test_a_file_written_in_place_with_a_second_hard_link_is_not_written(name, re
     received.expkit("resume", str(received.run), "trainer.epochs=2", words=("hard links",))
 
 
+def test_a_record_with_fields_of_other_types_is_read_as_not_recording_them(received):
+    received.edit_meta(resumes="no", git="text", status=5, metrics={"val/acc": "high"}, data=[1], imports="x",
+                       cwd=3, world_size=True)
+    # The run's own model file then has no recorded hash: eval and resume need the flag for it.
+    for args in (["runs", str(received.run.parent)], ["summary", str(received.run.parent)],
+                 ["compare", str(received.run), str(received.other)], [*command("eval", received.run), "--trust-code"],
+                 [*command("resume", received.run), "--trust-code"]):
+        received.expkit(*args, expect=0)
+
+
+def test_a_record_nested_deeper_than_the_parser_goes_is_unreadable(received):
+    (received.run / "meta.json").write_text("[" * 100_000 + "]" * 100_000)
+    for args in (["runs", str(received.run.parent)], ["compare", str(received.run), str(received.other)],
+                 [*command("eval", received.run), "--trust-code"]):
+        received.expkit(*args, expect=0)
+    received.expkit(*command("resume", received.run), words=("nested deeper",))
+
+
 def test_yaml_aliases_that_expand_without_bound_are_refused(received):
     bomb = 'laugh0: &l0 ["ha", "ha", "ha", "ha", "ha", "ha", "ha", "ha", "ha"]\n' + "".join(
         f"laugh{i + 1}: &l{i + 1} [{', '.join([f'*l{i}'] * 9)}]\n" for i in range(9))  # 9**10 values

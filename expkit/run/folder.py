@@ -91,12 +91,43 @@ def fsync_dir(folder: Path) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`; {} when it is missing or unreadable (a run still starting)."""
+    """A JSON object from `path`; {} when it is missing or unreadable (a run still starting,
+    or nested deeper than Python's parser goes)."""
     try:
         value = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+# meta.json's fields and the type each has as expkit writes it. A record from someone else
+# may hold anything, so `RunDir.read_meta` and `meta_or_empty` give a field of another type
+# as not recorded (and keep only the entries of the right type in resumes, restarts,
+# imports and metrics): every reader may then take the types for granted.
+META_TYPES: dict[str, type | tuple[type, ...]] = {
+    "git": dict, "command": list, "overrides": list, "status": str, "started": str, "ended": (str, type(None)),
+    "host": str, "versions": dict, "environment": dict, "world_size": int, "cwd": str, "data": dict,
+    "task": dict, "metrics": dict, "error": str, "signal": str, "resumes": list, "restarts": list,
+    "imports": dict, "stopped_early": dict,
+}
+
+
+def well_typed(meta: dict[str, Any]) -> dict[str, Any]:
+    """`meta` without the fields whose type is not META_TYPES' (see there)."""
+    out = {}
+    for key, value in meta.items():
+        wanted = META_TYPES.get(key)
+        if wanted is not None and (not isinstance(value, wanted) or (wanted is int and isinstance(value, bool))):
+            continue
+        if key in ("resumes", "restarts"):
+            value = [entry for entry in value if isinstance(entry, dict)]
+        elif key == "imports":
+            value = {k: entry for k, entry in value.items() if isinstance(entry, dict)}
+        elif key == "metrics":
+            value = {k: v for k, v in value.items()
+                     if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+        out[key] = value
+    return out
 
 
 def strict(value: Any) -> Any:
@@ -267,19 +298,28 @@ class RunDir:
         return self.git_diff.read_text() if self.git_diff.is_file() else ""
 
     def read_meta(self) -> dict[str, Any]:
-        meta = json.loads(self.meta_path.read_text())
-        if not isinstance(meta, dict):
-            from expkit.errors import ConfigError
+        """meta.json, its fields of the types expkit writes (`well_typed`); bad input when it is
+        not a JSON object."""
+        return well_typed(self._read_meta_as_written())
 
+    def _read_meta_as_written(self) -> dict[str, Any]:
+        """meta.json with every field as it stands, for the updates that write it back."""
+        from expkit.errors import ConfigError
+
+        try:
+            meta = json.loads(self.meta_path.read_text())
+        except RecursionError:
+            raise ConfigError(f"{self.meta_path}: is nested deeper than a record of expkit's can be.") from None
+        if not isinstance(meta, dict):
             raise ConfigError(f"{self.meta_path}: is not a JSON object (it holds a {type(meta).__name__}).")
         return meta
 
     def meta_or_empty(self) -> dict[str, Any]:
-        """meta.json, or {} while it is missing or unreadable (a run still starting)."""
-        return read_json(self.meta_path)
+        """meta.json (`well_typed`), or {} while it is missing or unreadable (a run still starting)."""
+        return well_typed(read_json(self.meta_path))
 
     def update_meta(self, **fields: Any) -> dict[str, Any]:
-        meta = self.read_meta() if self.meta_path.exists() else {}
+        meta = self._read_meta_as_written() if self.meta_path.exists() else {}
         meta.update(fields)
         try:
             write_json(self.meta_path, meta)
@@ -334,14 +374,14 @@ class RunDir:
     def record_resume(self, entry: dict[str, Any], config_yaml: str | None) -> None:
         """A resume has started: status running again, the resume listed under `resumes`,
         the new config when overrides changed it."""
-        meta = self.read_meta()
+        meta = self._read_meta_as_written()
         for stale in ("interrupted_at_step", "signal", "error", "stopped_early"):  # from how the run last ended
             meta.pop(stale, None)
         # When the span before this resume ended, so that `expkit runs` sums the time trained,
         # not the pause: its recorded end, or for a killed run (none recorded) the time of the
         # checkpoint resumed from, the last of its work that counts.
         entry = {"previous_end": meta.get("ended") or mtime(self.path / str(entry.get("checkpoint"))), **entry}
-        meta.update(status="running", ended=None, resumes=[*meta.get("resumes", []), entry])
+        meta.update(status="running", ended=None, resumes=[*well_typed(meta).get("resumes", []), entry])
         write_json(self.meta_path, meta)
         if config_yaml is not None:
             write_atomic(self.config, config_yaml)
