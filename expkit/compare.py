@@ -19,6 +19,7 @@ from typing import Any
 
 from expkit.config.compose import flatten
 from expkit.errors import ConfigError
+from expkit.printable import cell
 from expkit.run.folder import RunDir, strict
 from expkit.run.jobs import JobRecord, read_job, read_scalars
 from expkit.run.provenance import diff_files, has_commit, repo_root, run_git, tracked_diff
@@ -143,7 +144,7 @@ def _plain(value: Any) -> str:
 
 
 def report(c: Comparison) -> str:
-    lines = ["runs:"] + [f"  {label}  {run.path}" for label, run in zip(c.labels, c.runs, strict=True)]
+    lines = ["runs:"] + [f"  {label}  {cell(run.path)}" for label, run in zip(c.labels, c.runs, strict=True)]
     lines += ["", "config (keys that differ):"]
     if c.config:
         lines += _indent(columns(["key", *c.labels], [[k, *[_plain(v) for v in vs]] for k, vs in c.config.items()]))
@@ -155,9 +156,9 @@ def report(c: Comparison) -> str:
     lines += ["", "code: " + ("differs" if c.code_differs else "the same (commit, uncommitted diff, untracked files)")]
     for label, commit, dirty, files, untracked in zip(c.labels, c.commits, c.dirty, c.uncommitted, c.untracked,
                                                       strict=True):
-        what = ", ".join(files) or "none"
-        extra = f"; untracked: {', '.join(untracked)}" if untracked else ""
-        lines.append(f"  {label}  commit {commit[:12] if commit else '-'}{' (dirty)' if dirty else ''}; "
+        what = cell(", ".join(files)) or "none"
+        extra = f"; untracked: {cell(', '.join(untracked))}" if untracked else ""
+        lines.append(f"  {label}  commit {cell(str(commit)[:12]) if commit else '-'}{' (dirty)' if dirty else ''}; "
                      f"uncommitted changes: {what}{extra}")
     for pair, changed in c.changed_between.items():
         lines.append(f"  files changed between the commits {pair}: {len(changed)}")
@@ -170,8 +171,8 @@ def report(c: Comparison) -> str:
     lines += ["", f"data: {verdict}"]
     for label, d in zip(c.labels, c.data, strict=True):
         sizes = ", ".join(f"{k} {v}" for k, v in (d.get("sizes") or {}).items())
-        lines.append(f"  {label}  {d.get('name', '-')} ({sizes or 'sizes -'}) "
-                     f"sha256 {str(d.get('sha256') or '-')[:16]}  from {d.get('source', '-')}")
+        lines.append(f"  {label}  {cell(d.get('name', '-'))} ({cell(sizes) or 'sizes -'}) "
+                     f"sha256 {cell(str(d.get('sha256') or '-')[:16])}  from {cell(d.get('source', '-'))}")
     return "\n".join(lines) + "\n"
 
 

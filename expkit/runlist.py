@@ -235,8 +235,12 @@ def table(rows: list[dict[str, Any]], sort: str | None = None) -> str:
 
 
 def columns(head: list[str], cells: list[list[str]], right_from: int | None = None) -> str:
-    """Aligned text columns; those from `right_from` on (numbers) aligned right."""
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *cells, strict=False)]
+    """Aligned text columns; those from `right_from` on (numbers) aligned right. A value's
+    control characters (a received folder's name, say) are printed as escapes."""
+    from expkit.printable import cell
+
+    head, cells = [cell(h) for h in head], [[cell(c) for c in row] for row in cells]
+    widths = [max(len(c) for c in col) for col in zip(head, *cells, strict=False)]
 
     def line(values: list[str]) -> str:
         return "  ".join(v.rjust(w) if right_from is not None and i >= right_from else v.ljust(w)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from expkit.config.resolvers import direction
+from expkit.printable import cell
 from expkit.run.folder import RunDir, process_gone, read_json, read_yaml, write_atomic
 from expkit.run.jobs import active_seconds, job_folders, read_job, split_override, varying_keys
 from expkit.run.provenance import shown_command
@@ -91,7 +92,7 @@ class Summary:
     def markdown(self) -> str:
         keys, cols = self.varying(), self.columns()
         higher = direction(self.metric) == "maximize"
-        lines = [f"# Sweep {self.path}", ""]
+        lines = [f"# Sweep {cell(self.path)}", ""]
         attempts = self.info.get("attempts") or [{}]
         if attempts[-1].get("command"):
             lines.append(f"command: `{shown_command(attempts[-1]['command'])}`  ")
@@ -108,17 +109,17 @@ class Summary:
                          "(optimization_results.yaml)  ")
         head = ["#", "job", *(keys or ["overrides"]), "status", *[c.replace("/", " ", 1) if c.startswith("best/")
                                                                   else c for c in cols], "epoch", "step", "time"]
-        lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["", "| " + " | ".join(cell(h).replace("|", "\\|") for h in head) + " |", "|" + "---|" * len(head)]
         for rank, row in enumerate(self.rows, 1):
             shown = ([_short(row.overrides.get(k, "")) for k in keys] if keys
                      else [" ".join(_pairs(row.overrides)) or "-"])
             cells = [str(rank) if row.status == "completed" else "", _text(row.job), *shown, row.status,
                      *[_num(row.metrics.get(c)) for c in cols], _text(row.metrics.get("epoch")),
                      _text(row.metrics.get("step")), _duration(row.seconds)]
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+            lines.append("| " + " | ".join(cell(c).replace("|", "\\|") for c in cells) + " |")
         errors = [row for row in self.rows if row.error]
         if errors:
-            lines += ["", *[f"- job {_text(row.job)} {row.status}: {row.error}" for row in errors]]
+            lines += ["", *[f"- job {_text(row.job)} {cell(row.status)}: {cell(row.error)}" for row in errors]]
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:

@@ -43,6 +43,7 @@ E2E = {
         "own_code_without_a_recorded_hash_needs_the_flag", "no_write_goes_through_a_link_out_of_the_folder",
         "a_file_written_in_place_with_a_second_hard_link_is_not_written",
         "yaml_aliases_that_expand_without_bound_are_refused",
+        "terminal_escapes_in_a_received_folder_are_printed_as_escapes",
         "a_record_with_fields_of_other_types_is_read_as_not_recording_them",
         "a_record_nested_deeper_than_the_parser_goes_is_unreadable",
         "a_checkpoint_of_another_run_is_refused_with_the_keys_named",

@@ -446,6 +446,21 @@ def test_a_record_nested_deeper_than_the_parser_goes_is_unreadable(received):
     received.expkit(*command("resume", received.run), words=("nested deeper",))
 
 
+def test_terminal_escapes_in_a_received_folder_are_printed_as_escapes(received):
+    odd = received.run.parent / "odd\x1b[31mRED\x1b]0;TITLE\x07\nfake row \u202eabc"
+    received.run.rename(odd)
+    received.run = odd
+    received.edit_meta(overrides=["\x1b]0;HACKED\x07\x1b[2J"], status="completed\x1b[31m",
+                       git={"commit": "\x1b[2Jabc"})
+    for args in (["runs", str(odd.parent)], ["compare", str(odd), str(received.other)],
+                 ["summary", str(odd.parent)]):
+        out = received.expkit(*args, expect=0).stdout
+        assert not any(ch in out for ch in "\x1b\x07\u202e"), out
+        assert not any(line.startswith("fake row") for line in out.splitlines()), out
+        if args[0] != "summary":  # a sweep's table names jobs by number
+            assert "odd\\x1b[31mRED\\x1b]0;TITLE\\x07\\x0afake row" in out, out  # on one line, escaped
+
+
 def test_yaml_aliases_that_expand_without_bound_are_refused(received):
     bomb = 'laugh0: &l0 ["ha", "ha", "ha", "ha", "ha", "ha", "ha", "ha", "ha"]\n' + "".join(
         f"laugh{i + 1}: &l{i + 1} [{', '.join([f'*l{i}'] * 9)}]\n" for i in range(9))  # 9**10 values

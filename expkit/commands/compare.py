@@ -24,6 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from expkit.compare import compare, plot, report
     from expkit.errors import ConfigError
+    from expkit.printable import printable
 
     if len(args.runs) < 2:
         raise ConfigError("give at least two run folders (RUN_A RUN_B [RUN ...]).")
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_dict(), indent=1, default=str))
     else:
-        print(report(result), end="")
+        print(printable(report(result)), end="")
         if args.plot:
             print(f"\nplot: {args.plot}")
     return 0

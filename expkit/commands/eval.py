@@ -28,9 +28,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from expkit.afterwards.evaluate import evaluate, table
     from expkit.afterwards.loading import run_code
+    from expkit.printable import printable
 
     with run_code(args.run_dir, trust=args.trust_code):
         result = evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint, overrides=args.overrides)
-    print(table(result))
-    print("wrote " + ", ".join(result["files"]))
+    print(printable(table(result)))
+    print(printable("wrote " + ", ".join(result["files"])))
     return 0

@@ -27,6 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from expkit.printable import printable
     from expkit.reproduce import reproduce
     from expkit.run.folder import RunDir
 
@@ -42,5 +43,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"expkit reproduce: stopped by {e.signal_name}; the re-run was stopped, its worktree removed "
               "(reproduce.json says so)", file=sys.stderr)
         return e.exit_code
-    print(result.text(), end="")
+    print(printable(result.text()), end="")
     return result.exit_code

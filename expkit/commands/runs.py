@@ -30,6 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from expkit.printable import printable
     from expkit.runlist import list_runs, table
 
     rows = list_runs(args.root, status=args.status, where=args.where, sort=args.sort, limit=args.limit)
@@ -38,5 +39,5 @@ def run(args: argparse.Namespace) -> int:
     elif not rows:
         print(f"no run folders under {args.root}" + (" match" if args.status or args.where else ""))
     else:
-        print(table(rows, args.sort), end="")
+        print(printable(table(rows, args.sort)), end="")
     return 0

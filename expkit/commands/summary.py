@@ -18,6 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from expkit.printable import printable
     from expkit.summary import MULTIRUN_ROOT, collect, newest_sweep
 
     path = Path(args.sweep_dir) if args.sweep_dir else newest_sweep()
@@ -37,5 +38,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"expkit summary: --metric: value {args.metric!r} is not a metric of this sweep; choose one of "
               f"{', '.join(known)}.", file=sys.stderr)
         return 2
-    print(summary.markdown(), end="")
+    print(printable(summary.markdown()), end="")
     return 0
