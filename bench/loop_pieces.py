@@ -1,6 +1,7 @@
 """What each piece of expkit's loop adds to a step, in microseconds, by taking it away.
 
-    .venv/bin/python bench/loop_pieces.py [--rounds 240] [--placements 16] [--out FILE]
+    .venv/bin/python bench/loop_pieces.py [--model tiny-mlp|mlp|cnn] [--rounds 240] [--placements 16]
+                                          [--instances 1] [--out FILE]
 
 On the narrow MLP of bench/loop_interleaved.py's `--model tiny-mlp` (one hidden layer of 8
 on 8x8 inputs, steps of well under a millisecond), the plain loop and expkit's Trainer in
@@ -17,6 +18,8 @@ plain loop's in the same round:
 - no train/* tally   the defaults with TrainTally.add doing nothing: no step keeps its loss
                      and logits, so no log step reduces them (and no train/loss, train/acc
                      points); what the tally costs
+- no gradient norms  the defaults without the log steps' gradient and weight norms (no
+                     grad/norm, weight/norm points); what the norms cost
 
 Timed alone, the loop's own lines cost a few microseconds a step; inside the loop, after a
 training step has filled the caches with its own data, they and the log step's small
@@ -43,6 +46,7 @@ SETTINGS = {
     "log_every=50": ["trainer.log_every=50"],
     "logging off": ["trainer.log_every=1000000000", "trainer.tensorboard=false"],
     "no train/* tally": [],
+    "no gradient norms": [],
 }
 PLACEMENTS = 16
 
@@ -59,20 +63,30 @@ def untallied(trainer) -> None:
     trainer.new_tally = empty
 
 
-def measure(c: Config, rounds: int, placements: int = PLACEMENTS) -> dict:
+def without_norms(trainer) -> None:
+    """`trainer` whose log steps compute no gradient or weight norms."""
+    trainer.gradient_norms = lambda: None
+
+
+def measure(c: Config, rounds: int, placements: int = PLACEMENTS, instances: int = 1) -> dict:
+    """Per round, each contender's epoch seconds (the mean over its `instances` copies, each
+    timed in the rotation) and each setting's microseconds a step more than the plain loop."""
     steps: list[int] = []
+    names = ["plain loop", *SETTINGS]
 
     def build(p: int):
         epochs, trainers = {}, []
-        for name in rotate(["plain loop", *SETTINGS], p):
+        for key, name in rotate([(f"{name} #{i}", name) for i in range(instances) for name in names], p):
             if name == "plain loop":
-                epochs[name] = PlainLoop(c).train_epoch
+                epochs[key] = PlainLoop(c).train_epoch
                 continue
             t = build_trainer(c, SETTINGS[name], Path(tmp) / f"{p}-{len(trainers)}")
             if name == "no train/* tally":
                 untallied(t)
+            elif name == "no gradient norms":
+                without_norms(t)
             trainers.append(t)
-            epochs[name] = lambda r, t=t: (t.train_epoch(r), t.writer.flush())
+            epochs[key] = lambda r, t=t: (t.train_epoch(r), t.writer.flush())
         steps.append(len(trainers[0].data.train))
 
         def close(rounds_run: int) -> None:
@@ -82,8 +96,11 @@ def measure(c: Config, rounds: int, placements: int = PLACEMENTS) -> dict:
         return epochs, close
 
     with quiet_expkit(), tempfile.TemporaryDirectory() as tmp:
-        seconds, _, sizes = interleave_placements(build, rounds, placements)
-    res = {"config": c, "rounds": rounds, "placements": len(sizes), "steps": steps[0], "seconds": seconds}
+        timed, _, sizes = interleave_placements(build, rounds, placements)
+    seconds = {name: [statistics.mean(in_round) for in_round in
+                      zip(*(timed[f"{name} #{i}"] for i in range(instances)), strict=True)] for name in names}
+    res = {"config": c, "rounds": rounds, "placements": len(sizes), "instances": instances, "steps": steps[0],
+           "seconds": seconds}
     return {**res, "added_us": {name: added_us(res, of=name, to="plain loop") for name in SETTINGS}}
 
 
@@ -92,8 +109,8 @@ def table(res: dict) -> list[str]:
     plain_ms = 1000 * statistics.median(res["seconds"]["plain loop"]) / res["steps"]
     lines = [
         f"Loop pieces, {c.label()} on {'x'.join(map(str, c.shape))} ({res['steps']} steps an epoch, "
-        f"{res['rounds']} rounds of one training epoch of each contender, interleaved, over "
-        f"{res['placements']} placements; plain loop: {plain_ms:.2f} ms a step):",
+        f"{res['rounds']} rounds of one training epoch of each of {res.get('instances', 1)} instance(s) of each "
+        f"contender, interleaved, over {res['placements']} placements; plain loop: {plain_ms:.2f} ms a step):",
         "",
         "| expkit | microseconds a step more than the plain loop: median of rounds (quartiles) | mean |",
         "| --- | ---: | ---: |",
@@ -107,5 +124,6 @@ def table(res: dict) -> list[str]:
 
 if __name__ == "__main__":
     sys.exit(cli(None, __doc__, measure, table, rounds=240, model="tiny-mlp", extra={
+        "instances": {"type": int, "default": 1, "help": "copies of each contender, each timed (default 1)"},
         "placements": {"type": int, "default": PLACEMENTS,
                        "help": f"sets of contenders built anew, the rounds split over them (default {PLACEMENTS})"}}))

@@ -91,6 +91,11 @@ def test_pieces_bench_takes_each_piece_away(tmp_path):
     trainer.train_epoch(0)
     assert trainer.tally.count == 0 and "train/loss" not in trainer.last_metrics  # nothing was kept
     trainer.writer.close()
+    trainer = logging_cost.build_trainer(TINY, [], tmp_path / "no-norms")
+    loop_pieces.without_norms(trainer)
+    trainer.train_epoch(0)
+    assert "train/loss" in trainer.last_metrics and trainer.grad_history == []  # no log step took a norm
+    trainer.writer.close()
     res = loop_pieces.measure(TINY, rounds=2, placements=2)
     assert set(res["added_us"]) == set(loop_pieces.SETTINGS) and all(len(v) == 2 for v in res["added_us"].values())
     assert "| no train/* tally | " in "\n".join(loop_pieces.table(res))
