@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "expkit"
 # Lower layers never import higher ones. Modules in one layer may import each other, as
 # long as no cycle forms.
 LAYERS = [
-    ("errors", "version", "collector"),
+    ("errors", "version", "collector", "printable"),
     ("config", "run", "data", "models", "tasks"),
     ("training",),
     ("app", "resuming", "sweep", "summary", "lessons", "afterwards", "runlist", "compare", "reproduce"),

@@ -104,12 +104,11 @@ def read_json(path: Path) -> dict[str, Any]:
 # may hold anything, so `RunDir.read_meta` and `meta_or_empty` give a field of another type
 # as not recorded (and keep only the entries of the right type in resumes, restarts,
 # imports and metrics): every reader may then take the types for granted.
-META_TYPES: dict[str, type | tuple[type, ...]] = {
-    "git": dict, "command": list, "overrides": list, "status": str, "started": str, "ended": (str, type(None)),
-    "host": str, "versions": dict, "environment": dict, "world_size": int, "cwd": str, "data": dict,
-    "task": dict, "metrics": dict, "error": str, "signal": str, "resumes": list, "restarts": list,
-    "imports": dict, "stopped_early": dict,
-}
+META_TYPES: dict[str, type | tuple[type, ...]] = dict(  # as the fields are written: update_meta(git=...)
+    git=dict, command=list, overrides=list, status=str, started=str, ended=(str, type(None)), host=str,
+    versions=dict, environment=dict, world_size=int, cwd=str, data=dict, task=dict, metrics=dict, error=str,
+    signal=str, resumes=list, restarts=list, imports=dict, stopped_early=dict,
+)
 
 
 def well_typed(meta: dict[str, Any]) -> dict[str, Any]:
