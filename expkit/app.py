@@ -391,7 +391,7 @@ def run_worker(run_dir: str, checkpoint: str | None) -> int:
 
     # A resume downloads and caches no data (a run folder opened again writes nothing outside
     # it); own code comes from the launcher's folder, which the workers start in.
-    opened_again = reading_only() if checkpoint else contextlib.nullcontext()
+    opened_again = reading_only(training=True) if checkpoint else contextlib.nullcontext()
     try:
         with using(), opened_again:
             execute(cfg, path, meta.get("overrides", []), discard_on_bad_input=False, resume=state, provenance=False)

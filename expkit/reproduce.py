@@ -41,9 +41,11 @@ CHILD = """import sys
 from pathlib import Path
 from omegaconf import OmegaConf
 from expkit.app import execute
+from expkit.data.sources import reading_only
 from expkit.errors import RunFailed
 try:
-    execute(OmegaConf.load(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:], discard_on_bad_input=False)
+    with reading_only(training=True):  # a received config makes no download or cache outside the worktree
+        execute(OmegaConf.load(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:], discard_on_bad_input=False)
 except RunFailed as e:
     print(e, file=sys.stderr)
     sys.exit(e.exit_code)
@@ -88,14 +90,14 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], str]:
     if meta.get("status") != "completed":
         raise ConfigError(f"{str(run_dir)!r} has status {meta.get('status')!r}; only a completed run can be "
                           "reproduced (its final weights and metrics are what the re-run is compared with).")
-    return meta, rundir.config.read_text()
+    return meta, rundir.config_text()
 
 
 def _repository(meta: dict[str, Any]) -> tuple[str, str]:
+    """(the repository holding the current folder, the recorded commit), or ConfigError."""
     if not isinstance(meta.get("git"), dict):
         raise ConfigError("meta.json: its git record is missing or not an object; the run cannot be rebuilt.")
-    """(the repository holding the current folder, the recorded commit), or ConfigError."""
-    git = meta.get("git") or {}
+    git = meta["git"]
     commit = git.get("commit")
     if not commit:
         raise ConfigError(f"the run recorded no git commit ({git.get('note') or 'no git facts in meta.json'}); "

@@ -140,7 +140,7 @@ def resume(run_dir: str | Path, overrides: list[str], force: bool = False, stric
 
     from expkit.data.sources import reading_only
 
-    with using(objects=objects), reading_only():
+    with using(objects=objects), reading_only(training=True):
         return execute(cfg, rundir.path, overrides, discard_on_bad_input=False, resume=saved, on_resume=on_resume,
                        typed=typed)
 

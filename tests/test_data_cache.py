@@ -128,9 +128,13 @@ def test_a_run_folder_opened_again_reads_built_maps_and_writes_none(images, tmp_
         data = build_data(folder_cfg(images, cache=True, cache_dir=str(elsewhere)), seed=0)
     assert data.info["loader"] == "dataloader" and not elsewhere.exists()  # decoded, nothing made
     assert_same(batches(data), batches(build_data(folder_cfg(images), seed=0)))
+    with reading_only(training=True), pytest.raises(ConfigError) as e:  # a resume: its own batches or none
+        build_data(folder_cfg(images, cache=True, cache_dir=str(elsewhere)), seed=0)
+    assert "no map of these images" in str(e.value) and "data.cache=true data.cache_dir=" in str(e.value)
+    assert not elsewhere.exists()
     build_data(folder_cfg(images, cache=True), seed=0)  # a run that may write builds the maps
     built = {p: p.stat().st_mtime_ns for p in maps(images)[0].parent.iterdir()}
-    with reading_only():
+    with reading_only(training=True):
         again = build_data(folder_cfg(images, cache=True), seed=0)
     assert again.info["loader"] == "cache" and again.info["sha256"] == data.info["sha256"]
     assert {p: p.stat().st_mtime_ns for p in maps(images)[0].parent.iterdir()} == built  # read, not rewritten

@@ -466,7 +466,7 @@ def test_yaml_aliases_that_expand_without_bound_are_refused(received):
         f"laugh{i + 1}: &l{i + 1} [{', '.join([f'*l{i}'] * 9)}]\n" for i in range(9))  # 9**10 values
     config = received.run / "config.yaml"
     config.write_text(config.read_text() + bomb)
-    for name in ("eval", "resume", "export"):
+    for name in ("eval", "resume", "export", "reproduce"):
         received.expkit(*command(name, received.run), words=("YAML aliases",))
     received.expkit("compare", str(received.run), str(received.other), expect=0)
     received.expkit("runs", str(received.run.parent), expect=0)

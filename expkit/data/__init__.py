@@ -500,7 +500,7 @@ def _open_maps(cfg, source: Source, resize) -> list | None:
     from PIL import Image
 
     from expkit.data.cache import cache_folder, existing_map, open_map
-    from expkit.data.sources import writes_off
+    from expkit.data.sources import training_from_records, writes_off
 
     mode = "L" if cfg.channels == 1 else "RGB"
 
@@ -516,6 +516,13 @@ def _open_maps(cfg, source: Source, resize) -> list | None:
         maps = [existing_map(folder, root, where, cfg.image_size, cfg.channels, cap) for folder in folders]
         if all(m is not None for m in maps):
             return maps
+        if training_from_records():  # the decode path's augmentation draws differ: no resume bit for bit
+            extra = f" data.cache_dir={cfg.cache_dir}" if cfg.cache_dir else ""
+            raise ConfigError(f"data.cache: no map of these images in {where} (removed, or the images changed "
+                              f"since); {writes_off()}. Build it by starting a run on this data: expkit train "
+                              f"data=folder data.root={root} data.image_size={cfg.image_size} "
+                              f"data.channels={cfg.channels} data.cache=true{extra} trainer.max_steps=1; then "
+                              "try again.")
         log.info("data.cache: no map of these images in %s; decoding them instead (%s)", where, writes_off())
         return None
     where = cache_folder(root, cfg.cache_dir)

@@ -142,22 +142,30 @@ DOWNLOAD_OFF = "downloading is off (data.download=false)"
 # reproduce's check): its config may name any data.root or data.cache_dir, and expkit writes
 # nothing outside such a folder, so data is read where it is, never downloaded or cached.
 _reading_only: str | None = None
+_training = False  # and it trains (resume, reproduce's re-run): batches must be the run's own
 
 
 @contextlib.contextmanager
-def reading_only(why: str = "a run folder opened again downloads and caches no data: expkit writes nothing "
-                            "outside it") -> Iterator[None]:
-    global _reading_only
-    before, _reading_only = _reading_only, why
+def reading_only(training: bool = False) -> Iterator[None]:
+    global _reading_only, _training
+    before = _reading_only, _training
+    _reading_only = ("a run folder opened again downloads and caches no data where its config points: expkit "
+                     "writes nothing outside it")
+    _training = training
     try:
         yield
     finally:
-        _reading_only = before
+        _reading_only, _training = before
 
 
 def writes_off() -> str | None:
     """Why the data must not be written now (a download, a cache), or None."""
     return _reading_only
+
+
+def training_from_records() -> bool:
+    """Whether a run folder opened again is trained on (writes_off is set then too)."""
+    return _reading_only is not None and _training
 
 
 def download_off(cfg) -> str | None:

@@ -268,18 +268,22 @@ class RunDir:
         """A run folder, not a sweep's or a date's: it has its meta.json."""
         return self.meta_path.is_file()
 
-    def load_config(self) -> Any:
-        """config.yaml as OmegaConf reads it, to train or score the run again; bad input when it
-        uses YAML aliases (`has_aliases`)."""
-        from omegaconf import OmegaConf
-
+    def config_text(self) -> str:
+        """config.yaml's text, to train or score the run again; bad input when it uses YAML
+        aliases (`has_aliases`)."""
         from expkit.errors import ConfigError
 
         text = self.config.read_text()
         if has_aliases(text):
             raise ConfigError(f"{self.config}: uses YAML aliases (*name), which expkit never writes; a config with "
                               "them can expand without bound. Write the values out.")
-        return OmegaConf.create(text)
+        return text
+
+    def load_config(self) -> Any:
+        """config.yaml as OmegaConf reads it (`config_text`)."""
+        from omegaconf import OmegaConf
+
+        return OmegaConf.create(self.config_text())
 
     def read_config(self) -> Any:
         """The resolved config as plain YAML (Hydra's copy for a job still starting); None if neither reads."""
