@@ -10,6 +10,7 @@ import importlib
 import os
 import sys
 
+from expkit.printable import printable
 from expkit.version import __version__
 
 # The commands that reach the training loop, whose start runs with the collector paused.
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         command = argv[0] if argv and argv[0] in COMMANDS else ""
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"expkit{' ' + command if command else ''}: {where}{e.strerror or e}", file=sys.stderr)
+        print(printable(f"expkit{' ' + command if command else ''}: {where}{e.strerror or e}"), file=sys.stderr)
         return 2
     except Exception as e:
         from expkit.errors import ConfigError
@@ -136,5 +137,5 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("EXPKIT_TRACEBACK") or not isinstance(e, ConfigError):
             raise
         command = argv[0] if argv and argv[0] in COMMANDS else ""
-        print(f"expkit{' ' + command if command else ''}: {e}", file=sys.stderr)
+        print(printable(f"expkit{' ' + command if command else ''}: {e}"), file=sys.stderr)  # values of a run folder
         return 2

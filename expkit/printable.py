@@ -15,8 +15,9 @@ def _escape(ch: str) -> str:
 
 
 def _unsafe(ch: str, keep: str) -> bool:
-    # Cc: control characters (C0, DEL, C1); Cf: format characters (bidi overrides, zero width)
-    return ch not in keep and unicodedata.category(ch) in ("Cc", "Cf")
+    # Cc: control characters (C0, DEL, C1); Cf: format characters (bidi overrides, zero width);
+    # Cs: lone surrogates (a file name that is not UTF-8), which printing cannot encode
+    return ch not in keep and unicodedata.category(ch) in ("Cc", "Cf", "Cs")
 
 
 def printable(text: object, keep: str = "\n\t") -> str:

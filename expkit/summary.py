@@ -95,7 +95,7 @@ class Summary:
         lines = [f"# Sweep {cell(self.path)}", ""]
         attempts = self.info.get("attempts") or [{}]
         if attempts[-1].get("command"):
-            lines.append(f"command: `{shown_command(attempts[-1]['command'])}`  ")
+            lines.append(f"command: `{cell(shown_command(attempts[-1]['command']))}`  ")
         if len(attempts) > 1:
             lines.append(f"resumed {len(attempts) - 1} time(s) (sweep.resume=true)  ")
         lines.append(f"sorted by {self.metric} ({'higher' if higher else 'lower'} is better); {self.headline()}  ")

@@ -132,6 +132,17 @@ def test_class_predictions_of_table_rows_name_the_row_and_line_up():
     assert len(starts) == 1, shown  # every column starts where its header does
 
 
+def test_eval_prints_class_names_from_a_run_on_one_line_each():
+    from expkit.afterwards.evaluate import table
+
+    scores = {"precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2}
+    result = {"split": "test", "examples": 4, "data": "csv", "checkpoint": "best.pt", "epoch": 1, "step": 2,
+              "loss": 0.1, "acc": 0.5, "per_class": {"cat\nfake row": scores, "\x1b[2Jdog": scores}}
+    shown = table(result)
+    assert "\x1b" not in shown and "cat\\x0afake row" in shown and "\\x1b[2Jdog" in shown
+    assert len(shown.splitlines()) == 6  # the header lines, the column names, one line per class
+
+
 def test_predict_preprocesses_like_training(run, tmp_path, capsys):
     paths, raw, _ = digit_pngs(run, tmp_path / "images")
     out = tmp_path / "pred.csv"

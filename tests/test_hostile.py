@@ -47,7 +47,7 @@ def wrong_values() -> list[tuple[list[str], str]]:
             value = "abc"
         elif typ == "bool":
             value = "maybe"
-        elif typ == "str" and "(" in row.help and "MODULE:NAME" not in row.help and name not in ("name", "function"):
+        elif typ == "str" and "(" in row.help and "MODULE:NAME" not in row.help and name != "name":
             value = "no-such-choice"
         else:
             continue
@@ -459,6 +459,21 @@ def test_terminal_escapes_in_a_received_folder_are_printed_as_escapes(received):
         assert not any(line.startswith("fake row") for line in out.splitlines()), out
         if args[0] != "summary":  # a sweep's table names jobs by number
             assert "odd\\x1b[31mRED\\x1b]0;TITLE\\x07\\x0afake row" in out, out  # on one line, escaped
+
+
+def test_the_lock_refuses_a_second_hard_link_on_the_file_it_opened(tmp_path, monkeypatch):
+    from expkit.errors import ConfigError
+    from expkit.run.folder import FolderLock, RunDir
+
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me\n")
+    (tmp_path / "run").mkdir()
+    os.link(outside, tmp_path / "run" / ".lock")
+    # The folder's check by name ran already (or the link came after it): the opened file decides.
+    monkeypatch.setattr(RunDir, "refuse_links", lambda self: None)
+    with pytest.raises(ConfigError, match="hard links"):
+        FolderLock(tmp_path / "run").acquire()
+    assert outside.read_text() == "keep me\n"
 
 
 def test_yaml_aliases_that_expand_without_bound_are_refused(received):

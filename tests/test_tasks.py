@@ -271,7 +271,8 @@ def test_a_run_folder_naming_an_installed_non_zoo_callable_needs_the_flag(tmp_pa
         check_trust(zoo, {"imports": {"model.factory": {"package": "torchvision", "version": "0.1"}}},
                     tmp_path / "run", trust=False, is_run=lambda p: False)
     assert "0.1" in str(e.value)
-    for named in ("os:system", "subprocess:getoutput", "expkit.run.folder:write_atomic"):  # no flag lets them in
+    for named in ("os:system", "subprocess:getoutput", "posix:system", "builtins:eval", "expkit.nowhere:x",
+                  "expkit.run.folder:write_atomic"):  # no flag lets them in
         own = {"model": {"arch": "python", "factory": named}}
         for trust in (False, True):
             with pytest.raises(ConfigError) as e:

@@ -12,6 +12,7 @@ from typing import Any
 
 from expkit.afterwards.loading import RunModel, load_run
 from expkit.errors import ConfigError
+from expkit.printable import cell
 from expkit.run.folder import RunDir, strict, write_atomic, write_json
 
 SPLITS = ("test", "val", "train")
@@ -283,12 +284,13 @@ def table(result: dict[str, Any]) -> str:
     if result.get("task", "classification") != "classification":
         return task_table(result, num)
 
-    width = max(5, *(len(str(c)) for c in result["per_class"]))
-    lines = [f"{result['split']} split ({result['examples']} examples, data {result['data']}), checkpoint "
-             f"{result['checkpoint']} (epoch {result['epoch']}, step {result['step']})",
+    per_class = {cell(c): s for c, s in result["per_class"].items()}  # names from the run: one line each
+    width = max(5, *(len(c) for c in per_class))
+    lines = [f"{result['split']} split ({result['examples']} examples, data {cell(result['data'])}), checkpoint "
+             f"{cell(result['checkpoint'])} (epoch {result['epoch']}, step {result['step']})",
              f"loss {num(result['loss'])}  acc {num(result['acc'])}", "",
              f"{'class':<{width}}  precision  recall  f1      support"]
-    for name, s in result["per_class"].items():
+    for name, s in per_class.items():
         lines.append(f"{name:<{width}}  {num(s['precision']):<9}  {num(s['recall']):<6}  {num(s['f1']):<6}  "
                      f"{s['support']}")
     return "\n".join(lines)
@@ -302,18 +304,20 @@ def task_table(result: dict[str, Any], num) -> str:
     known = [k for k in split_metrics(task) if k in result]
     own = [k for k, v in result.items() if task == "python" and k not in known and k not in (
         "examples", "step", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool)]
-    lines = [f"{result['split']} split ({result['examples']} examples, data {result['data']}, task {task}), "
-             f"checkpoint {result['checkpoint']} (epoch {result['epoch']}, step {result['step']})",
+    lines = [f"{result['split']} split ({result['examples']} examples, data {cell(result['data'])}, task {task}), "
+             f"checkpoint {cell(result['checkpoint'])} (epoch {result['epoch']}, step {result['step']})",
              "  ".join(f"{k} {num(result[k])}" for k in [*known, *own]), ""]
     if task == "regression":
-        width = max(6, *(len(str(n)) for n in result["per_target"]))
+        per_target = {cell(n): s for n, s in result["per_target"].items()}
+        width = max(6, *(len(n) for n in per_target))
         lines.append(f"{'target':<{width}}  rmse        mae         r2")
-        for name, s in result["per_target"].items():
+        for name, s in per_target.items():
             lines.append(f"{name:<{width}}  {s['rmse']:<10.4g}  {s['mae']:<10.4g}  {num(s['r2'])}")
     elif task == "multilabel":
-        width = max(5, *(len(str(n)) for n in result["per_label"]))
+        per_label = {cell(n): s for n, s in result["per_label"].items()}
+        width = max(5, *(len(n) for n in per_label))
         lines.append(f"{'label':<{width}}  precision  recall  f1      ap      support  threshold")
-        for name, s in result["per_label"].items():
+        for name, s in per_label.items():
             lines.append(f"{name:<{width}}  {num(s['precision']):<9}  {num(s['recall']):<6}  {num(s['f1']):<6}  "
                          f"{num(s['ap']):<6}  {s['support']:<7}  {s['threshold']:g}")
     return "\n".join(lines).rstrip()

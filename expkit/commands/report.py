@@ -19,12 +19,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from expkit.lessons.jobs import ReportError
     from expkit.lessons.report import report  # imports matplotlib only when drawing
+    from expkit.printable import printable
 
     try:
         png, md = report(args.sweep_dir, args.out, args.lesson)
     except ReportError as e:
         print(f"expkit report: {e}", file=sys.stderr)
         return 2
-    print(md.read_text())
-    print(f"wrote {png} and {md}")
+    print(printable(md.read_text()))
+    print(printable(f"wrote {png} and {md}"))
     return 0

@@ -166,7 +166,7 @@ def _not_importable(module: Any, module_name: str, directory: Path) -> str | Non
     and installed packages' (a model zoo, your own installed package) may be."""
     file = getattr(module, "__file__", None)
     where = Path(file).resolve() if file else None
-    never = never_named(module_name, where)
+    never = never_importable(module_name, where)
     if never:
         return never
     if installed(where) or where.is_relative_to(directory):
@@ -174,7 +174,7 @@ def _not_importable(module: Any, module_name: str, directory: Path) -> str | Non
     return "is outside the project folder"
 
 
-def never_named(module_name: str, file: Path | None) -> str | None:
+def never_importable(module_name: str, file: Path | None) -> str | None:
     """Why no config may name code of this module, with or without --trust-code, or None:
     expkit's own code and the standard library's (a module without a file is built in)."""
     if module_name.split(".")[0] == "expkit":
@@ -314,7 +314,11 @@ def _check_trusted(key: str, path: Any, meta: dict[str, Any], recorded: dict[str
         return  # a notebook's object: it is never looked up, the caller passes it again
     entry = recorded.get(key) if isinstance(recorded.get(key), dict) else {}
     file = module_file(module_name, directory)
-    never = never_named(module_name, file.resolve()) if file is not None else None
+    top = module_name.split(".")[0]
+    if file is not None:
+        never = never_importable(module_name, file.resolve())
+    else:  # no file: built into Python (posix, builtins), expkit's (a name it lacks), or missing
+        never = never_importable(module_name, None) if top == "expkit" or top in sys.builtin_module_names else None
     if never:
         raise ConfigError(f"{key}: value {path!r} names {module_name}, which {never}: a run folder's config may "
                           f"not name it, with or without {TRUST_FLAG}. Nothing was imported.")

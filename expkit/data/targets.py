@@ -70,8 +70,9 @@ def check_kind(cfg, task: str, split: str, y: torch.Tensor, numbers_ok: bool = F
                               "or (N, targets).")
         return (y.view(-1, 1) if y.ndim == 1 else y).float()
     if task == "multilabel":
-        y = y.view(-1, 1) if y.ndim == 1 else y  # one column of 0/1: one label
-        binary = y.ndim == 2 and bool(((y == 0) | (y == 1)).all())
+        binary = y.ndim in (1, 2) and bool(((y == 0) | (y == 1)).all())
+        y = y.view(-1, 1) if binary and y.ndim == 1 else y  # one column of 0/1: one label
+        binary = binary and y.ndim == 2
         if not binary:
             raise ConfigError(f"{key}: {what} gives targets of shape {list(y.shape)} ({y.dtype}) in its {split} "
                               "split; task=multilabel expected 0/1 values of shape (N, labels), one column per "

@@ -170,7 +170,7 @@ def has_aliases(text: str) -> bool:
     return any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=loader))
 
 
-def hard_links_refused(path: Path, links: int) -> str:
+def hard_links_message(path: Path, links: int) -> str:
     return (f"{path}: has {links} hard links, so writing to it would change a file elsewhere too; copy it "
             "(cp) to break the link, or remove it.")
 
@@ -227,7 +227,7 @@ class RunDir:
                                   "or folder of its own, or remove it.")
         for path in (self.log, self.lock):  # the files written in place (the others are replaced whole)
             if path.is_file() and path.stat().st_nlink > 1:
-                raise ConfigError(hard_links_refused(path, path.stat().st_nlink))
+                raise ConfigError(hard_links_message(path, path.stat().st_nlink))
 
     def output_folder(self, folder: Path) -> Path:
         """`folder` (eval/, export/) made ready for a command's files: no link in the run folder
@@ -501,7 +501,7 @@ class FolderLock:
         links = os.fstat(fd).st_nlink  # the file opened, not the name checked before
         if links > 1:
             os.close(fd)
-            raise ConfigError(hard_links_refused(self.path, links))
+            raise ConfigError(hard_links_message(self.path, links))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
