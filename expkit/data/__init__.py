@@ -495,8 +495,9 @@ def _decode_loaders(cfg, parts, base, seed: int, rank: int, world_size: int, mea
 
 def _open_maps(cfg, source: Source, resize) -> list | None:
     """The decoded maps of the train folder and, where there is one, the test folder. For a
-    run folder opened again (writes_off), only maps built before: None when one is missing
-    (the files are then decoded as without data.cache)."""
+    run folder opened again (writes_off), only maps built before; when one is missing, None
+    (the files are then decoded as without data.cache), or bad input for a training from
+    the folder's records, whose batches must be the run's own."""
     from PIL import Image
 
     from expkit.data.cache import cache_folder, existing_map, open_map

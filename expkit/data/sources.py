@@ -139,8 +139,8 @@ def _find(folder: Path, name: str) -> Path | None:
 
 DOWNLOAD_OFF = "downloading is off (data.download=false)"
 # Set while a run folder that exists already is opened again (eval, predict, export, resume,
-# reproduce's check): its config may name any data.root or data.cache_dir, and expkit writes
-# nothing outside such a folder, so data is read where it is, never downloaded or cached.
+# reproduce and its re-run): its config may name any data.root or data.cache_dir, and expkit
+# writes nothing outside such a folder, so data is read where it is, never downloaded or cached.
 _reading_only: str | None = None
 _training = False  # and it trains (resume, reproduce's re-run): batches must be the run's own
 
