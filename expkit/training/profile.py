@@ -59,5 +59,6 @@ class StepProfiler:
         self.written = True
         sort = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
         table = prof.key_averages().table(sort_by=sort, row_limit=TOP)
-        log.info("profile: %d steps traced into %s (open it in https://ui.perfetto.dev or chrome://tracing); "
-                 "top %d operators by self time:\n%s", traced, self.trace, TOP, table)
+        shown = f"{traced} of the {self.steps} steps asked for" if traced < self.steps else f"{traced} steps"
+        log.info("profile: %s traced into %s (open it in https://ui.perfetto.dev or chrome://tracing); "
+                 "top %d operators by self time:\n%s", shown, self.trace, TOP, table)
