@@ -171,6 +171,11 @@ def resumed_config(cfg, overrides: list[str], force: bool, objects: dict[str, An
     problem = check_overrides(cfg, overrides, force)
     if problem:
         raise ConfigError(problem)
+    lr = next((o.partition("=")[2] for o in overrides if o.lstrip("+").partition("=")[0] == "optim.lr"), None)
+    sched = OmegaConf.select(cfg, "sched.name", default="none")
+    if lr is not None and sched != "none":
+        raise ConfigError(f"optim.lr: value {lr!r}: a resume cannot change the LR under sched={sched}, whose LRs "
+                          "so far come from the checkpoint; with sched=none it can (--force), or start a new run.")
     for group in objects or {}:
         choice_key, own, _ = OWN[group]
         if cfg.get(group, {}).get(choice_key) != own:

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from expkit.errors import ConfigError
+
 # Its tests share one training run (a session fixture): on one xdist worker (make test's --dist loadgroup)
 # that run happens once.
 pytestmark = pytest.mark.xdist_group("resume")
@@ -359,6 +361,31 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, straight):
     assert "does not fit" in line and "model.hidden" in line and "128" in line and "64" in line
     assert meta(other) == before and (other / "config.yaml").read_text() == config
     assert sorted(other.glob("events.*")) == events
+
+
+def test_forced_optimizer_values_are_the_ones_the_resumed_run_trains_with(tmp_path, straight):
+    run = copy_run(straight, tmp_path / "forced")
+    proc = expkit(["resume", str(run), f"trainer.epochs={EPOCHS + 1}", "optim.lr=0.01", "optim.weight_decay=0.5",
+                   "--force"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    groups = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [0.01, 0.01]
+    assert [g["weight_decay"] for g in groups] == [0.5, 0.0]  # biases and norms still decay-free
+    last_epoch = next(line for line in (run / "train.log").read_text().splitlines()
+                      if f"epoch {EPOCHS + 1}/{EPOCHS + 1} step" in line and "best" in line)
+    assert last_epoch.endswith("lr 0.01"), last_epoch
+
+
+def test_a_resume_may_not_change_the_lr_under_a_schedule():
+    from omegaconf import OmegaConf
+
+    from expkit.resuming import resumed_config
+
+    cfg = OmegaConf.create({"trainer": {"epochs": 3}, "optim": {"lr": 0.001}, "sched": {"name": "cosine"}})
+    with pytest.raises(ConfigError, match="optim.lr: value '0.1': a resume cannot change the LR under sched=cosine"):
+        resumed_config(cfg, ["optim.lr=0.1"], force=True, objects=None)
+    cfg.sched.name = "none"
+    assert resumed_config(cfg, ["optim.lr=0.1"], force=True, objects=None).optim.lr == 0.1
 
 
 def test_which_overrides_and_epoch_changes_a_resume_accepts():

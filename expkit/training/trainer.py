@@ -705,7 +705,15 @@ class Trainer:
             self.raw_model.load_state_dict(saved.model)
         except RuntimeError as e:
             raise ValueError(model_mismatch(saved.config, self.config_plain, e)) from None
+        built = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(saved.optimizer)
+        # resume --force optim.weight_decay=... (or optim.lr with sched=none): the optimizer as
+        # built from the new config, not the checkpoint's hyperparameters. Only keys the
+        # config changed: a key the checkpoint's config lacks (an older run) changed nothing.
+        before, now = (saved.config or {}).get("optim") or {}, self.config_plain.get("optim") or {}
+        changed = {k for k, v in now.items() if k in before and before[k] != v}
+        for group, values in zip(self.optimizer.param_groups, built, strict=True):
+            group.update({k: v for k, v in values.items() if k in changed})
         if saved.schedule is not None:
             self.schedule.load_state_dict(saved.schedule)
         if self.scaler is not None and saved.scaler:
