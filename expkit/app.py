@@ -256,11 +256,15 @@ class RunLife:
         if trainer is None and not self.resumed and not fresh:
             return RunFailed(f"stopped by {e.signal_name} before the resume started; the run is as it was",
                              e.exit_code, recorded=True)
-        if trainer is None and fresh and not rundir.meta_path.exists() and self.discard:
-            close_logging()
-            remove_run_folder(run_dir)  # stopped before anything was recorded: leave nothing behind
-            return RunFailed(f"stopped by {e.signal_name} before the run started; nothing was kept",
-                             e.exit_code, recorded=True)
+        if trainer is None and fresh and not rundir.meta_path.exists():
+            if self.discard:
+                close_logging()
+                remove_run_folder(run_dir)  # stopped before anything was recorded: leave nothing behind
+                return RunFailed(f"stopped by {e.signal_name} before the run started; nothing was kept",
+                                 e.exit_code, recorded=True)
+            # a sweep's job keeps its folder; with nothing recorded there is nothing to resume
+            return RunFailed(f"stopped by {e.signal_name} before the run started; nothing was recorded (the "
+                             "sweep runs this job with sweep.resume=true)", e.exit_code, recorded=True)
         if rundir.meta_path.exists():
             if trainer is None and not self.resumed:
                 self.record("interrupted", signal=e.signal_name, before_first_checkpoint=True,

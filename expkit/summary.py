@@ -197,7 +197,12 @@ def collect(sweep_dir: Path, metric: str | None = None, stopped: bool = False) -
     folders = [] if RunDir(sweep_dir).is_run() else job_folders(sweep_dir)
     for folder in folders:
         job = read_job(folder, config=False)  # status, overrides and metrics: no YAML to parse
-        status = job.status or ("running" if not RunDir(folder).is_run() else "?")
+        if job.status:
+            status = job.status
+        elif RunDir(folder).is_run():
+            status = "?"
+        else:  # its folder is made, its record not yet: starting, or stopped before it recorded anything
+            status = "running" if alive else "not started"
         if status == "running" and not alive:
             status = "crashed"  # its process ended without saying how (SIGKILL, power, OOM killer)
         metrics = {k: v for k, v in job.metrics.items() if isinstance(v, (int, float))}

@@ -284,3 +284,13 @@ def test_summary_command_refuses_what_is_not_a_sweep(tmp_path):
     assert empty.returncode == 2 and "holds no job folders" in empty.stderr
     none = run_cli(["summary"], cwd=tmp_path)
     assert none.returncode == 2 and "no sweep under runs/multirun/" in none.stderr
+
+
+def test_a_job_stopped_before_it_recorded_anything_is_not_started_not_crashed(tmp_path):
+    from expkit.summary import collect
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0_optim.lr=0.1" / ".hydra").mkdir(parents=True)  # Hydra made it; the signal came first
+    (sweep / "sweep.json").write_text('{"planned": [["optim.lr=0.1"], ["optim.lr=0.2"]], "attempts": []}')
+    rows = collect(sweep, stopped=True).rows
+    assert [(r.job, r.status) for r in rows] == [(0, "not started"), (1, "not started")]
