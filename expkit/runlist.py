@@ -187,6 +187,13 @@ def list_runs(root: str | os.PathLike = "runs", status: list[str] | None = None,
         raise ConfigError(f"--where: no run under {str(root)!r} has config key {missing[0]!r} "
                           "(keys are dotted paths of config.yaml, e.g. optim.lr).")
     if sort:
+        known = sorted({k for r in rows for k in r["metrics"]})
+        if known and sort not in known:  # (runs that have no metrics yet sort by any name)
+            from expkit.errors import did_you_mean
+
+            hint = did_you_mean(sort, known)
+            raise ConfigError(f"--sort: value {sort!r} is not a metric of any run listed"
+                              f"{hint + ' Their' if hint else '; their'} metrics: {', '.join(known)}.")
         sign = -1.0 if direction(sort) == "maximize" else 1.0
 
         def order(r: dict[str, Any]) -> tuple:

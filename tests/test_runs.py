@@ -19,6 +19,7 @@ from conftest import EXPKIT, FAST, git, only_run, read_json, run_cli
 import expkit
 from expkit.cli import main
 from expkit.compare import compare, curves, plot, report
+from expkit.errors import ConfigError
 
 
 def make_run(folder: Path, *, status="completed", optim="adamw", lr=0.001, overrides=(), metrics=None,
@@ -84,6 +85,9 @@ def test_status_where_sort_and_limit(root):
     best = expkit.runs(str(root), sort="val/acc")
     assert [r["val/acc"] for r in best] == [0.95, 0.91, 0.9, 0.8, None]
     assert len(expkit.runs(str(root), sort="val/acc", limit=3)) == 3
+    with pytest.raises(ConfigError, match="--sort: value 'val/acx' is not a metric of any run listed; did you "
+                                          "mean val/acc\\? Their metrics: "):
+        expkit.runs(str(root), sort="val/acx")
 
 
 def test_table_and_json_on_the_command_line(root, capsys):
