@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expkit.config.resolvers import direction
+from expkit.config.resolvers import direction, truthy
 from expkit.printable import cell
 from expkit.run.folder import RunDir, process_gone, read_json, read_yaml, write_atomic
 from expkit.run.jobs import active_seconds, job_folders, read_job, split_override, varying_keys
@@ -96,8 +96,13 @@ class Summary:
         attempts = self.info.get("attempts") or [{}]
         if attempts[-1].get("command"):
             lines.append(f"command: `{cell(shown_command(attempts[-1]['command']))}`  ")
-        if len(attempts) > 1:
-            lines.append(f"resumed {len(attempts) - 1} time(s) (sweep.resume=true)  ")
+        resumed = [a for a in attempts[1:] if any(
+            is_resume_flag(str(c)) and truthy(str(c).split("=", 1)[-1]) for c in a.get("command") or [])]
+        if resumed:
+            lines.append(f"resumed {len(resumed)} time(s) (sweep.resume=true)  ")
+        if len(attempts) - 1 > len(resumed):
+            lines.append(f"run again {len(attempts) - 1 - len(resumed)} time(s) without sweep.resume (jobs that "
+                         "hold a run were left as they were)  ")
         lines.append(f"sorted by {self.metric} ({'higher' if higher else 'lower'} is better); {self.headline()}  ")
         common = {k: v for k, v in (self.rows[0].overrides if self.rows else {}).items() if k not in keys}
         if common:

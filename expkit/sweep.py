@@ -68,9 +68,16 @@ def prepare_args(args: list[str]) -> list[str]:
 
     if not is_multirun(args) or not resume or not truthy(resume[-1].split("=", 1)[1]):
         return args
-    if any(a.startswith(("hydra.sweep.dir=", "+hydra.sweep.dir=")) for a in args):
-        return args
     wanted = same_job_overrides([a for a in args if not a.startswith("-") and "=" in a])
+    given = [a.split("=", 1)[1].strip("'\"") for a in args if a.startswith(("hydra.sweep.dir=", "+hydra.sweep.dir="))]
+    if given:
+        info = read_json(Path(given[-1]) / SWEEP_FILE)
+        recorded = same_job_overrides([str(o) for o in info.get("overrides") or []]) if info else None
+        if recorded is not None and recorded != wanted:
+            raise ConfigError(f"hydra.sweep.dir: {given[-1]!r} holds another sweep (its overrides: "
+                              f"{' '.join(recorded) or 'none'}); sweep.resume=true continues a sweep with the same "
+                              "overrides, in the same order. Give this sweep its own hydra.sweep.dir.")
+        return args
     found = find_resumable(wanted)
     if found is None:
         print(f"expkit: sweep.resume: no sweep under {MULTIRUN_ROOT}/ ran these overrides; starting a new one.",

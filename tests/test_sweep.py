@@ -294,3 +294,17 @@ def test_a_job_stopped_before_it_recorded_anything_is_not_started_not_crashed(tm
     (sweep / "sweep.json").write_text('{"planned": [["optim.lr=0.1"], ["optim.lr=0.2"]], "attempts": []}')
     rows = collect(sweep, stopped=True).rows
     assert [(r.job, r.status) for r in rows] == [(0, "not started"), (1, "not started")]
+
+
+def test_resume_into_a_folder_of_another_sweep_is_refused(tmp_path):
+    first = run_cli(["train", "-m", *SMALL, "optim.lr=0.01,0.05", "hydra.sweep.dir=runs/multirun/one"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = sorted(p.name for p in (tmp_path / "runs" / "multirun" / "one").iterdir())
+    other = run_cli(["train", "-m", *SMALL, "optim=adam,sgd", "sweep.resume=true", "hydra.sweep.dir=runs/multirun/one"],
+                    cwd=tmp_path)
+    assert other.returncode == 2 and "holds another sweep" in other.stderr and "optim.lr=0.01,0.05" in other.stderr
+    assert sorted(p.name for p in (tmp_path / "runs" / "multirun" / "one").iterdir()) == before
+    again = run_cli(["train", "-m", *SMALL, "optim.lr=0.01,0.05", "hydra.sweep.dir=runs/multirun/one"], cwd=tmp_path)
+    md = (tmp_path / "runs" / "multirun" / "one" / "summary.md").read_text()
+    assert again.returncode == 0 and "holds a run already" in again.stderr
+    assert "run again 1 time(s) without sweep.resume" in md and "resumed" not in md, md
