@@ -68,7 +68,7 @@ def check_overrides(cfg, overrides: list[str], force: bool) -> str | None:
             hint = did_you_mean(leaf, keys, f"{parent}." if parent else "")
             return f"{key!r} is not a key of this run's config{hint} (add it with +{key}=... and --force)."
         if key not in SAFE_KEYS:
-            unsafe.append(key)
+            unsafe.append(item)
     if unsafe and not force:
         return (f"override(s) {', '.join(unsafe)} would change what this run trained so far; pass --force to "
                 f"accept that. Allowed without --force: {', '.join(sorted(SAFE_KEYS))}.")

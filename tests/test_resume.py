@@ -197,7 +197,7 @@ def test_extend_a_finished_run_at_an_epoch_boundary_exactly_with_git_checks(tmp_
         (["resume", str(run), "trainer.epochs=3", "--strict"], tmp_path)])
     assert "already completed" in one_line_error(done)
     line = one_line_error(unsafe)
-    assert "optim.lr, model.hidden" in line and "--force" in line
+    assert "optim.lr=0.1, model.hidden=64" in line and "--force" in line
     line = one_line_error(strict)
     assert "--strict" in line and recorded["git"]["commit"] in line
     assert meta(run) == recorded  # refusals leave the run's record alone
