@@ -217,6 +217,41 @@ def test_sigterm_stops_all_workers_with_a_checkpoint(tmp_path):
     assert 0 < state["step"] < 200 * 16 and len(state["rng_ranks"]) == 2
 
 
+def workers_of(run: Path) -> list[int]:
+    """The pids of the processes training in `run` as DDP workers."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"_worker" in cmdline and str(run).encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_a_launcher_killed_outright_leaves_no_worker_training(tmp_path):
+    args = ["train", *EXACT, "data.batch_size=8", "trainer.devices=2", "trainer.epochs=200", "trainer.log_every=1"]
+    proc = subprocess.Popen([EXPKIT, *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "runs").rglob("step-*.pt")):
+        time.sleep(0.5)
+    run = only_run(tmp_path)
+    assert len(workers_of(run)) == 2
+    proc.kill()  # SIGKILL: the launcher passes nothing on
+    proc.communicate(timeout=60)
+    deadline = time.time() + 60
+    while time.time() < deadline and workers_of(run):
+        time.sleep(0.5)
+    assert not workers_of(run), "workers went on training after their launcher was killed"
+    meta = read_json(run / "meta.json")
+    assert meta["status"] == "interrupted" and meta["signal"] == "SIGTERM", meta
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert 0 < state["step"] < 200 * 16
+
+
 def test_multirun_with_two_devices_per_job(tmp_path):
     proc = run_cli(["train", "-m", *EXACT, "trainer.epochs=1", "trainer.devices=2", "optim.lr=0.001,0.002"],
                    cwd=tmp_path, timeout=600)

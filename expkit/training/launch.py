@@ -43,6 +43,27 @@ def launch_workers(run_dir: Path, nproc: int, checkpoint: Path | None = None) ->
     elastic_launch(config, sys.executable)(*args)
 
 
+def stop_with_the_launcher() -> None:
+    """Linux: have the kernel send this worker SIGTERM when the process that started it ends.
+    A launcher killed outright (SIGKILL, the OOM killer) cannot pass a signal on, and its
+    workers would go on training a run whose folder nobody holds any more; with this they
+    stop as on any SIGTERM: at an agreed step, with a checkpoint."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # 1: PR_SET_PDEATHSIG
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it ended before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def describe_failure(error: Exception) -> str:
     """One paragraph from torch elastic's ChildFailedError: which rank, how, and why."""
     failures = getattr(error, "failures", None)
