@@ -383,9 +383,6 @@ def run_worker(run_dir: str, checkpoint: str | None) -> int:
     every worker and meta.json's record name the same one."""
     from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
-    from expkit.training.launch import stop_with_the_launcher
-
-    stop_with_the_launcher()
     path = Path(run_dir)
     cfg = upgrade_saved(RunDir(path).load_config())
     state = None

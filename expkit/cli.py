@@ -31,8 +31,11 @@ def run() -> None:
     training = sys.argv[1:2] and sys.argv[1] in TRAINING
     if training:
         from expkit import collector
+        from expkit.training.launch import inside_worker_group, stop_with_the_launcher
 
         collector.pause()  # until the training loop begins (expkit/collector.py)
+        if inside_worker_group():  # expkit's own DDP workers, or torchrun's
+            stop_with_the_launcher()
     try:
         code = main()
     except SystemExit as e:  # Hydra's entry point and `train` end with sys.exit
