@@ -176,6 +176,19 @@ def test_a_crashing_rank_brings_the_group_down(tmp_path):
     assert read_json(run / "metrics.json")["step"] < 10  # it did not run on
 
 
+def test_the_failure_named_is_the_cause_not_a_peer_that_lost_it():
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from expkit.training.launch import describe_failure
+
+    peer, cause = (ProcessFailure(local_rank=r, pid=r + 1, exitcode=1, error_file="/nonexistent") for r in (0, 1))
+    peer.message = {"message": "RuntimeError: [gloo/transport/tcp/pair.cc:534] Connection closed by peer [::1]:1"}
+    cause.message = {"message": "RunFailed: training failed: RuntimeError: injected crash"}
+    peer.timestamp, cause.timestamp = 100, 101  # on a busy machine the peer's error can be written first
+    assert describe_failure(ChildFailedError("x", {0: peer, 1: cause})) == (
+        "worker rank 1 failed (exit code 1): training failed: RuntimeError: injected crash")
+
+
 def test_resume_with_the_same_world_size_and_refuse_what_does_not_fit(tmp_path):
     proc = run_cli(["train", *EXACT, "data.batch_size=32", "trainer.devices=2", "trainer.epochs=1"],
                    cwd=tmp_path, check=True, unset=("OMP_NUM_THREADS",))

@@ -64,13 +64,20 @@ def stop_with_the_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+# What a worker's error says when another rank ended first: the gloo connection to it went.
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
 def describe_failure(error: Exception) -> str:
     """One paragraph from torch elastic's ChildFailedError: which rank, how, and why."""
     failures = getattr(error, "failures", None)
     if not failures:
         return f"{type(error).__name__}: {error}"
-    # The earliest failure is the cause; later ones are peers losing their connection to it.
-    rank, failure = error.get_first_failure()
+    # The cause is the earliest failure that is not a peer losing its connection to it or a
+    # worker the agent stopped (on a busy machine those can be recorded first).
+    causes = sorted((f.timestamp, rank, f) for rank, f in failures.items()
+                    if f.exitcode > 0 and not any(p in str(f.message) for p in PEER_LOST))
+    rank, failure = (causes[0][1], causes[0][2]) if causes else error.get_first_failure()
     message = failure.message
     if isinstance(message, dict):
         message = message.get("message", message)
