@@ -263,8 +263,9 @@ class RunLife:
                 return RunFailed(f"stopped by {e.signal_name} before the run started; nothing was kept",
                                  e.exit_code, recorded=True)
             # a sweep's job keeps its folder; with nothing recorded there is nothing to resume
-            return RunFailed(f"stopped by {e.signal_name} before the run started; nothing was recorded (the "
-                             "sweep runs this job with sweep.resume=true)", e.exit_code, recorded=True)
+            again = " (the sweep runs this job with sweep.resume=true)" if in_sweep() else ""
+            return RunFailed(f"stopped by {e.signal_name} before the run started; nothing was recorded{again}",
+                             e.exit_code, recorded=True)
         if rundir.meta_path.exists():
             if trainer is None and not self.resumed:
                 self.record("interrupted", signal=e.signal_name, before_first_checkpoint=True,

@@ -173,9 +173,12 @@ def resumed_config(cfg, overrides: list[str], force: bool, objects: dict[str, An
         raise ConfigError(problem)
     lr = next((o.partition("=")[2] for o in overrides if o.lstrip("+").partition("=")[0] == "optim.lr"), None)
     sched = OmegaConf.select(cfg, "sched.name", default="none")
-    if lr is not None and sched != "none":
-        raise ConfigError(f"optim.lr: value {lr!r}: a resume cannot change the LR under sched={sched}, whose LRs "
-                          "so far come from the checkpoint; with sched=none it can (--force), or start a new run.")
+    warmup = OmegaConf.select(cfg, "sched.warmup_epochs", default=0) or 0
+    if lr is not None and (sched != "none" or warmup > 0):
+        what = f"sched={sched}" if sched != "none" else f"sched.warmup_epochs={warmup}"
+        raise ConfigError(f"optim.lr: value {lr!r}: a resume cannot change the LR under {what}, whose LRs so far "
+                          "come from the checkpoint; with sched=none and no warm-up it can (--force), or start a "
+                          "new run.")
     for group in objects or {}:
         choice_key, own, _ = OWN[group]
         if cfg.get(group, {}).get(choice_key) != own:

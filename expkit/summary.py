@@ -96,8 +96,8 @@ class Summary:
         attempts = self.info.get("attempts") or [{}]
         if attempts[-1].get("command"):
             lines.append(f"command: `{cell(shown_command(attempts[-1]['command']))}`  ")
-        resumed = [a for a in attempts[1:] if any(
-            is_resume_flag(str(c)) and truthy(str(c).split("=", 1)[-1]) for c in a.get("command") or [])]
+        resumed = [a for a in attempts[1:] if a.get("sweep_resume", any(  # older records: from the command
+            is_resume_flag(str(c)) and truthy(str(c).split("=", 1)[-1]) for c in a.get("command") or []))]
         if resumed:
             lines.append(f"resumed {len(resumed)} time(s) (sweep.resume=true)  ")
         if len(attempts) - 1 > len(resumed):

@@ -64,12 +64,13 @@ def prepare_args(args: list[str]) -> list[str]:
     sweep under runs/multirun/ that ran the same overrides (in the same order); without one,
     start a new sweep (every job is missing, so that is what resuming means)."""
     resume = [a for a in args if is_resume_flag(a)]
-    from expkit.config.compose import is_multirun
+    from expkit.config.compose import hydra_overrides, is_multirun
 
     if not is_multirun(args) or not resume or not truthy(resume[-1].split("=", 1)[1]):
         return args
-    wanted = same_job_overrides([a for a in args if not a.startswith("-") and "=" in a])
-    given = [a.split("=", 1)[1].strip("'\"") for a in args if a.startswith(("hydra.sweep.dir=", "+hydra.sweep.dir="))]
+    wanted = same_job_overrides(hydra_overrides(args))
+    given = [a.split("=", 1)[1].strip("'\"") for a in args
+             if a.lstrip("+").startswith("hydra.sweep.dir=")]
     if given:
         info = read_json(Path(given[-1]) / SWEEP_FILE)
         recorded = same_job_overrides([str(o) for o in info.get("overrides") or []]) if info else None
@@ -109,7 +110,8 @@ class SweepCallback(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         overrides = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
         sweeper = str(config.hydra.sweeper.get("_target_", ""))
-        attempt = {"started": now(), "command": command_line(), "pid": os.getpid(), "host": socket.gethostname()}
+        attempt = {"started": now(), "command": command_line(), "pid": os.getpid(), "host": socket.gethostname(),
+                   "sweep_resume": truthy(config.get("sweep", {}).get("resume"))}
         record = read_json(sweep_dir / SWEEP_FILE) or {
             "overrides": overrides, "started": attempt["started"], "attempts": []}
         record.update(

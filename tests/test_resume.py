@@ -386,6 +386,9 @@ def test_a_resume_may_not_change_the_lr_under_a_schedule():
         resumed_config(cfg, ["optim.lr=0.1"], force=True, objects=None)
     cfg.sched.name = "none"
     assert resumed_config(cfg, ["optim.lr=0.1"], force=True, objects=None).optim.lr == 0.1
+    cfg.sched.warmup_epochs = 2  # the warm-up's target LR comes from the checkpoint too
+    with pytest.raises(ConfigError, match="under sched.warmup_epochs=2"):
+        resumed_config(cfg, ["optim.lr=0.1"], force=True, objects=None)
 
 
 def test_which_overrides_and_epoch_changes_a_resume_accepts():

@@ -44,7 +44,8 @@ def launch_workers(run_dir: Path, nproc: int, checkpoint: Path | None = None) ->
 
 
 def stop_with_the_launcher() -> None:
-    """Linux: have the kernel send this worker SIGTERM when the process that started it ends.
+    """Linux: have the kernel send this worker SIGTERM when the launcher that started it ends
+    (the thread that started it, strictly; torch elastic's agent waits in that thread).
     A launcher killed outright (SIGKILL, the OOM killer) cannot pass a signal on, and its
     workers would go on training a run whose folder nobody holds any more; with this they
     stop as on any SIGTERM: at an agreed step, with a checkpoint."""

@@ -712,6 +712,8 @@ class Trainer:
         # config changed: a key the checkpoint's config lacks (an older run) changed nothing.
         before, now = (saved.config or {}).get("optim") or {}, self.config_plain.get("optim") or {}
         changed = {k for k, v in now.items() if k in before and before[k] != v}
+        kwargs_before = before.get("kwargs") if isinstance(before.get("kwargs"), dict) else {}
+        changed |= {k for k, v in (now.get("kwargs") or {}).items() if kwargs_before.get(k, v) != v}  # optim=torch
         for group, values in zip(self.optimizer.param_groups, built, strict=True):
             group.update({k: v for k, v in values.items() if k in changed})
         if saved.schedule is not None:
