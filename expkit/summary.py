@@ -29,6 +29,12 @@ def is_resume_flag(item: str) -> bool:
     return item.lstrip("+").split("=", 1)[0] == "sweep.resume"
 
 
+def asks_to_resume(args: list[str]) -> bool:
+    """Whether a command line sets sweep.resume to true (its last setting, as Hydra takes it)."""
+    flags = [str(a) for a in args if is_resume_flag(str(a))]
+    return bool(flags) and truthy(flags[-1].split("=", 1)[-1])
+
+
 def same_job_overrides(overrides: list[str]) -> list[str]:
     """Overrides that define the jobs: all but sweep.resume (and Hydra's own keys)."""
     return [o for o in overrides if not is_resume_flag(o) and not o.startswith(("hydra.", "hydra/"))]
@@ -96,8 +102,8 @@ class Summary:
         attempts = self.info.get("attempts") or [{}]
         if attempts[-1].get("command"):
             lines.append(f"command: `{cell(shown_command(attempts[-1]['command']))}`  ")
-        resumed = [a for a in attempts[1:] if a.get("sweep_resume", any(  # older records: from the command
-            is_resume_flag(str(c)) and truthy(str(c).split("=", 1)[-1]) for c in a.get("command") or []))]
+        # older records hold no sweep_resume: their command says
+        resumed = [a for a in attempts[1:] if a.get("sweep_resume", asks_to_resume(a.get("command") or []))]
         if resumed:
             lines.append(f"resumed {len(resumed)} time(s) (sweep.resume=true)  ")
         if len(attempts) - 1 > len(resumed):

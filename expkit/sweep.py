@@ -49,7 +49,7 @@ from expkit.summary import (
     SUMMARY_CSV,
     SUMMARY_MD,
     SWEEP_FILE,
-    is_resume_flag,
+    asks_to_resume,
     same_job_overrides,
     write_summary,
 )
@@ -63,10 +63,9 @@ def prepare_args(args: list[str]) -> list[str]:
     """`expkit train -m ... sweep.resume=true` without hydra.sweep.dir=...: continue the newest
     sweep under runs/multirun/ that ran the same overrides (in the same order); without one,
     start a new sweep (every job is missing, so that is what resuming means)."""
-    resume = [a for a in args if is_resume_flag(a)]
     from expkit.config.compose import hydra_overrides, is_multirun
 
-    if not is_multirun(args) or not resume or not truthy(resume[-1].split("=", 1)[1]):
+    if not is_multirun(args) or not asks_to_resume(args):
         return args
     wanted = same_job_overrides(hydra_overrides(args))
     given = [a.split("=", 1)[1].strip("'\"") for a in args

@@ -213,15 +213,20 @@ def test_resume_with_the_same_world_size_and_refuse_what_does_not_fit(tmp_path):
     assert None not in lr_per_step(points, 8)
 
 
-def test_sigterm_stops_all_workers_with_a_checkpoint(tmp_path):
+def start_a_long_two_worker_run(cwd: Path) -> subprocess.Popen:
+    """A 2-worker run of 200 epochs, started and trained up to its first checkpoint."""
     args = ["train", *EXACT, "data.batch_size=8", "trainer.devices=2", "trainer.epochs=200", "trainer.log_every=1"]
-    proc = subprocess.Popen([EXPKIT, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([EXPKIT, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not list((tmp_path / "runs").rglob("step-*.pt")):
+    while time.time() < deadline and not list((cwd / "runs").rglob("step-*.pt")):
         time.sleep(0.5)
+    return proc
+
+
+def test_sigterm_stops_all_workers_with_a_checkpoint(tmp_path):
+    proc = start_a_long_two_worker_run(tmp_path)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     run = only_run(tmp_path)
     meta = read_json(run / "meta.json")
@@ -245,12 +250,7 @@ def workers_of(run: Path) -> list[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
 def test_a_launcher_killed_outright_leaves_no_worker_training(tmp_path):
-    args = ["train", *EXACT, "data.batch_size=8", "trainer.devices=2", "trainer.epochs=200", "trainer.log_every=1"]
-    proc = subprocess.Popen([EXPKIT, *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((tmp_path / "runs").rglob("step-*.pt")):
-        time.sleep(0.5)
+    proc = start_a_long_two_worker_run(tmp_path)
     run = only_run(tmp_path)
     assert len(workers_of(run)) == 2
     proc.kill()  # SIGKILL: the launcher passes nothing on

@@ -141,7 +141,9 @@ DOWNLOAD_OFF = "downloading is off (data.download=false)"
 # Set while a run folder that exists already is opened again (eval, predict, export, resume,
 # reproduce and its re-run): its config may name any data.root or data.cache_dir, and expkit
 # writes nothing outside such a folder, so data is read where it is, never downloaded or cached.
-_reading_only: str | None = None
+REOPENED = ("a run folder opened again downloads and caches no data where its config points: expkit writes "
+            "nothing outside it")
+_reading_only = False
 _training = False  # and it trains (resume, reproduce's re-run): batches must be the run's own
 
 
@@ -149,9 +151,7 @@ _training = False  # and it trains (resume, reproduce's re-run): batches must be
 def reading_only(training: bool = False) -> Iterator[None]:
     global _reading_only, _training
     before = _reading_only, _training
-    _reading_only = ("a run folder opened again downloads and caches no data where its config points: expkit "
-                     "writes nothing outside it")
-    _training = training
+    _reading_only, _training = True, training
     try:
         yield
     finally:
@@ -160,17 +160,17 @@ def reading_only(training: bool = False) -> Iterator[None]:
 
 def writes_off() -> str | None:
     """Why the data must not be written now (a download, a cache), or None."""
-    return _reading_only
+    return REOPENED if _reading_only else None
 
 
 def training_from_records() -> bool:
     """Whether a run folder opened again is trained on (writes_off is set then too)."""
-    return _reading_only is not None and _training
+    return _training
 
 
 def download_off(cfg) -> str | None:
     """Why a missing data set is not downloaded, or None when it may be."""
-    return _reading_only if cfg.download else DOWNLOAD_OFF
+    return writes_off() if cfg.download else DOWNLOAD_OFF
 
 
 def _missing_files_error(dataset: str, root: Path, folder: Path, missing: list[str], cause: str | Exception,
@@ -194,8 +194,8 @@ def _load_mnist_family(cfg, name: str) -> Source:
     if missing:
         how = (f"Place these files there, as downloaded from {dataset_class.mirrors[0]} "
                "(the .gz files are fine, or unpacked).")
-        if download_off(cfg):
-            raise _missing_files_error(name, root, raw, missing, download_off(cfg), how)
+        if off := download_off(cfg):
+            raise _missing_files_error(name, root, raw, missing, off, how)
         try:
             dataset_class(str(root), train=True, download=True)
         except Exception as e:  # no network, a proxy, a mirror down: say what to do instead
@@ -266,8 +266,8 @@ def load_cifar10(cfg) -> Source:
     if missing:
         how = (f"Download {CIFAR_URL} and unpack it in {root} (tar xzf cifar-10-python.tar.gz), "
                f"which makes {CIFAR_DIR}/ with these files.")
-        if download_off(cfg):
-            raise _missing_files_error("cifar10", root, folder, missing, download_off(cfg), how)
+        if off := download_off(cfg):
+            raise _missing_files_error("cifar10", root, folder, missing, off, how)
         try:
             from torchvision.datasets.utils import download_url
 

@@ -153,9 +153,15 @@ def read_yaml(path: Path) -> Any:
     try:
         text = path.read_text()
         # libyaml's loader where PyYAML has it: `expkit runs --where` reads thousands of configs.
-        return None if has_aliases(text) else yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        return None if has_aliases(text) else yaml.load(text, Loader=_safe_loader())
     except (OSError, ValueError, yaml.YAMLError):
         return None
+
+
+def _safe_loader():
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def has_aliases(text: str) -> bool:
@@ -166,8 +172,7 @@ def has_aliases(text: str) -> bool:
 
     if "*" not in text:
         return False
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=loader))
+    return any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=_safe_loader()))
 
 
 def hard_links_message(path: Path, links: int) -> str:
